@@ -1,0 +1,186 @@
+//! The admin listener: `/metrics`, `/health`, `/ready`, `/config`. A plain blocking thread,
+//! one short request per connection: it serves scrapes and probes, never client traffic, so
+//! it stays off the workers' event loops.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::http::{self, HeadLimits};
+use crate::metrics::Registry;
+use crate::reload::watch::sha256_hex;
+use crate::worker::Shared;
+
+/// Binds the admin listener (so a busy port fails start-up) and serves it on a thread.
+pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, registry: Arc<Registry>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("ringgate-admin".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(s) => {
+                    if let Err(e) = serve(s, &shared, &registry) {
+                        tracing::debug!(error = %e, "admin request failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    })?;
+    Ok(local)
+}
+
+fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let limits = HeadLimits {
+        max_header_bytes: 8192,
+        max_request_line: 4096,
+    };
+    let head = loop {
+        let n = s.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        match http::parse_request_head(&buf[..len], &limits) {
+            Ok(Some((h, _))) => break h,
+            Ok(None) if len < buf.len() => continue,
+            _ => {
+                return respond(&mut s, 400, "text/plain", b"bad request\n", false);
+            }
+        }
+    };
+    let head_only = head.method == "HEAD";
+    if head.method != "GET" && !head_only {
+        return respond(&mut s, 405, "text/plain", b"method not allowed\n", head_only);
+    }
+    match head.path() {
+        "/health" => respond(&mut s, 200, "text/plain", b"OK", head_only),
+        "/ready" => {
+            if shared.draining.load(Ordering::Relaxed) {
+                respond(&mut s, 503, "text/plain", b"draining", head_only)
+            } else {
+                respond(&mut s, 200, "text/plain", b"ready", head_only)
+            }
+        }
+        "/metrics" => {
+            let body = crate::metrics::render(registry, &shared.store);
+            respond(&mut s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head_only)
+        }
+        "/config" => {
+            let body = config_json(shared);
+            respond(&mut s, 200, "application/json", body.as_bytes(), head_only)
+        }
+        _ => respond(&mut s, 404, "text/plain", b"not found\n", head_only),
+    }
+}
+
+/// RFC 3339 UTC time, without pulling in a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let millis = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn config_json(shared: &Shared) -> String {
+    let cur = shared.store.current();
+    let last_error = shared.store.last_rejection().map(|r| {
+        serde_json::json!({
+            "message": r.message,
+            "sha256": sha256_hex(&r.sha256),
+            "at": rfc3339(r.at),
+        })
+    });
+    let cfg = &cur.config;
+    let routes: Vec<_> = cfg
+        .routes
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "match": match &r.matcher {
+                    crate::config::PathMatch::Exact(p) => format!("exact {p}"),
+                    crate::config::PathMatch::Prefix(p) => format!("prefix {p}"),
+                },
+                "upstream": cfg.upstreams.get(r.upstream).map(|u| u.name.clone()),
+            })
+        })
+        .collect();
+    let upstreams: Vec<_> = cfg
+        .upstreams
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "name": u.name,
+                "endpoints": u.endpoints.iter().map(|e| e.authority()).collect::<Vec<_>>(),
+                "api_key": u.authorization.is_some(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "generation": cur.generation,
+        "sha256": sha256_hex(&cur.sha256),
+        "loaded_at": rfc3339(cur.loaded_at),
+        "source": cur.source.display().to_string(),
+        "data_target": cur.data_target,
+        "last_reload_successful": shared.store.last_successful.load(Ordering::Relaxed),
+        "last_error": last_error,
+        "routes": routes,
+        "upstreams": upstreams,
+    })
+    .to_string()
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(body.len() + 128);
+    let len = body.len().to_string();
+    http::write_response_head(
+        &mut out,
+        status,
+        "",
+        &[("content-type", ctype.as_bytes()), ("content-length", len.as_bytes()), ("connection", b"close")],
+    );
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    s.write_all(&out)?;
+    s.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_468_800_250)), "2026-11-23T00:00:00.250Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+    }
+}

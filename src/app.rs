@@ -1,0 +1,186 @@
+//! Process orchestration: load the config, start the admin listener, the watcher, the DNS
+//! refresher and the workers, then wait for SIGTERM/SIGINT and drain. `main.rs` only parses
+//! the command line and calls [`run`] or [`check`].
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crate::config;
+use crate::metrics::{Registry, WorkerMetrics};
+use crate::reload::{watch, ConfigStore};
+use crate::worker::{self, Shared};
+
+/// `ringgate check PATH`: prints every error and returns the exit code (0 valid, 1 not).
+pub fn check(path: &Path) -> i32 {
+    let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let file = config::config_file_path(path);
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return 1;
+        }
+    };
+    let text = if is_yaml {
+        match std::str::from_utf8(&bytes).ok().and_then(config::toml_from_configmap_yaml) {
+            Some(t) => t.into_bytes(),
+            None => {
+                eprintln!("{}: no `gateway.toml: |` key found in the ConfigMap manifest", file.display());
+                return 1;
+            }
+        }
+    } else {
+        bytes
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    match config::load_bytes(&text, base) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} routes, {} upstreams, {} limits)",
+                file.display(),
+                cfg.routes.len(),
+                cfg.upstreams.len(),
+                cfg.limits.len()
+            );
+            0
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{}: {e}", file.display());
+            }
+            eprintln!("{}: {} error(s)", file.display(), errs.0.len());
+            1
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains. Returns the exit code.
+pub fn run(path: &Path) -> i32 {
+    let file = config::config_file_path(path);
+    if !watch::is_configmap_mount(&file) {
+        tracing::warn!(path = %file.display(), "config path has no `..data` beside it (plain file or subPath mount): edits to the ConfigMap will never reach this pod; mount the ConfigMap as a directory");
+    }
+    let store = match ConfigStore::load_initial(&file) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("{}: invalid config:\n{e}", file.display());
+            return 1;
+        }
+    };
+    let initial = store.current();
+    let server = initial.config.server.clone();
+    let reload = initial.config.reload.clone();
+    let admin_listen = initial.config.admin_listen;
+    drop(initial);
+
+    // A second instance would silently share the port through SO_REUSEPORT: refuse to start
+    // when anyone already listens there.
+    if let Err(e) = std::net::TcpListener::bind(server.listen) {
+        eprintln!("cannot listen on {}: {e}", server.listen);
+        return 1;
+    }
+
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        draining: AtomicBool::new(false),
+    });
+    let registry = Arc::new(Registry {
+        workers: (0..server.workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
+    });
+    let admin_addr = match crate::admin::spawn(admin_listen, shared.clone(), registry.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cannot listen on admin address {admin_listen}: {e}");
+            return 1;
+        }
+    };
+
+    let watch_store = store.clone();
+    let watcher = watch::spawn_watcher(
+        file.clone(),
+        store.current().sha256,
+        watch::WatchOptions {
+            debounce: reload.debounce,
+            poll_interval: reload.poll_interval,
+        },
+        Box::new(move |snap| {
+            let _ = watch_store.apply(snap);
+        }),
+    );
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config directory; live reload is off");
+            None
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let dns_store = store.clone();
+    let _dns = crate::upstream::dns::spawn_refresher(
+        move || crate::upstream::dns::resolve_config(&dns_store.current().config),
+        Duration::from_secs(30),
+        stop.clone(),
+    );
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (id, m) in registry.workers.iter().enumerate() {
+        match worker::spawn(id, shared.clone(), m.clone(), server.listen, cores, tx.clone()) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("cannot start worker {id}: {e}");
+                return 1;
+            }
+        }
+    }
+    drop(tx);
+    let mut listener_fds = Vec::new();
+    for _ in 0..handles.len() {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(fd)) => listener_fds.push(fd),
+            Ok(Err(e)) => {
+                eprintln!("{e}");
+                return 1;
+            }
+            Err(_) => {
+                eprintln!("workers did not start within 10 s");
+                return 1;
+            }
+        }
+    }
+    tracing::info!(listen = %server.listen, admin = %admin_addr, workers = handles.len(), "ringgate serving");
+
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    let sig = signals.forever().next();
+    tracing::info!(signal = ?sig, grace_ms = server.shutdown_grace.as_millis() as u64, "draining");
+    shared.draining.store(true, Ordering::SeqCst);
+    stop.store(true, Ordering::Relaxed);
+    for fd in listener_fds {
+        // Wakes the accept in flight (it fails with EINVAL) so the worker stops taking
+        // connections and starts draining.
+        // SAFETY: shutdown on a listening socket the worker still owns; no memory involved.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+    let deadline = std::time::Instant::now() + server.shutdown_grace + Duration::from_secs(2);
+    for h in handles {
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        }
+    }
+    tracing::info!("stopped");
+    0
+}

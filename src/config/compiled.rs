@@ -1,0 +1,240 @@
+//! The validated, compiled config the workers read: durations instead of millisecond
+//! integers, parsed addresses and CIDRs, a route table ready to match, upstreams with their
+//! endpoints and keys. Built once per reload, off the request path, then shared read-only.
+
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::router::RouteTable;
+
+/// One compiled config generation.
+#[derive(Debug)]
+pub struct Config {
+    /// Client listener settings.
+    pub server: ServerSettings,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Watcher timings.
+    pub reload: ReloadSettings,
+    /// Upstreams, indexed by [`UpstreamId`].
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Rate limits, indexed by [`LimitId`].
+    pub limits: Vec<Arc<LimitSpec>>,
+    /// Routes ready to match.
+    pub routes: RouteTable,
+}
+
+/// `[server]`, compiled.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Client listener address.
+    pub listen: SocketAddr,
+    /// Worker threads (already resolved from 0 to the core count).
+    pub workers: usize,
+    /// Connections per process beyond which new ones are refused.
+    pub max_connections: usize,
+    /// Head limit, bytes.
+    pub max_header_bytes: usize,
+    /// Request line limit, bytes.
+    pub max_request_line_bytes: usize,
+    /// Body limit, bytes.
+    pub max_body_bytes: u64,
+    /// Slowloris cut-off.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive client connection lifetime.
+    pub idle_timeout: Duration,
+    /// Drain time after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ServerSettings {
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// `[reload]`, compiled.
+#[derive(Debug, Clone)]
+pub struct ReloadSettings {
+    /// Quiet time after an event.
+    pub debounce: Duration,
+    /// Fallback re-read interval.
+    pub poll_interval: Duration,
+}
+
+/// Index of an upstream in [`Config::upstreams`].
+pub type UpstreamId = usize;
+/// Index of a limit in [`Config::limits`].
+pub type LimitId = usize;
+
+/// Scheme of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain TCP.
+    Http,
+    /// TLS (rustls).
+    Https,
+}
+
+/// Load-balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Fewest in-flight requests on this worker.
+    LeastRequest,
+    /// Power of two choices on peak-EWMA latency.
+    P2cEwma,
+}
+
+/// A `host:port` peer of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Host name or IP literal as written.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`, with IPv6 literals bracketed.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A compiled upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Name from the config.
+    pub name: String,
+    /// Scheme from the URL.
+    pub scheme: Scheme,
+    /// `Host` header value sent upstream (the URL's authority, port omitted when default).
+    pub host_header: String,
+    /// The URL's path without a trailing slash, prepended to request paths ("" for none).
+    pub base_path: String,
+    /// Peers: the URL's own first, then `endpoints`.
+    pub endpoints: Vec<Endpoint>,
+    /// Resolved addresses of each endpoint, same order; refreshed off the worker threads by
+    /// [`crate::upstream::dns`]. IP literals are filled at compile time.
+    pub addrs: Vec<arc_swap::ArcSwap<Vec<SocketAddr>>>,
+    /// Policy over `endpoints`.
+    pub balance: Balance,
+    /// Idle connections kept per worker.
+    pub keepalive: usize,
+    /// Idle lifetime of a pooled connection.
+    pub keepalive_timeout: Duration,
+    /// Requests after which a connection is retired.
+    pub keepalive_requests: u64,
+    /// Connect timeout when the route sets none.
+    pub connect_timeout: Duration,
+    /// `Authorization` header value (`Bearer ...`) replacing the client's, if configured.
+    /// Never logged: [`Secret`]'s Debug prints a placeholder.
+    pub authorization: Option<Secret>,
+    /// Hash of everything that defines this upstream; a reload keeps the pools of upstreams
+    /// whose fingerprint did not change.
+    pub fingerprint: u64,
+}
+
+/// A secret value whose Debug output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What a rate limit is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// The real client IP (X-Forwarded-For believed only from trusted proxies).
+    ClientIp,
+    /// The client's API key (Authorization bearer token).
+    ApiKey,
+    /// A named request header (lowercase).
+    Header(String),
+}
+
+/// A compiled `[limits.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSpec {
+    /// Name from the config.
+    pub name: String,
+    /// Sustained rate per key.
+    pub rate_per_second: f64,
+    /// Requests above the rate allowed at once.
+    pub burst: u32,
+    /// What the limit is keyed by.
+    pub key: LimitKey,
+    /// Excess within burst passes at once (true) or waits to the rate (false).
+    pub nodelay: bool,
+}
+
+/// Retry conditions, as `proxy_next_upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    /// Connect or I/O error before a response.
+    Error,
+    /// Timeout before a response.
+    Timeout,
+    /// Upstream answered 502.
+    Http502,
+    /// Upstream answered 503.
+    Http503,
+    /// Upstream answered 504.
+    Http504,
+    /// Upstream answered 429.
+    Http429,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name, for metrics and logs.
+    pub name: String,
+    /// What the path must be.
+    pub matcher: PathMatch,
+    /// Uppercase methods accepted; empty accepts all.
+    pub methods: Vec<String>,
+    /// Lowercase host (no port) required, if any.
+    pub host: Option<String>,
+    /// Replacement for the matched part of the path.
+    pub rewrite: Option<String>,
+    /// Upstream the route sends to.
+    pub upstream: UpstreamId,
+    /// Rate limit applied, if any.
+    pub limit: Option<LimitId>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout between two writes upstream.
+    pub send_timeout: Duration,
+    /// Timeout between two reads from upstream.
+    pub read_timeout: Duration,
+    /// Conditions that allow another try.
+    pub retry_on: Vec<RetryOn>,
+    /// Attempts in all.
+    pub tries: u32,
+    /// Time within which all tries must start.
+    pub retry_budget: Duration,
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with this.
+    Prefix(String),
+}

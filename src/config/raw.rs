@@ -1,0 +1,238 @@
+//! The config exactly as written in `gateway.toml`, read by serde.
+//!
+//! Every table denies unknown keys so a typo is an error instead of a silently ignored
+//! setting, and no `flatten` is used because it defeats `deny_unknown_fields`. Nothing here is
+//! checked beyond its TOML type: `validate` turns this into [`crate::config::Config`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Client-facing listener and its limits.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Admin listener (/metrics, /health, /ready, /config).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// How the config directory is watched.
+    #[serde(default)]
+    pub reload: RawReload,
+    /// Named upstreams that routes send traffic to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Named rate limits that routes refer to.
+    #[serde(default)]
+    pub limits: BTreeMap<String, RawLimit>,
+    /// Routes, matched exact before prefix, longest prefix first.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Plain HTTP/1.1 listen address, `host:port`.
+    pub listen: String,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Open client connections per process beyond which new ones are closed at once.
+    pub max_connections: usize,
+    /// Limit on a request head (request line plus headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Limit on a request line alone, in bytes.
+    pub max_request_line_bytes: usize,
+    /// Limit on a request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Time a client has to send a complete request head (slowloris cut-off).
+    pub header_read_timeout_ms: u64,
+    /// Time an idle keep-alive client connection is kept open.
+    pub idle_timeout_ms: u64,
+    /// Time in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+    /// CIDRs whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            workers: 0,
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            max_request_line_bytes: 16_384,
+            max_body_bytes: 10_485_760,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            shutdown_grace_ms: 25_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Admin listen address, `host:port`.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9901".into(),
+        }
+    }
+}
+
+/// `[reload]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    /// Quiet time after a filesystem event before the config is re-read.
+    pub debounce_ms: u64,
+    /// Re-read interval that catches lost events and remounts.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            debounce_ms: 200,
+            poll_interval_ms: 30_000,
+        }
+    }
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `http://` or `https://` URL; its path is prepended to every upstream request path.
+    pub url: String,
+    /// Extra `host:port` peers serving the same upstream.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Load-balancing policy over the endpoints.
+    #[serde(default = "default_balance")]
+    pub balance: String,
+    /// Idle connections kept per worker.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// Requests after which a pooled connection is retired.
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u64,
+    /// Default connect timeout for routes that do not set one.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// File holding the provider key, sent as `Authorization: Bearer`.
+    #[serde(default)]
+    pub api_key_file: Option<String>,
+}
+
+fn default_balance() -> String {
+    "round_robin".into()
+}
+fn default_keepalive() -> usize {
+    64
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    60_000
+}
+fn default_keepalive_requests() -> u64 {
+    1_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[limits.NAME]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Sustained rate per key.
+    pub rate_per_second: f64,
+    /// Requests allowed above the rate.
+    #[serde(default)]
+    pub burst: u32,
+    /// `client_ip`, `api_key` or `header:NAME`.
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+    /// true: excess within the burst passes at once; false: it waits to the rate.
+    #[serde(default = "default_true")]
+    pub nodelay: bool,
+}
+
+fn default_limit_key() -> String {
+    "client_ip".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Path prefix to match (plain string prefix, as nginx `location`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Exact path to match.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Methods accepted; empty means all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Host (without port) the request must carry.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Replacement for the matched prefix.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Name of an `[upstreams.NAME]`.
+    pub upstream: String,
+    /// Name of a `[limits.NAME]`.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// Connect timeout; defaults to the upstream's.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Timeout between two writes to the upstream.
+    #[serde(default = "default_io_timeout_ms")]
+    pub send_timeout_ms: u64,
+    /// Timeout between two reads from the upstream, as nginx `proxy_read_timeout`.
+    #[serde(default = "default_io_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Conditions that allow another try.
+    #[serde(default)]
+    pub retry_on: Vec<String>,
+    /// Attempts in all, the first included.
+    #[serde(default = "default_tries")]
+    pub tries: u32,
+    /// Time within which all tries must start, as `proxy_next_upstream_timeout`.
+    #[serde(default = "default_retry_budget_ms")]
+    pub retry_budget_ms: u64,
+    /// Never buffer the response (always true today; kept for the contract).
+    #[serde(default = "default_true")]
+    pub stream: bool,
+}
+
+fn default_io_timeout_ms() -> u64 {
+    60_000
+}
+fn default_tries() -> u32 {
+    1
+}
+fn default_retry_budget_ms() -> u64 {
+    30_000
+}

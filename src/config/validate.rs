@@ -1,0 +1,714 @@
+//! Checks a [`RawConfig`] and compiles it into a [`Config`], collecting every error at once
+//! with its key path (`routes[2].upstream`) and the line it sits on, so an operator fixes a
+//! broken ConfigMap in one pass instead of one error per `kubectl apply`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::compiled::*;
+use super::raw::*;
+use crate::router::RouteTable;
+
+/// One problem in a config, located by key path and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, `routes[0].upstream`; empty for file-level errors.
+    pub path: String,
+    /// 1-based line in `gateway.toml`, when it could be located.
+    pub line: Option<usize>,
+    /// What is wrong and, where it helps, what is accepted.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.path.is_empty(), self.line) {
+            (false, Some(l)) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
+            (true, Some(l)) => write!(f, "line {l}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Every error found in one config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Turns a serde/TOML error into a located [`ConfigError`], naming the key path at the
+/// error's position when the text is still valid TOML (an unknown key, a wrong type).
+pub fn error_from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, path) = match e.span() {
+        Some(span) => (
+            Some(line_of_offset(text, span.start)),
+            toml_edit::Document::parse(text.to_string())
+                .ok()
+                .and_then(|doc| path_at_offset(doc.as_table(), span.start, String::new()))
+                .unwrap_or_default(),
+        ),
+        None => (None, String::new()),
+    };
+    ConfigError {
+        path,
+        line,
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn contains(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+}
+
+/// The deepest key path whose key or value spans `offset`.
+fn path_at_offset(table: &toml_edit::Table, offset: usize, prefix: String) -> Option<String> {
+    for (key, item) in table.iter() {
+        let here = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let key_span = table.key(key).and_then(|k| k.span());
+        match item {
+            toml_edit::Item::Table(t) => {
+                if let Some(p) = path_at_offset(t, offset, here.clone()) {
+                    return Some(p);
+                }
+                if contains(key_span, offset) {
+                    return Some(here);
+                }
+            }
+            toml_edit::Item::ArrayOfTables(arr) => {
+                for (i, t) in arr.iter().enumerate() {
+                    let indexed = format!("{here}[{i}]");
+                    if let Some(p) = path_at_offset(t, offset, indexed.clone()) {
+                        return Some(p);
+                    }
+                    if contains(t.span(), offset) {
+                        return Some(indexed);
+                    }
+                }
+            }
+            _ => {
+                if contains(key_span, offset) || contains(item.span(), offset) {
+                    return Some(here);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Finds the line of a key path such as `routes[1].upstream` (or its closest existing
+/// parent, for a missing key).
+fn line_of_path(doc: &toml_edit::Document<String>, text: &str, path: &str) -> Option<usize> {
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut best: Option<usize> = None;
+    for seg in path.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let key_span = item
+            .as_table_like()
+            .and_then(|t| t.get_key_value(name))
+            .and_then(|(k, _)| k.span());
+        let Some(next) = item.get(name) else { break };
+        item = next;
+        if let Some(s) = key_span.or_else(|| item.span()) {
+            best = Some(s.start);
+        }
+        if let Some(i) = index {
+            let Some(next) = item.get(i) else { break };
+            item = next;
+            let span = match item {
+                toml_edit::Item::Table(t) => t.span(),
+                other => other.span(),
+            };
+            if let Some(s) = span {
+                best = Some(s.start);
+            }
+        }
+    }
+    best.map(|o| line_of_offset(text, o))
+}
+
+struct Errors<'a> {
+    list: Vec<ConfigError>,
+    doc: Option<toml_edit::Document<String>>,
+    text: &'a str,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self
+            .doc
+            .as_ref()
+            .and_then(|d| line_of_path(d, self.text, &path));
+        self.list.push(ConfigError {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+fn ms(path: &str, v: u64, min: u64, max: u64, errs: &mut Errors) -> Duration {
+    if v < min || v > max {
+        errs.push(path, format!("{v} is out of range {min}..={max} (milliseconds)"));
+    }
+    Duration::from_millis(v)
+}
+
+fn parse_listen(path: &str, s: &str, errs: &mut Errors) -> SocketAddr {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errs.push(
+                path,
+                format!("`{s}` is not an `ip:port` address (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+    }
+}
+
+/// Validates `raw` (whose source text is `text`) and compiles it. All errors are returned
+/// together.
+pub fn validate_and_compile(
+    raw: &RawConfig,
+    text: &str,
+    base_dir: &Path,
+) -> Result<Config, super::ConfigErrors> {
+    let mut errs = Errors {
+        list: Vec::new(),
+        doc: toml_edit::Document::parse(text.to_string()).ok(),
+        text,
+    };
+
+    let server = compile_server(&raw.server, &mut errs);
+    let admin_listen = parse_listen("admin.listen", &raw.admin.listen, &mut errs);
+    if admin_listen.port() != 0 && admin_listen == server.listen {
+        errs.push("admin.listen", "must differ from server.listen");
+    }
+    let reload = ReloadSettings {
+        debounce: ms("reload.debounce_ms", raw.reload.debounce_ms, 10, 10_000, &mut errs),
+        poll_interval: ms(
+            "reload.poll_interval_ms",
+            raw.reload.poll_interval_ms,
+            100,
+            3_600_000,
+            &mut errs,
+        ),
+    };
+
+    let mut upstreams = Vec::new();
+    let mut upstream_names = Vec::new();
+    for (name, u) in &raw.upstreams {
+        let path = format!("upstreams.{name}");
+        if let Some(up) = compile_upstream(name, u, &path, base_dir, &mut errs) {
+            upstreams.push(Arc::new(up));
+        }
+        upstream_names.push(name.clone());
+    }
+
+    let mut limits = Vec::new();
+    let mut limit_names = Vec::new();
+    for (name, l) in &raw.limits {
+        let path = format!("limits.{name}");
+        limits.push(Arc::new(compile_limit(name, l, &path, &mut errs)));
+        limit_names.push(name.clone());
+    }
+
+    let mut routes = Vec::new();
+    let mut seen_names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !seen_names.insert(r.name.as_str()) {
+            errs.push(format!("{path}.name"), format!("duplicate route name `{}`", r.name));
+        }
+        if let Some(route) = compile_route(r, &path, &upstream_names, &upstreams, &limit_names, &mut errs)
+        {
+            routes.push(route);
+        }
+    }
+
+    if errs.list.is_empty() {
+        Ok(Config {
+            server,
+            admin_listen,
+            reload,
+            upstreams,
+            limits,
+            routes: RouteTable::new(routes),
+        })
+    } else {
+        Err(super::ConfigErrors(errs.list))
+    }
+}
+
+fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
+    let listen = parse_listen("server.listen", &s.listen, errs);
+    let workers = if s.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        s.workers
+    };
+    if s.workers > 1024 {
+        errs.push("server.workers", "at most 1024");
+    }
+    if s.max_connections == 0 {
+        errs.push("server.max_connections", "must be at least 1");
+    }
+    if !(1024..=1 << 20).contains(&s.max_header_bytes) {
+        errs.push("server.max_header_bytes", "must be within 1024..=1048576");
+    }
+    if !(256..=1 << 20).contains(&s.max_request_line_bytes) {
+        errs.push("server.max_request_line_bytes", "must be within 256..=1048576");
+    }
+    if s.max_body_bytes == 0 {
+        errs.push("server.max_body_bytes", "must be at least 1");
+    }
+    let mut trusted = Vec::new();
+    for (i, p) in s.trusted_proxies.iter().enumerate() {
+        match p.parse::<IpNet>() {
+            Ok(n) => trusted.push(n),
+            Err(_) => match p.parse::<IpAddr>() {
+                Ok(ip) => trusted.push(IpNet::from(ip)),
+                Err(_) => errs.push(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("`{p}` is not a CIDR (e.g. \"10.0.0.0/8\") or an IP address"),
+                ),
+            },
+        }
+    }
+    ServerSettings {
+        listen,
+        workers,
+        max_connections: s.max_connections,
+        max_header_bytes: s.max_header_bytes,
+        max_request_line_bytes: s.max_request_line_bytes,
+        max_body_bytes: s.max_body_bytes,
+        header_read_timeout: ms("server.header_read_timeout_ms", s.header_read_timeout_ms, 1, 3_600_000, errs),
+        idle_timeout: ms("server.idle_timeout_ms", s.idle_timeout_ms, 1, 86_400_000, errs),
+        shutdown_grace: ms("server.shutdown_grace_ms", s.shutdown_grace_ms, 0, 3_600_000, errs),
+        trusted_proxies: trusted,
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into host and port.
+pub fn split_host_port(s: &str, default_port: Option<u16>) -> Option<(String, u16)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port?,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (s, default_port?),
+    };
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    ok.then(|| (host.to_ascii_lowercase(), port))
+}
+
+fn compile_upstream(
+    name: &str,
+    u: &RawUpstream,
+    path: &str,
+    base_dir: &Path,
+    errs: &mut Errors,
+) -> Option<Upstream> {
+    if !valid_name(name) {
+        errs.push(path, "upstream names use letters, digits, `_` and `-` (at most 64)");
+    }
+    let (scheme, rest, default_port) = if let Some(r) = u.url.strip_prefix("http://") {
+        (Scheme::Http, r, 80)
+    } else if let Some(r) = u.url.strip_prefix("https://") {
+        (Scheme::Https, r, 443)
+    } else {
+        errs.push(format!("{path}.url"), format!("`{}` must start with http:// or https://", u.url));
+        return None;
+    };
+    if rest.contains(['?', '#', '@']) {
+        errs.push(format!("{path}.url"), "query, fragment and user info are not allowed in an upstream url");
+    }
+    let (authority, base_path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let Some((host, port)) = split_host_port(authority, Some(default_port)) else {
+        errs.push(format!("{path}.url"), format!("`{authority}` is not a valid host[:port]"));
+        return None;
+    };
+    let host_header = if port == default_port {
+        authority.split(':').next().unwrap_or(authority).to_string()
+    } else {
+        authority.to_string()
+    };
+    let host_header = if authority.starts_with('[') {
+        authority.to_string()
+    } else {
+        host_header
+    };
+    let mut endpoints = vec![Endpoint { host, port }];
+    for (i, e) in u.endpoints.iter().enumerate() {
+        match split_host_port(e, None) {
+            Some((h, p)) => endpoints.push(Endpoint { host: h, port: p }),
+            None => errs.push(format!("{path}.endpoints[{i}]"), format!("`{e}` is not `host:port`")),
+        }
+    }
+    let balance = match u.balance.as_str() {
+        "round_robin" => Balance::RoundRobin,
+        "least_request" => Balance::LeastRequest,
+        "p2c_ewma" => Balance::P2cEwma,
+        other => {
+            errs.push(
+                format!("{path}.balance"),
+                format!("`{other}` is not one of round_robin, least_request, p2c_ewma"),
+            );
+            Balance::RoundRobin
+        }
+    };
+    if u.keepalive > 100_000 {
+        errs.push(format!("{path}.keepalive"), "at most 100000");
+    }
+    if u.keepalive_requests == 0 {
+        errs.push(format!("{path}.keepalive_requests"), "must be at least 1");
+    }
+    let keepalive_timeout = ms(&format!("{path}.keepalive_timeout_ms"), u.keepalive_timeout_ms, 1, 86_400_000, errs);
+    let connect_timeout = ms(&format!("{path}.connect_timeout_ms"), u.connect_timeout_ms, 1, 3_600_000, errs);
+
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    u.hash(&mut hasher);
+    let authorization = match &u.api_key_file {
+        None => None,
+        Some(f) => {
+            let p = base_dir.join(f);
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    let key = String::from_utf8_lossy(&bytes).trim().to_string();
+                    if key.is_empty() {
+                        errs.push(format!("{path}.api_key_file"), format!("{} is empty", p.display()));
+                        None
+                    } else if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                        errs.push(
+                            format!("{path}.api_key_file"),
+                            format!("{} holds characters not allowed in a header", p.display()),
+                        );
+                        None
+                    } else {
+                        key.hash(&mut hasher);
+                        Some(Secret(format!("Bearer {key}").into_bytes()))
+                    }
+                }
+                Err(e) => {
+                    errs.push(format!("{path}.api_key_file"), format!("cannot read {}: {e}", p.display()));
+                    None
+                }
+            }
+        }
+    };
+    let addrs = endpoints
+        .iter()
+        .map(|e| {
+            let literal = e.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, e.port));
+            arc_swap::ArcSwap::from_pointee(literal.into_iter().collect())
+        })
+        .collect();
+    Some(Upstream {
+        name: name.to_string(),
+        addrs,
+        scheme,
+        host_header,
+        base_path: base_path.to_string(),
+        endpoints,
+        balance,
+        keepalive: u.keepalive,
+        keepalive_timeout,
+        keepalive_requests: u.keepalive_requests,
+        connect_timeout,
+        authorization,
+        fingerprint: hasher.finish(),
+    })
+}
+
+fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> LimitSpec {
+    if !valid_name(name) {
+        errs.push(path, "limit names use letters, digits, `_` and `-` (at most 64)");
+    }
+    if !(l.rate_per_second.is_finite() && l.rate_per_second > 0.0 && l.rate_per_second <= 1e9) {
+        errs.push(format!("{path}.rate_per_second"), "must be a number above 0");
+    }
+    if l.burst > 1_000_000 {
+        errs.push(format!("{path}.burst"), "at most 1000000");
+    }
+    let key = match l.key.as_str() {
+        "client_ip" => LimitKey::ClientIp,
+        "api_key" => LimitKey::ApiKey,
+        other => match other.strip_prefix("header:") {
+            Some(h) if !h.is_empty() && h.bytes().all(is_tchar) => {
+                LimitKey::Header(h.to_ascii_lowercase())
+            }
+            _ => {
+                errs.push(
+                    format!("{path}.key"),
+                    format!("`{other}` is not one of client_ip, api_key, header:NAME"),
+                );
+                LimitKey::ClientIp
+            }
+        },
+    };
+    LimitSpec {
+        name: name.to_string(),
+        rate_per_second: l.rate_per_second,
+        burst: l.burst,
+        key,
+        nodelay: l.nodelay,
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn compile_route(
+    r: &RawRoute,
+    path: &str,
+    upstream_names: &[String],
+    upstreams: &[Arc<Upstream>],
+    limit_names: &[String],
+    errs: &mut Errors,
+) -> Option<Route> {
+    if r.name.is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+    }
+    let matcher = match (&r.prefix, &r.exact) {
+        (Some(p), None) => Some(PathMatch::Prefix(p.clone())),
+        (None, Some(e)) => Some(PathMatch::Exact(e.clone())),
+        (Some(_), Some(_)) => {
+            errs.push(path, "set either `prefix` or `exact`, not both");
+            None
+        }
+        (None, None) => {
+            errs.push(path, "set `prefix` or `exact`");
+            None
+        }
+    };
+    if let Some(PathMatch::Prefix(p) | PathMatch::Exact(p)) = &matcher {
+        let key = if r.prefix.is_some() { "prefix" } else { "exact" };
+        if !p.starts_with('/') {
+            errs.push(format!("{path}.{key}"), format!("`{p}` must start with `/`"));
+        }
+    }
+    if let Some(rw) = &r.rewrite {
+        if !rw.is_empty() && !rw.starts_with('/') {
+            errs.push(format!("{path}.rewrite"), format!("`{rw}` must be empty or start with `/`"));
+        }
+    }
+    let mut methods = BTreeSet::new();
+    for (i, m) in r.methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(is_tchar) {
+            errs.push(format!("{path}.methods[{i}]"), format!("`{m}` is not an HTTP method"));
+        }
+        methods.insert(m.to_ascii_uppercase());
+    }
+    let upstream = match upstream_names.iter().position(|n| *n == r.upstream) {
+        Some(i) => Some(i),
+        None => {
+            let known = upstream_names.join(", ");
+            errs.push(
+                format!("{path}.upstream"),
+                format!("no upstream named `{}` (defined: {known})", r.upstream),
+            );
+            None
+        }
+    };
+    let limit = match &r.limit {
+        None => None,
+        Some(l) => match limit_names.iter().position(|n| n == l) {
+            Some(i) => Some(i),
+            None => {
+                errs.push(format!("{path}.limit"), format!("no limit named `{l}`"));
+                None
+            }
+        },
+    };
+    let mut retry_on = Vec::new();
+    for (i, c) in r.retry_on.iter().enumerate() {
+        let cond = match c.as_str() {
+            "error" => RetryOn::Error,
+            "timeout" => RetryOn::Timeout,
+            "http_502" => RetryOn::Http502,
+            "http_503" => RetryOn::Http503,
+            "http_504" => RetryOn::Http504,
+            "http_429" => RetryOn::Http429,
+            other => {
+                errs.push(
+                    format!("{path}.retry_on[{i}]"),
+                    format!("`{other}` is not one of error, timeout, http_502, http_503, http_504, http_429"),
+                );
+                continue;
+            }
+        };
+        retry_on.push(cond);
+    }
+    if !(1..=10).contains(&r.tries) {
+        errs.push(format!("{path}.tries"), "must be within 1..=10");
+    }
+    let upstream_connect = upstream
+        .and_then(|i| upstreams.get(i))
+        .map_or(Duration::from_secs(10), |u| u.connect_timeout);
+    let connect_timeout = match r.connect_timeout_ms {
+        Some(v) => ms(&format!("{path}.connect_timeout_ms"), v, 1, 3_600_000, errs),
+        None => upstream_connect,
+    };
+    let send_timeout = ms(&format!("{path}.send_timeout_ms"), r.send_timeout_ms, 1, 86_400_000, errs);
+    let read_timeout = ms(&format!("{path}.read_timeout_ms"), r.read_timeout_ms, 1, 86_400_000, errs);
+    let retry_budget = ms(&format!("{path}.retry_budget_ms"), r.retry_budget_ms, 1, 86_400_000, errs);
+    Some(Route {
+        name: r.name.clone(),
+        matcher: matcher?,
+        methods: methods.into_iter().collect(),
+        host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        rewrite: r.rewrite.clone(),
+        upstream: upstream?,
+        limit,
+        connect_timeout,
+        send_timeout,
+        read_timeout,
+        retry_on,
+        tries: r.tries,
+        retry_budget,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(toml_text: &str) -> Vec<ConfigError> {
+        match crate::config::load_bytes(toml_text.as_bytes(), Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.mock]
+url = "http://127.0.0.1:9000/v1"
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+rewrite = "/chat/completions"
+upstream = "mock"
+"#;
+
+    #[test]
+    fn good_config_compiles() {
+        let cfg = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
+        assert_eq!(cfg.upstreams[0].base_path, "/v1");
+        assert_eq!(cfg.upstreams[0].host_header, "127.0.0.1:9000");
+        assert_eq!(cfg.routes.len(), 1);
+    }
+
+    /// Each broken config names the key path and line of its mistake.
+    #[test]
+    fn errors_carry_path_and_line() {
+        let cases: &[(&str, &str, &str, usize)] = &[
+            ("unknown key", "[server]\nlisten = \"127.0.0.1:1\"\nlistn = 1\n", "server.listn", 3),
+            ("bad listen", "[server]\nlisten = \"nope\"\n", "server.listen", 2),
+            (
+                "missing upstream",
+                "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"ghost\"\n",
+                "routes[0].upstream",
+                4,
+            ),
+            (
+                "bad balance",
+                "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\nbalance = \"random\"\n",
+                "upstreams.a.balance",
+                3,
+            ),
+            ("wrong type", "[server]\nworkers = \"two\"\n", "server.workers", 2),
+            (
+                "bad retry",
+                "[upstreams.a]\nurl = \"http://h:1\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"a\"\nretry_on = [\"oops\"]\n",
+                "routes[0].retry_on[0]",
+                7,
+            ),
+        ];
+        for (name, text, path, line) in cases {
+            let errs = errors_of(text);
+            let found = errs.iter().find(|e| e.path == *path);
+            let Some(e) = found else {
+                panic!("{name}: no error at {path}; got {errs:?}");
+            };
+            assert_eq!(e.line, Some(*line), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn all_errors_at_once() {
+        let text = "[server]\nlisten = \"x\"\n[admin]\nlisten = \"y\"\n[[routes]]\nname = \"r\"\nprefix = \"nope\"\nupstream = \"z\"\n";
+        let errs = errors_of(text);
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in ["server.listen", "admin.listen", "routes[0].prefix", "routes[0].upstream"] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("a.b:80", None), Some(("a.b".into(), 80)));
+        assert_eq!(split_host_port("[::1]:8", None), Some(("::1".into(), 8)));
+        assert_eq!(split_host_port("host", Some(443)), Some(("host".into(), 443)));
+        assert_eq!(split_host_port("host", None), None);
+        assert_eq!(split_host_port("ho st:1", None), None);
+    }
+}

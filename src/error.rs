@@ -1,0 +1,117 @@
+//! The one error type of the request path and the one place that turns it into an HTTP
+//! status and an OpenAI-shaped body (`{"error":{"message","type","code"}}`).
+
+use crate::http::HttpError;
+
+/// Everything that can end a request before or while it is proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client sent something HTTP/1.1 forbids.
+    #[error("{0}")]
+    BadRequest(#[from] HttpError),
+    /// The request target is not an origin-form path we route.
+    #[error("invalid request target: {0}")]
+    BadTarget(&'static str),
+    /// No route matched.
+    #[error("no route for {method} {path}")]
+    NoRoute {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The request body is larger than `server.max_body_bytes`.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The client stopped sending the body before it was complete.
+    #[error("client body read timed out")]
+    ClientTimeout,
+    /// The client closed or reset the connection.
+    #[error("client connection failed: {0}")]
+    ClientIo(std::io::Error),
+    /// Could not resolve the upstream's host.
+    #[error("could not resolve upstream host {0}")]
+    Resolve(String),
+    /// Could not connect to any address of the upstream.
+    #[error("upstream connect failed: {0}")]
+    Connect(std::io::Error),
+    /// Connecting took longer than `connect_timeout_ms`.
+    #[error("upstream connect timed out")]
+    ConnectTimeout,
+    /// Upstream TLS is not available in this build.
+    #[error("upstream {0} uses https, which this build cannot reach yet")]
+    TlsUnsupported(String),
+    /// Reading from or writing to the upstream failed.
+    #[error("upstream connection failed: {0}")]
+    UpstreamIo(std::io::Error),
+    /// The upstream closed before a full response head.
+    #[error("upstream closed the connection before responding")]
+    UpstreamClosed,
+    /// The upstream did not answer within `read_timeout_ms` / `send_timeout_ms`.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream's response is not valid HTTP/1.1.
+    #[error("upstream sent an invalid response: {0}")]
+    UpstreamProtocol(HttpError),
+    /// The upstream switched protocols although no upgrade was asked for.
+    #[error("upstream answered 101 Switching Protocols to a request without Upgrade")]
+    UnexpectedUpgrade,
+    /// The gateway is shutting down.
+    #[error("gateway is shutting down")]
+    Draining,
+}
+
+impl ProxyError {
+    /// HTTP status, OpenAI error `type` and `code` for this error.
+    pub fn classify(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            ProxyError::BadRequest(e) => {
+                let code = match e.status() {
+                    413 => "request_too_large",
+                    414 => "uri_too_long",
+                    431 => "headers_too_large",
+                    505 => "http_version_not_supported",
+                    501 => "not_implemented",
+                    _ => "bad_request",
+                };
+                (e.status(), "invalid_request_error", code)
+            }
+            ProxyError::BadTarget(_) => (400, "invalid_request_error", "bad_request"),
+            ProxyError::NoRoute { .. } => (404, "invalid_request_error", "route_not_found"),
+            ProxyError::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
+            ProxyError::ClientTimeout => (408, "invalid_request_error", "request_timeout"),
+            ProxyError::ClientIo(_) => (400, "invalid_request_error", "client_error"),
+            ProxyError::Resolve(_) | ProxyError::Connect(_) => (502, "upstream_error", "upstream_unreachable"),
+            ProxyError::TlsUnsupported(_) => (502, "upstream_error", "upstream_tls_unsupported"),
+            ProxyError::UpstreamIo(_) | ProxyError::UpstreamClosed => {
+                (502, "upstream_error", "upstream_connection_failed")
+            }
+            ProxyError::UpstreamProtocol(_) | ProxyError::UnexpectedUpgrade => (502, "upstream_error", "upstream_bad_response"),
+            ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => {
+                (504, "upstream_error", "upstream_timeout")
+            }
+            ProxyError::Draining => (503, "server_error", "shutting_down"),
+        }
+    }
+
+    /// Whether the error happened before anything reached the upstream, so a retry on a new
+    /// connection cannot double a request.
+    pub fn is_connect_phase(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Resolve(_) | ProxyError::Connect(_) | ProxyError::ConnectTimeout
+        )
+    }
+}
+
+/// Writes the OpenAI error body for `message` into `out`.
+pub fn openai_error_body(message: &str, kind: &str, code: &str, out: &mut Vec<u8>) {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "code": code, "param": null }
+    });
+    // Serializing a json! value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &body);
+}

@@ -1,0 +1,30 @@
+//! ringgate: an OpenAI-compatible AI API gateway for Kubernetes.
+//!
+//! Code map (one line a module; ARCHITECTURE.md tells the request's life):
+//! - [`app`]: start-up, signals, drain — what `main` calls.
+//! - [`config`]: `gateway.toml` read (raw), validated (every error, with key paths and
+//!   lines) and compiled. The only module that parses TOML.
+//! - [`reload`]: the published config behind arc-swap; [`reload::watch`] watches the
+//!   mounted ConfigMap directory.
+//! - [`worker`]: one pinned monoio runtime per core (io_uring or epoll), its listener, drain.
+//! - [`http`]: HTTP/1.1 framing over httparse, to the hardening list of field-notes §4.
+//! - [`router`]: exact/prefix route matching and upstream path rewriting.
+//! - [`proxy`]: a client connection's loop and one request's exchange with the upstream.
+//! - [`upstream`]: per-worker keep-alive pools, DNS off the workers, connecting.
+//! - [`metrics`]: per-worker counters, summed and rendered for Prometheus.
+//! - [`admin`]: `/metrics`, `/health`, `/ready`, `/config` on the admin listener.
+//! - [`error`]: the request path's one error type and its HTTP status.
+//! - [`bufio`]: bounded owned-buffer I/O over monoio.
+
+pub mod admin;
+pub mod app;
+pub mod bufio;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,241 @@
+//! Header rewriting between the two sides: what the upstream receives (hop-by-hop headers
+//! stripped, re-framed, `Host`, `x-request-id`, `X-Real-IP`, `X-Forwarded-For`, the
+//! upstream key) and what the client receives back.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{ServerSettings, Upstream};
+use crate::http::{is_hop_by_hop, RequestHead, ResponseHead};
+use crate::worker::Worker;
+
+/// The request id: the client's `x-request-id` when it is sane, otherwise a new one.
+pub fn request_id(head: &RequestHead, w: &Worker) -> String {
+    match head.header("x-request-id") {
+        Some(v) if (1..=128).contains(&v.len()) && v.iter().all(|b| (0x21..0x7f).contains(b)) => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => w.new_request_id(),
+    }
+}
+
+/// The Host header without its port, lowercase, for host-matched routes.
+pub fn host_without_port(head: &RequestHead) -> Option<String> {
+    let h = std::str::from_utf8(head.header("host")?).ok()?.trim();
+    let host = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        h.split(':').next().unwrap_or(h)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// The real client IP: the peer, unless the peer is a trusted proxy, in which case the
+/// right-most X-Forwarded-For entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, server: &ServerSettings) -> IpAddr {
+    if !server.is_trusted(peer) {
+        return peer;
+    }
+    let Some(xff) = xff else { return peer };
+    let mut last = peer;
+    for part in xff.rsplit(',') {
+        let Ok(ip) = part.trim().parse::<IpAddr>() else {
+            // Unparseable entries were added by someone we cannot vouch for.
+            return last;
+        };
+        if !server.is_trusted(ip) {
+            return ip;
+        }
+        last = ip;
+    }
+    last
+}
+
+/// All X-Forwarded-For values of the request joined, in order.
+fn joined_xff(head: &RequestHead) -> Option<String> {
+    let mut out: Option<String> = None;
+    for h in &head.headers {
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            let v = String::from_utf8_lossy(&h.value);
+            match &mut out {
+                Some(s) => {
+                    s.push_str(", ");
+                    s.push_str(v.trim());
+                }
+                None => out = Some(v.trim().to_string()),
+            }
+        }
+    }
+    out
+}
+
+/// How the request body is framed upstream.
+pub enum UpstreamFraming {
+    /// No body.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Writes the upstream request head into `out`.
+pub fn write_upstream_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    target: &str,
+    up: &Upstream,
+    server: &ServerSettings,
+    peer: SocketAddr,
+    request_id: &str,
+    framing: UpstreamFraming,
+) {
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(up.host_header.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers {
+        let n = h.name.as_str();
+        if is_hop_by_hop(n, &head.connection_tokens)
+            || n.eq_ignore_ascii_case("host")
+            || n.eq_ignore_ascii_case("content-length")
+            || n.eq_ignore_ascii_case("expect")
+            || n.eq_ignore_ascii_case("x-request-id")
+            || n.eq_ignore_ascii_case("x-real-ip")
+            || n.eq_ignore_ascii_case("x-forwarded-for")
+            || n.eq_ignore_ascii_case("x-forwarded-proto")
+            || (up.authorization.is_some() && n.eq_ignore_ascii_case("authorization"))
+        {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(auth) = &up.authorization {
+        out.extend_from_slice(b"authorization: ");
+        out.extend_from_slice(&auth.0);
+        out.extend_from_slice(b"\r\n");
+    }
+    let xff = joined_xff(head);
+    let real = client_ip(peer.ip(), xff.as_deref(), server);
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\nx-real-ip: ");
+    out.extend_from_slice(real.to_string().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-for: ");
+    if server.is_trusted(peer.ip()) {
+        if let Some(x) = &xff {
+            out.extend_from_slice(x.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(peer.ip().to_string().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    match framing {
+        UpstreamFraming::None => {}
+        UpstreamFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        UpstreamFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body (HEAD, 204, 304) or `Content-Length` passed through.
+    AsIs,
+    /// Re-chunked (upstream chunked, or close-delimited to an HTTP/1.1 client).
+    Chunked,
+    /// Close-delimited (only to HTTP/1.0 clients).
+    Close,
+}
+
+/// Writes the client response head into `out`.
+pub fn write_client_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+    framing: ClientFraming,
+    request_id: &str,
+    keep_alive: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.status.to_string().as_bytes());
+    out.push(b' ');
+    let reason = if resp.reason.is_empty() {
+        crate::http::reason_phrase(resp.status)
+    } else {
+        resp.reason.as_str()
+    };
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let n = h.name.as_str();
+        if is_hop_by_hop(n, &resp.connection_tokens) || n.eq_ignore_ascii_case("x-request-id") {
+            continue;
+        }
+        if framing != ClientFraming::AsIs && n.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if framing == ClientFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn server(trusted: &[&str]) -> ServerSettings {
+        ServerSettings {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            workers: 1,
+            max_connections: 1,
+            max_header_bytes: 1024,
+            max_request_line_bytes: 1024,
+            max_body_bytes: 1,
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+            trusted_proxies: trusted.iter().map(|s| s.parse().expect("cidr")).collect(),
+        }
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_peers() {
+        let s = server(&["10.0.0.0/8"]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let cases = [
+            // untrusted peer: its X-Forwarded-For is ignored
+            ("203.0.113.9", Some("1.2.3.4"), "203.0.113.9"),
+            // trusted ingress: the right-most untrusted entry
+            ("10.1.1.1", Some("1.2.3.4"), "1.2.3.4"),
+            ("10.1.1.1", Some("6.6.6.6, 1.2.3.4, 10.2.2.2"), "1.2.3.4"),
+            ("10.1.1.1", None, "10.1.1.1"),
+            ("10.1.1.1", Some("garbage, 1.2.3.4"), "1.2.3.4"),
+            ("10.1.1.1", Some("1.2.3.4, garbage"), "10.1.1.1"),
+        ];
+        for (peer, xff, want) in cases {
+            assert_eq!(client_ip(ip(peer), xff, &s), ip(want), "{peer} {xff:?}");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The life of a client connection: read a request head within the slowloris deadline,
+//! route it, forward it ([`forward`]), and loop for the next request on the same
+//! connection. Requests on one connection are handled strictly in order, so pipelined
+//! requests are answered in order and never interleave.
+
+pub mod forward;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+
+use crate::bufio::{self, ReadBuf, ReadError};
+use crate::error::{openai_error_body, ProxyError};
+use crate::http::{self, BodyFraming, HeadLimits, RequestHead};
+use crate::worker::Worker;
+
+/// What became of one request, for the connection loop and the access log.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Whether the client connection can carry another request.
+    pub keep_alive: bool,
+    /// Status sent to the client (0 when none could be sent).
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// Request body bytes received from the client.
+    pub bytes_in: u64,
+}
+
+/// Serves one accepted client connection until it closes, errs, idles out or the worker
+/// drains.
+pub async fn serve_connection(w: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let snap = w.snapshot();
+    let mut rb = ReadBuf::new(4096, snap.config.server.max_header_bytes);
+    drop(snap);
+    let mut scratch = Vec::with_capacity(4096);
+    loop {
+        // A request sees one config snapshot from its first byte to its last.
+        let snap = w.snapshot();
+        let server = &snap.config.server;
+        rb.set_max(server.max_header_bytes);
+        if rb.is_empty() {
+            let idle = server.idle_timeout;
+            let got = monoio::select! {
+                r = rb.fill(&mut stream, idle) => Some(r),
+                _ = w.drain.wait() => None,
+            };
+            match got {
+                Some(Ok(_)) => {}
+                Some(Err(ReadError::Io(e))) => {
+                    tracing::debug!(%peer, error = %e, "client connection error while idle");
+                    return;
+                }
+                _ => return,
+            }
+        }
+        let deadline = Instant::now() + server.header_read_timeout;
+        let limits = HeadLimits {
+            max_header_bytes: server.max_header_bytes,
+            max_request_line: server.max_request_line_bytes,
+        };
+        let parsed = loop {
+            match http::parse_request_head(rb.data(), &limits) {
+                Ok(Some(p)) => break Ok(p),
+                Ok(None) => {}
+                Err(e) => break Err(ProxyError::BadRequest(e)),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(ProxyError::ClientTimeout);
+            }
+            match rb.fill(&mut stream, left).await {
+                Ok(_) => {}
+                Err(ReadError::Timeout) => break Err(ProxyError::ClientTimeout),
+                Err(ReadError::Full) => {
+                    break Err(ProxyError::BadRequest(http::HttpError::HeaderTooLarge));
+                }
+                Err(ReadError::Eof) | Err(ReadError::Io(_)) => return,
+            }
+        };
+        let (head, head_len) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "rejected request head");
+                w.metrics.note_rejected_head();
+                let id = w.new_request_id();
+                let _ = send_error(&mut stream, &e, &id, false, &mut scratch, server.idle_timeout).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        };
+        rb.consume(head_len);
+        let outcome = handle_request(&w, &snap, &mut stream, &mut rb, &head, peer, &mut scratch).await;
+        if !outcome.keep_alive || w.drain.is_draining() {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Routes and forwards one request whose head has been read.
+async fn handle_request(
+    w: &Rc<Worker>,
+    snap: &crate::reload::Active,
+    client: &mut TcpStream,
+    rb: &mut ReadBuf,
+    head: &RequestHead,
+    peer: SocketAddr,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    let start = Instant::now();
+    let cfg = &snap.config;
+    let request_id = headers::request_id(head, w);
+    let client_timeout = cfg.server.idle_timeout;
+    // A request that is rejected before its body is read leaves the body on the wire, so
+    // the connection cannot carry another request.
+    let has_body = !matches!(head.framing, BodyFraming::None);
+
+    let path = head.path();
+    if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
+        let ok = respond_plain(client, 200, b"OK", head.method == "HEAD", &request_id, head.keep_alive && !has_body, scratch, client_timeout).await;
+        return Outcome {
+            keep_alive: ok && head.keep_alive && !has_body,
+            status: 200,
+            ..Outcome::default()
+        };
+    }
+
+    let result = match check_target(&head.target) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let host = headers::host_without_port(head);
+            match cfg.routes.find(&head.method, host.as_deref(), path) {
+                None => Err(ProxyError::NoRoute {
+                    method: head.method.clone(),
+                    path: path.to_string(),
+                }),
+                Some(route) => match cfg.upstreams.get(route.upstream) {
+                    None => Err(ProxyError::NoRoute {
+                        method: head.method.clone(),
+                        path: path.to_string(),
+                    }),
+                    Some(up) => {
+                        let req = forward::Request {
+                            head,
+                            route,
+                            upstream: up,
+                            server: &cfg.server,
+                            peer,
+                            request_id: &request_id,
+                        };
+                        let r = forward::forward(w, &req, client, rb, scratch).await;
+                        let log = match &r {
+                            Ok(o) => (o.status, o.bytes_in, o.bytes_out),
+                            Err((e, _)) => (e.classify().0, 0, 0),
+                        };
+                        access_log(head, &request_id, peer, Some(&route.name), Some(&up.name), log, start);
+                        w.metrics.note_request(log.0, start.elapsed());
+                        match r {
+                            Ok(o) => return o,
+                            Err((e, response_started)) => {
+                                if response_started {
+                                    // The status line is out: the only honest signal left
+                                    // is to cut the connection.
+                                    tracing::warn!(request_id = %request_id, error = %e, "upstream failed mid-response; closing client connection");
+                                    return Outcome {
+                                        keep_alive: false,
+                                        status: log.0,
+                                        ..Outcome::default()
+                                    };
+                                }
+                                Err(e)
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    };
+    let Err(e) = result else {
+        return Outcome::default();
+    };
+    let (status, _, _) = e.classify();
+    if !matches!(e, ProxyError::ClientIo(_)) {
+        if status >= 500 {
+            tracing::warn!(request_id = %request_id, error = %e, "request failed");
+        }
+    }
+    // Errors of the exchange (not routing) were logged and counted in the branch above.
+    if matches!(e, ProxyError::NoRoute { .. } | ProxyError::BadTarget(_)) {
+        access_log(head, &request_id, peer, None, None, (status, 0, 0), start);
+        w.metrics.note_request(status, start.elapsed());
+    }
+    if matches!(e, ProxyError::ClientIo(_)) {
+        return Outcome::default();
+    }
+    let keep = head.keep_alive && !has_body && !w.drain.is_draining() && status < 500 && !matches!(e, ProxyError::ClientTimeout);
+    let sent = send_error(client, &e, &request_id, keep, scratch, client_timeout).await;
+    Outcome {
+        keep_alive: keep && sent,
+        status,
+        ..Outcome::default()
+    }
+}
+
+/// Only origin-form targets without dot segments are routed: a `..` that the upstream
+/// normalizes would otherwise escape the prefix the route matched.
+fn check_target(target: &str) -> Result<(), ProxyError> {
+    if !target.starts_with('/') {
+        return Err(ProxyError::BadTarget("only origin-form targets (\"/path\") are accepted"));
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    for seg in path.split('/') {
+        let lower = seg.to_ascii_lowercase();
+        let dots = lower.replace("%2e", ".");
+        if dots == "." || dots == ".." {
+            return Err(ProxyError::BadTarget("dot segments are not allowed in the path"));
+        }
+    }
+    if path.contains('\\') {
+        return Err(ProxyError::BadTarget("backslash in path"));
+    }
+    Ok(())
+}
+
+fn access_log(
+    head: &RequestHead,
+    request_id: &str,
+    peer: SocketAddr,
+    route: Option<&str>,
+    upstream: Option<&str>,
+    (status, bytes_in, bytes_out): (u16, u64, u64),
+    start: Instant,
+) {
+    tracing::info!(
+        target: "ringgate::access",
+        method = %head.method,
+        path = %head.path(),
+        status,
+        route = route.unwrap_or("-"),
+        upstream = upstream.unwrap_or("-"),
+        bytes_in,
+        bytes_out,
+        request_id,
+        client = %peer.ip(),
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+    );
+}
+
+/// Sends a gateway-made error in the OpenAI shape. Returns whether it was written.
+pub async fn send_error(
+    client: &mut TcpStream,
+    e: &ProxyError,
+    request_id: &str,
+    keep_alive: bool,
+    scratch: &mut Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    let (status, kind, code) = e.classify();
+    let mut body = Vec::with_capacity(160);
+    openai_error_body(&e.to_string(), kind, code, &mut body);
+    let len = body.len().to_string();
+    let mut hdrs: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/json"),
+        ("content-length", len.as_bytes()),
+        ("x-request-id", request_id.as_bytes()),
+    ];
+    if status == 429 || status == 503 {
+        hdrs.push(("retry-after", b"1"));
+    }
+    if !keep_alive {
+        hdrs.push(("connection", b"close"));
+    }
+    scratch.clear();
+    http::write_response_head(scratch, status, "", &hdrs);
+    scratch.extend_from_slice(&body);
+    let buf = std::mem::take(scratch);
+    let (res, buf) = bufio::write_all(client, buf, timeout).await;
+    if let Some(b) = buf {
+        *scratch = b;
+    }
+    res.is_ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond_plain(
+    client: &mut TcpStream,
+    status: u16,
+    body: &[u8],
+    head_only: bool,
+    request_id: &str,
+    keep_alive: bool,
+    scratch: &mut Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    let len = body.len().to_string();
+    let mut hdrs: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"text/plain; charset=utf-8"),
+        ("content-length", len.as_bytes()),
+        ("x-request-id", request_id.as_bytes()),
+    ];
+    if !keep_alive {
+        hdrs.push(("connection", b"close"));
+    }
+    scratch.clear();
+    http::write_response_head(scratch, status, "", &hdrs);
+    if !head_only {
+        scratch.extend_from_slice(body);
+    }
+    let buf = std::mem::take(scratch);
+    let (res, buf) = bufio::write_all(client, buf, timeout).await;
+    if let Some(b) = buf {
+        *scratch = b;
+    }
+    res.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_target;
+
+    #[test]
+    fn targets() {
+        let cases = [
+            ("/v1/chat/completions", true),
+            ("/v1/models?x=1", true),
+            ("/v1/../admin", false),
+            ("/v1/%2e%2E/admin", false),
+            ("/./x", false),
+            ("http://evil/x", false),
+            ("*", false),
+            ("/v1/a..b", true),
+        ];
+        for (t, ok) in cases {
+            assert_eq!(check_target(t).is_ok(), ok, "{t}");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Zero-restart config: the published state ([`Active`]) behind one `ArcSwap`, and
+//! [`ConfigStore::apply`] which turns a new snapshot of the mounted file into a new
+//! generation — parse, validate, compile and resolve all happen here, off the request path —
+//! or records why it was rejected while the old generation keeps serving.
+
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, ConfigErrors};
+use watch::Snapshot;
+
+/// One applied config generation and where it came from.
+#[derive(Debug)]
+pub struct Active {
+    /// The compiled config.
+    pub config: Config,
+    /// 1 for the config loaded at start-up, +1 per applied reload.
+    pub generation: u64,
+    /// sha256 of the file's bytes.
+    pub sha256: [u8; 32],
+    /// When it was applied.
+    pub loaded_at: SystemTime,
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// `..data` target when mounted from a ConfigMap.
+    pub data_target: Option<String>,
+}
+
+/// The last rejected reload, for `/config` and logs.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Every error, one per line, with key paths and lines.
+    pub message: String,
+    /// sha256 of the rejected bytes.
+    pub sha256: [u8; 32],
+    /// When it was rejected.
+    pub at: SystemTime,
+}
+
+/// The published config and the reload bookkeeping operators see.
+pub struct ConfigStore {
+    active: Arc<ArcSwap<Active>>,
+    base_dir: PathBuf,
+    last_rejection: Mutex<Option<Rejection>>,
+    /// Applied reloads (not counting the initial load).
+    pub applied: AtomicU64,
+    /// Rejected reloads.
+    pub rejected: AtomicU64,
+    /// Whether the last reload attempt succeeded.
+    pub last_successful: AtomicBool,
+}
+
+impl ConfigStore {
+    /// Loads and compiles the initial config from `file`.
+    pub fn load_initial(file: &Path) -> Result<ConfigStore, String> {
+        let snap = watch::read_snapshot(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let cfg = config::load_bytes(&snap.bytes, &base_dir).map_err(|e| e.to_string())?;
+        crate::upstream::dns::resolve_config(&cfg);
+        let active = Active {
+            config: cfg,
+            generation: 1,
+            sha256: snap.sha256,
+            loaded_at: SystemTime::now(),
+            source: snap.path,
+            data_target: snap.data_target,
+        };
+        Ok(ConfigStore {
+            active: Arc::new(ArcSwap::from_pointee(active)),
+            base_dir,
+            last_rejection: Mutex::new(None),
+            applied: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            last_successful: AtomicBool::new(true),
+        })
+    }
+
+    /// The current generation (a reference-counted snapshot).
+    pub fn current(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    /// The swap cell itself, for per-worker caches.
+    pub fn cell(&self) -> Arc<ArcSwap<Active>> {
+        self.active.clone()
+    }
+
+    /// The last rejected reload, if any.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.last_rejection.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Tries to make `snap` the new generation. On error the old one keeps serving and the
+    /// rejection is recorded.
+    pub fn apply(&self, snap: Snapshot) -> Result<u64, ConfigErrors> {
+        let old = self.current();
+        if snap.sha256 == old.sha256 {
+            return Ok(old.generation);
+        }
+        match config::load_bytes(&snap.bytes, &self.base_dir) {
+            Ok(cfg) => {
+                if cfg.server.listen != old.config.server.listen || cfg.server.workers != old.config.server.workers || cfg.admin_listen != old.config.admin_listen {
+                    tracing::warn!("server.listen, server.workers and admin.listen take effect at the next restart; the rest of the new config applies now");
+                }
+                crate::upstream::dns::resolve_config(&cfg);
+                let generation = old.generation + 1;
+                self.active.store(Arc::new(Active {
+                    config: cfg,
+                    generation,
+                    sha256: snap.sha256,
+                    loaded_at: SystemTime::now(),
+                    source: snap.path,
+                    data_target: snap.data_target.clone(),
+                }));
+                self.applied.fetch_add(1, Ordering::Relaxed);
+                self.last_successful.store(true, Ordering::Relaxed);
+                tracing::info!(generation, sha256 = %watch::sha256_hex(&snap.sha256), data_target = ?snap.data_target, "config applied");
+                Ok(generation)
+            }
+            Err(errs) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.last_successful.store(false, Ordering::Relaxed);
+                tracing::error!(sha256 = %watch::sha256_hex(&snap.sha256), errors = %errs, "config rejected; the previous config keeps serving");
+                if let Ok(mut g) = self.last_rejection.lock() {
+                    *g = Some(Rejection {
+                        message: errs.to_string(),
+                        sha256: snap.sha256,
+                        at: SystemTime::now(),
+                    });
+                }
+                Err(errs)
+            }
+        }
+    }
+}

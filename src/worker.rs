@@ -1,0 +1,295 @@
+//! Thread-per-core workers: each is a pinned OS thread running its own monoio runtime
+//! (io_uring, or epoll where io_uring is blocked), its own SO_REUSEPORT listener, its own
+//! upstream pool and counters. Nothing on the request path is shared with another worker
+//! except the config, read through arc-swap.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Cache};
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::metrics::{Driver, WorkerMetrics};
+use crate::reload::{Active, ConfigStore};
+use crate::upstream::pool::Pool;
+
+/// State shared by all workers and the control threads.
+pub struct Shared {
+    /// The published config.
+    pub store: Arc<ConfigStore>,
+    /// Set on SIGTERM/SIGINT.
+    pub draining: AtomicBool,
+}
+
+/// A worker's own state; lives on its thread only.
+pub struct Worker {
+    /// Worker index.
+    pub id: usize,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    cache: RefCell<Cache<Arc<ArcSwap<Active>>, Arc<Active>>>,
+    local: RefCell<Rc<Arc<Active>>>,
+    /// Idle upstream connections of this worker.
+    pub pool: RefCell<Pool>,
+    /// Round-robin cursor.
+    pub rr: Cell<usize>,
+    /// Wakes idle connections when draining starts.
+    pub drain: DrainSignal,
+    /// This worker's counters.
+    pub metrics: Arc<WorkerMetrics>,
+    active: Cell<usize>,
+    max_connections: usize,
+    id_seed: u64,
+    id_counter: Cell<u64>,
+}
+
+impl Worker {
+    /// The current config generation as a worker-local handle: cloning it is a non-atomic
+    /// increment, and the shared `ArcSwap` is only touched when a new generation appears.
+    pub fn snapshot(&self) -> Rc<Arc<Active>> {
+        let mut cache = self.cache.borrow_mut();
+        let cur = cache.load();
+        let mut local = self.local.borrow_mut();
+        if !Arc::ptr_eq(&**local, cur) {
+            *local = Rc::new(cur.clone());
+        }
+        local.clone()
+    }
+
+    /// A new request id, unique per process: a per-worker random seed and a counter.
+    pub fn new_request_id(&self) -> String {
+        let n = self.id_counter.get().wrapping_add(1);
+        self.id_counter.set(n);
+        format!("{:016x}{:016x}", self.id_seed, n)
+    }
+}
+
+/// A one-shot broadcast to every connection of a worker that draining began.
+#[derive(Default)]
+pub struct DrainSignal {
+    started: Cell<bool>,
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl DrainSignal {
+    /// Whether draining began.
+    pub fn is_draining(&self) -> bool {
+        self.started.get()
+    }
+
+    /// Begins draining and wakes every waiter.
+    pub fn start(&self) {
+        self.started.set(true);
+        for w in self.waiters.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves once draining began.
+    pub fn wait(&self) -> DrainWait<'_> {
+        DrainWait { sig: self, slot: None }
+    }
+}
+
+/// Future of [`DrainSignal::wait`]; frees its waker slot on drop.
+pub struct DrainWait<'a> {
+    sig: &'a DrainSignal,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for DrainWait<'_> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.sig.started.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.sig.waiters.borrow_mut();
+        let slot = match self.slot {
+            Some(s) => s,
+            None => {
+                let s = self.sig.free.borrow_mut().pop().unwrap_or_else(|| {
+                    waiters.push(None);
+                    waiters.len() - 1
+                });
+                s
+            }
+        };
+        if let Some(w) = waiters.get_mut(slot) {
+            *w = Some(cx.waker().clone());
+        }
+        drop(waiters);
+        self.slot = Some(slot);
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainWait<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.slot {
+            if let Some(w) = self.sig.waiters.borrow_mut().get_mut(s) {
+                *w = None;
+            }
+            self.sig.free.borrow_mut().push(s);
+        }
+    }
+}
+
+/// What a worker reports once its listener is bound (or failed to bind).
+pub type BindReport = Result<RawFd, String>;
+
+/// Starts worker `id` on its own thread.
+pub fn spawn(
+    id: usize,
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+    listen: SocketAddr,
+    cores: usize,
+    bound: mpsc::Sender<BindReport>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("ringgate-w{id}"))
+        .spawn(move || {
+            if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores.max(1)]) {
+                tracing::warn!(worker = id, error = ?e, "could not pin worker to a core");
+            }
+            let force_legacy = std::env::var("MONOIO_FORCE_LEGACY_DRIVER").is_ok_and(|v| v == "1" || v == "true");
+            if !force_legacy {
+                match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .enable_timer()
+                    .with_entries(1024)
+                    .build()
+                {
+                    Ok(mut rt) => {
+                        tracing::info!(worker = id, driver = "io_uring", "worker started");
+                        metrics.set_driver(Driver::IoUring);
+                        rt.block_on(run(id, shared, metrics, listen, bound));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = id, error = %e, "io_uring unavailable (seccomp, kernel.io_uring_disabled or memlock); falling back to epoll");
+                    }
+                }
+            }
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+                Ok(mut rt) => {
+                    tracing::info!(worker = id, driver = "epoll", forced = force_legacy, "worker started");
+                    metrics.set_driver(Driver::Epoll);
+                    rt.block_on(run(id, shared, metrics, listen, bound));
+                }
+                Err(e) => {
+                    let _ = bound.send(Err(format!("worker {id}: cannot build an I/O runtime: {e}")));
+                }
+            }
+        })
+}
+
+async fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+    listen: SocketAddr,
+    bound: mpsc::Sender<BindReport>,
+) {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    let listener = match TcpListener::bind_with_config(listen, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = bound.send(Err(format!("worker {id}: cannot listen on {listen}: {e}")));
+            return;
+        }
+    };
+    let _ = bound.send(Ok(listener.as_raw_fd()));
+    drop(bound);
+
+    let cell = shared.store.cell();
+    let initial = cell.load_full();
+    let workers = initial.config.server.workers.max(1);
+    let max_connections = initial.config.server.max_connections.div_ceil(workers);
+    let seed = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(id);
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.finish()
+    };
+    let w = Rc::new(Worker {
+        id,
+        shared: shared.clone(),
+        cache: RefCell::new(Cache::new(cell)),
+        local: RefCell::new(Rc::new(initial)),
+        pool: RefCell::new(Pool::default()),
+        rr: Cell::new(id),
+        drain: DrainSignal::default(),
+        metrics,
+        active: Cell::new(0),
+        max_connections,
+        id_seed: seed,
+        id_counter: Cell::new(0),
+    });
+
+    monoio::spawn(sweep_pools(w.clone()));
+
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if w.active.get() >= w.max_connections {
+                    w.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                w.active.set(w.active.get() + 1);
+                w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+                let w2 = w.clone();
+                monoio::spawn(async move {
+                    crate::proxy::serve_connection(w2.clone(), stream, peer).await;
+                    w2.active.set(w2.active.get() - 1);
+                    w2.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                if shared.draining.load(Ordering::Relaxed) {
+                    break;
+                }
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(worker = id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(listener);
+    w.drain.start();
+    let grace = w.snapshot().config.server.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    while w.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if w.active.get() > 0 {
+        tracing::warn!(worker = id, open = w.active.get(), "grace period over; closing remaining connections");
+    } else {
+        tracing::info!(worker = id, "drained");
+    }
+}
+
+/// Once a second: drop idle connections of upstreams that a reload removed or changed, and
+/// those past their keep-alive timeout.
+async fn sweep_pools(w: Rc<Worker>) {
+    while !w.drain.is_draining() {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let snap = w.snapshot();
+        let live: HashSet<u64> = snap.config.upstreams.iter().map(|u| u.fingerprint).collect();
+        let ups = &snap.config.upstreams;
+        let mut pool = w.pool.borrow_mut();
+        pool.retain(&live, |fp| ups.iter().find(|u| u.fingerprint == fp).map(|u| u.keepalive_timeout));
+        w.metrics.pool_idle.store(pool.idle_count() as i64, Ordering::Relaxed);
+    }
+}

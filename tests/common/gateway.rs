@@ -1,0 +1,357 @@
+//! Starts the real `ringgate` binary for integration tests: a config written into a
+//! kubelet-style projected directory, ephemeral loopback ports, a chosen I/O driver, and a
+//! SIGTERM on drop. Plus a minimal blocking HTTP/1.1 client for assertions.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::kubelet::ProjectedVolume;
+
+/// Which monoio driver the gateway runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring (the default).
+    IoUring,
+    /// epoll, forced with MONOIO_FORCE_LEGACY_DRIVER=1.
+    Epoll,
+}
+
+/// Both drivers, for tests that must pass on each.
+pub const DRIVERS: [Driver; 2] = [Driver::IoUring, Driver::Epoll];
+
+/// A free loopback port (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A unique temp dir for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "ringgate-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// Client listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The projected ConfigMap directory it watches.
+    pub volume: ProjectedVolume,
+    /// Where its stderr (the logs) goes.
+    pub log: PathBuf,
+    /// Scratch dir of this gateway.
+    pub dir: PathBuf,
+}
+
+/// Replaces `{listen}` and `{admin}` in a config template.
+pub fn render(template: &str, addr: SocketAddr, admin: SocketAddr) -> String {
+    template
+        .replace("{listen}", &addr.to_string())
+        .replace("{admin}", &admin.to_string())
+}
+
+impl Gateway {
+    /// Starts the gateway on `config` (a template with `{listen}` and `{admin}`).
+    pub fn start(config: &str, driver: Driver) -> Gateway {
+        Self::start_with_env(config, driver, &[])
+    }
+
+    /// As [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, driver: Driver, env: &[(&str, &str)]) -> Gateway {
+        let dir = temp_dir("gw");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let volume = ProjectedVolume::new(&dir.join("config")).expect("volume");
+        let mut files = BTreeMap::new();
+        files.insert("gateway.toml".to_string(), render(config, addr, admin).into_bytes());
+        volume.project(&files).expect("project");
+        let log = dir.join("gateway.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
+        cmd.arg("--config")
+            .arg(volume.dir())
+            .env("RINGGATE_LOG", "info,ringgate=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        if driver == Driver::Epoll {
+            cmd.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
+        } else {
+            cmd.env_remove("MONOIO_FORCE_LEGACY_DRIVER");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn ringgate");
+        let gw = Gateway {
+            child,
+            addr,
+            admin,
+            volume,
+            log,
+            dir,
+        };
+        gw.wait_healthy();
+        gw
+    }
+
+    fn wait_healthy(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(r) = request(self.addr, "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway did not become healthy; log:\n{}", self.logs());
+    }
+
+    /// Re-projects the config (kubelet-style) with a new template.
+    pub fn project(&self, config: &str) -> bool {
+        let mut files = BTreeMap::new();
+        files.insert("gateway.toml".to_string(), render(config, self.addr, self.admin).into_bytes());
+        self.volume.project(&files).expect("project")
+    }
+
+    /// The gateway's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc_kill(self.child.id() as i32, 15);
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// GET on the admin listener.
+    pub fn admin_get(&self, path: &str) -> Response {
+        request(self.admin, &format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")).expect("admin request")
+    }
+
+    /// A metric's value from /metrics (the first sample whose name and labels start with `prefix`).
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let body = self.admin_get("/metrics").text();
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.terminate();
+        if self.wait_exit(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header value by (lowercase) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    /// Body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub fn request(addr: SocketAddr, raw: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(raw.as_bytes())?;
+    let mut c = Conn::new(s);
+    c.read_response(raw.starts_with("HEAD "))
+}
+
+/// A keep-alive client connection.
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Wraps a connected socket.
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn { stream, buf: Vec::new() }
+    }
+
+    /// Connects with a 10 s read timeout.
+    pub fn connect(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        Conn::new(s)
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(raw)
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut tmp = [0u8; 16384];
+        let n = self.stream.read(&mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// Reads until the connection closes; returns everything unread.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        while let Ok(n) = self.fill() {
+            if n == 0 {
+                break;
+            }
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Reads the head of one response (status, headers).
+    pub fn read_head(&mut self) -> std::io::Result<(u16, Vec<(String, String)>)> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 4);
+                let mut lines = head.split("\r\n");
+                let status_line = lines.next().unwrap_or("");
+                let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                return Ok((status, headers));
+            }
+            if self.fill()? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads one chunk of a chunked body; None at the last chunk.
+    pub fn read_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| std::io::Error::other(format!("bad chunk line {line:?}")))?;
+                while self.buf.len() < end + 2 + size + 2 {
+                    if self.fill()? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                let data = self.buf[end + 2..end + 2 + size].to_vec();
+                self.buf.drain(..end + 2 + size + 2);
+                return Ok(if size == 0 { None } else { Some(data) });
+            }
+            if self.fill()? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads and discards `n` body bytes without keeping them; returns the count read.
+    pub fn count_body(&mut self, n: u64) -> std::io::Result<u64> {
+        let mut got = self.buf.len().min(n as usize) as u64;
+        self.buf.drain(..got as usize);
+        let mut tmp = vec![0u8; 1 << 18];
+        while got < n {
+            let k = self.stream.read(&mut tmp)?;
+            if k == 0 {
+                break;
+            }
+            got += k as u64;
+        }
+        Ok(got)
+    }
+
+    /// Reads one whole response.
+    pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
+        let (status, headers) = self.read_head()?;
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            while let Some(c) = self.read_chunk()? {
+                body.extend_from_slice(&c);
+            }
+        } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buf.len() < len {
+                if self.fill()? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            body = self.buf.drain(..len).collect();
+        } else {
+            body = self.read_to_close();
+        }
+        Ok(Response { status, headers, body })
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}

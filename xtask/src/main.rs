@@ -1,0 +1,21 @@
+//! `cargo xtask <command>`: project automation in Rust, no shell scripts.
+//! - `demo`: the mock provider and the gateway, fed through a kubelet-style projection of
+//!   configmaps/ringgate-config.yaml that is re-projected whenever that file is saved.
+
+mod demo;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("demo") => demo::run(&args[1..]),
+        Some("deploy") | Some("bench") => {
+            eprintln!("xtask {}: not built yet (see the open issues)", args[0]);
+            2
+        }
+        _ => {
+            eprintln!("usage: cargo xtask demo [--port 8080] [--mock-port 9000] [--admin-port 9901] [--once]");
+            2
+        }
+    };
+    std::process::exit(code);
+}
