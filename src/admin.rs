@@ -14,24 +14,30 @@ use crate::reload::watch::sha256_hex;
 use crate::worker::Shared;
 
 /// Binds the admin listener (so a busy port fails start-up) and serves it on a thread.
-pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, registry: Arc<Registry>) -> std::io::Result<SocketAddr> {
+pub fn spawn(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("ringgate-admin".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(s) => {
-                    if let Err(e) = serve(s, &shared, &registry) {
-                        tracing::debug!(error = %e, "admin request failed");
+    std::thread::Builder::new()
+        .name("ringgate-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(s) => {
+                        if let Err(e) = serve(s, &shared, &registry) {
+                            tracing::debug!(error = %e, "admin request failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
             }
-        }
-    })?;
+        })?;
     Ok(local)
 }
 
@@ -60,7 +66,13 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
     };
     let head_only = head.method == "HEAD";
     if head.method != "GET" && !head_only {
-        return respond(&mut s, 405, "text/plain", b"method not allowed\n", head_only);
+        return respond(
+            &mut s,
+            405,
+            "text/plain",
+            b"method not allowed\n",
+            head_only,
+        );
     }
     match head.path() {
         "/health" => respond(&mut s, 200, "text/plain", b"OK", head_only),
@@ -73,7 +85,13 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
         }
         "/metrics" => {
             let body = crate::metrics::render(registry, &shared.store);
-            respond(&mut s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head_only)
+            respond(
+                &mut s,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body.as_bytes(),
+                head_only,
+            )
         }
         "/config" => {
             let body = config_json(shared);
@@ -86,7 +104,9 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
 /// RFC 3339 UTC time, without pulling in a date crate.
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let millis = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    let millis = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -156,14 +176,24 @@ fn config_json(shared: &Shared) -> String {
     .to_string()
 }
 
-fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
+fn respond(
+    s: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(body.len() + 128);
     let len = body.len().to_string();
     http::write_response_head(
         &mut out,
         status,
         "",
-        &[("content-type", ctype.as_bytes()), ("content-length", len.as_bytes()), ("connection", b"close")],
+        &[
+            ("content-type", ctype.as_bytes()),
+            ("content-length", len.as_bytes()),
+            ("connection", b"close"),
+        ],
     );
     if !head_only {
         out.extend_from_slice(body);
@@ -180,7 +210,13 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_468_800_250)), "2026-11-23T00:00:00.250Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_468_800_250)),
+            "2026-11-23T00:00:00.250Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

@@ -24,10 +24,16 @@ pub fn check(path: &Path) -> i32 {
         }
     };
     let text = if is_yaml {
-        match std::str::from_utf8(&bytes).ok().and_then(config::toml_from_configmap_yaml) {
+        match std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(config::toml_from_configmap_yaml)
+        {
             Some(t) => t.into_bytes(),
             None => {
-                eprintln!("{}: no `gateway.toml: |` key found in the ConfigMap manifest", file.display());
+                eprintln!(
+                    "{}: no `gateway.toml: |` key found in the ConfigMap manifest",
+                    file.display()
+                );
                 return 1;
             }
         }
@@ -77,17 +83,30 @@ pub fn run(path: &Path) -> i32 {
 
     // A second instance would silently share the port through SO_REUSEPORT: refuse to start
     // when anyone already listens there.
-    if let Err(e) = std::net::TcpListener::bind(server.listen) {
+    if let Err(e) = probe_listen(server.listen) {
         eprintln!("cannot listen on {}: {e}", server.listen);
         return 1;
     }
+    // Installed before any worker starts, so an early SIGTERM drains instead of killing.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
 
     let shared = Arc::new(Shared {
         store: store.clone(),
         draining: AtomicBool::new(false),
     });
     let registry = Arc::new(Registry {
-        workers: (0..server.workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
+        workers: (0..server.workers)
+            .map(|_| Arc::new(WorkerMetrics::default()))
+            .collect(),
     });
     let admin_addr = match crate::admin::spawn(admin_listen, shared.clone(), registry.clone()) {
         Ok(a) => a,
@@ -128,7 +147,14 @@ pub fn run(path: &Path) -> i32 {
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     for (id, m) in registry.workers.iter().enumerate() {
-        match worker::spawn(id, shared.clone(), m.clone(), server.listen, cores, tx.clone()) {
+        match worker::spawn(
+            id,
+            shared.clone(),
+            m.clone(),
+            server.listen,
+            cores,
+            tx.clone(),
+        ) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 eprintln!("cannot start worker {id}: {e}");
@@ -153,13 +179,6 @@ pub fn run(path: &Path) -> i32 {
     }
     tracing::info!(listen = %server.listen, admin = %admin_addr, workers = handles.len(), "ringgate serving");
 
-    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot install signal handlers: {e}");
-            return 1;
-        }
-    };
     let sig = signals.forever().next();
     tracing::info!(signal = ?sig, grace_ms = server.shutdown_grace.as_millis() as u64, "draining");
     shared.draining.store(true, Ordering::SeqCst);
@@ -183,4 +202,19 @@ pub fn run(path: &Path) -> i32 {
     }
     tracing::info!("stopped");
     0
+}
+
+/// Binds and listens once without SO_REUSEPORT (but with SO_REUSEADDR, so TIME_WAIT from a
+/// previous run does not matter): fails when another process already listens on the port,
+/// which the workers' SO_REUSEPORT listeners would otherwise silently share.
+fn probe_listen(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1)?;
+    Ok(())
 }

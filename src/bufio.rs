@@ -69,8 +69,13 @@ impl ReadBuf {
     }
 
     /// Reads more bytes from `io`, waiting at most `timeout`. Returns the count read.
-    pub async fn fill<S: AsyncReadRent>(&mut self, io: &mut S, timeout: Duration) -> Result<usize, ReadError> {
-        if self.pos > 0 && (self.buf.len() == self.buf.capacity() || self.pos >= self.buf.len() / 2) {
+    pub async fn fill<S: AsyncReadRent>(
+        &mut self,
+        io: &mut S,
+        timeout: Duration,
+    ) -> Result<usize, ReadError> {
+        if self.pos > 0 && (self.buf.len() == self.buf.capacity() || self.pos >= self.buf.len() / 2)
+        {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
@@ -111,7 +116,10 @@ pub async fn write_all<S: AsyncWriteRent, B: IoBuf + 'static>(
     timeout: Duration,
 ) -> (io::Result<()>, Option<B>) {
     match monoio::time::timeout(timeout, io.write_all(buf)).await {
-        Err(_) => (Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")), None),
+        Err(_) => (
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+            None,
+        ),
         Ok((res, buf)) => (res.map(|_| ()), Some(buf)),
     }
 }

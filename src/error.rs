@@ -84,12 +84,16 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             ProxyError::ClientTimeout => (408, "invalid_request_error", "request_timeout"),
             ProxyError::ClientIo(_) => (400, "invalid_request_error", "client_error"),
-            ProxyError::Resolve(_) | ProxyError::Connect(_) => (502, "upstream_error", "upstream_unreachable"),
+            ProxyError::Resolve(_) | ProxyError::Connect(_) => {
+                (502, "upstream_error", "upstream_unreachable")
+            }
             ProxyError::TlsUnsupported(_) => (502, "upstream_error", "upstream_tls_unsupported"),
             ProxyError::UpstreamIo(_) | ProxyError::UpstreamClosed => {
                 (502, "upstream_error", "upstream_connection_failed")
             }
-            ProxyError::UpstreamProtocol(_) | ProxyError::UnexpectedUpgrade => (502, "upstream_error", "upstream_bad_response"),
+            ProxyError::UpstreamProtocol(_) | ProxyError::UnexpectedUpgrade => {
+                (502, "upstream_error", "upstream_bad_response")
+            }
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => {
                 (504, "upstream_error", "upstream_timeout")
             }

@@ -109,8 +109,15 @@ pub fn render(reg: &Registry, store: &ConfigStore) -> String {
     let mut o = String::with_capacity(4096);
     let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
-    let _ = writeln!(o, "# HELP ringgate_build_info Build information.\n# TYPE ringgate_build_info gauge");
-    let _ = writeln!(o, "ringgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        o,
+        "# HELP ringgate_build_info Build information.\n# TYPE ringgate_build_info gauge"
+    );
+    let _ = writeln!(
+        o,
+        "ringgate_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
 
     let _ = writeln!(o, "# HELP ringgate_requests_total Requests answered, by status class.\n# TYPE ringgate_requests_total counter");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
@@ -119,41 +126,96 @@ pub fn render(reg: &Registry, store: &ConfigStore) -> String {
     }
     let _ = writeln!(o, "# HELP ringgate_request_duration_seconds_total Time spent on requests.\n# TYPE ringgate_request_duration_seconds_total counter");
     let micros = sum(ws, |w| ld(&w.request_seconds_micros));
-    let _ = writeln!(o, "ringgate_request_duration_seconds_total {}", micros as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "ringgate_request_duration_seconds_total {}",
+        micros as f64 / 1e6
+    );
     let _ = writeln!(o, "# HELP ringgate_rejected_request_heads_total Malformed or oversize request heads.\n# TYPE ringgate_rejected_request_heads_total counter");
-    let _ = writeln!(o, "ringgate_rejected_request_heads_total {}", sum(ws, |w| ld(&w.rejected_heads)));
+    let _ = writeln!(
+        o,
+        "ringgate_rejected_request_heads_total {}",
+        sum(ws, |w| ld(&w.rejected_heads))
+    );
     let _ = writeln!(o, "# HELP ringgate_active_connections Open client connections.\n# TYPE ringgate_active_connections gauge");
-    let active: i64 = ws.iter().map(|w| w.active_connections.load(Ordering::Relaxed)).sum();
+    let active: i64 = ws
+        .iter()
+        .map(|w| w.active_connections.load(Ordering::Relaxed))
+        .sum();
     let _ = writeln!(o, "ringgate_active_connections {active}");
     let _ = writeln!(o, "# HELP ringgate_refused_connections_total Connections closed at max_connections.\n# TYPE ringgate_refused_connections_total counter");
-    let _ = writeln!(o, "ringgate_refused_connections_total {}", sum(ws, |w| ld(&w.refused_connections)));
+    let _ = writeln!(
+        o,
+        "ringgate_refused_connections_total {}",
+        sum(ws, |w| ld(&w.refused_connections))
+    );
     let _ = writeln!(o, "# HELP ringgate_upstream_connects_total New upstream connections.\n# TYPE ringgate_upstream_connects_total counter");
-    let _ = writeln!(o, "ringgate_upstream_connects_total {}", sum(ws, |w| ld(&w.upstream_connects)));
+    let _ = writeln!(
+        o,
+        "ringgate_upstream_connects_total {}",
+        sum(ws, |w| ld(&w.upstream_connects))
+    );
     let _ = writeln!(o, "# HELP ringgate_upstream_reuses_total Requests sent on pooled upstream connections.\n# TYPE ringgate_upstream_reuses_total counter");
-    let _ = writeln!(o, "ringgate_upstream_reuses_total {}", sum(ws, |w| ld(&w.upstream_reuses)));
+    let _ = writeln!(
+        o,
+        "ringgate_upstream_reuses_total {}",
+        sum(ws, |w| ld(&w.upstream_reuses))
+    );
     let _ = writeln!(o, "# HELP ringgate_upstream_pool_idle Idle pooled upstream connections.\n# TYPE ringgate_upstream_pool_idle gauge");
     let idle: i64 = ws.iter().map(|w| w.pool_idle.load(Ordering::Relaxed)).sum();
     let _ = writeln!(o, "ringgate_upstream_pool_idle {idle}");
     let _ = writeln!(o, "# HELP ringgate_upstream_header_seconds_total Time from first try to upstream response head.\n# TYPE ringgate_upstream_header_seconds_total counter");
-    let _ = writeln!(o, "ringgate_upstream_header_seconds_total {}", sum(ws, |w| ld(&w.upstream_header_micros)) as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "ringgate_upstream_header_seconds_total {}",
+        sum(ws, |w| ld(&w.upstream_header_micros)) as f64 / 1e6
+    );
     let _ = writeln!(o, "# HELP ringgate_upstream_connect_seconds_total Time spent connecting upstream.\n# TYPE ringgate_upstream_connect_seconds_total counter");
-    let _ = writeln!(o, "ringgate_upstream_connect_seconds_total {}", sum(ws, |w| ld(&w.upstream_connect_micros)) as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "ringgate_upstream_connect_seconds_total {}",
+        sum(ws, |w| ld(&w.upstream_connect_micros)) as f64 / 1e6
+    );
     let _ = writeln!(o, "# HELP ringgate_upstream_responses_total Upstream response heads received.\n# TYPE ringgate_upstream_responses_total counter");
-    let _ = writeln!(o, "ringgate_upstream_responses_total {}", sum(ws, |w| ld(&w.upstream_responses)));
+    let _ = writeln!(
+        o,
+        "ringgate_upstream_responses_total {}",
+        sum(ws, |w| ld(&w.upstream_responses))
+    );
 
     let _ = writeln!(o, "# HELP ringgate_io_driver_info I/O driver of the workers.\n# TYPE ringgate_io_driver_info gauge");
     let uring = ws.iter().filter(|w| w.driver() == Driver::IoUring).count();
     let epoll = ws.iter().filter(|w| w.driver() == Driver::Epoll).count();
-    let _ = writeln!(o, "ringgate_io_driver_info{{driver=\"io_uring\"}} {}", u8::from(uring > 0));
-    let _ = writeln!(o, "ringgate_io_driver_info{{driver=\"epoll\"}} {}", u8::from(epoll > 0));
+    let _ = writeln!(
+        o,
+        "ringgate_io_driver_info{{driver=\"io_uring\"}} {}",
+        u8::from(uring > 0)
+    );
+    let _ = writeln!(
+        o,
+        "ringgate_io_driver_info{{driver=\"epoll\"}} {}",
+        u8::from(epoll > 0)
+    );
 
     let cur = store.current();
     let _ = writeln!(o, "# HELP ringgate_config_generation Applied config generation (+1 per applied reload).\n# TYPE ringgate_config_generation gauge");
     let _ = writeln!(o, "ringgate_config_generation {}", cur.generation);
     let _ = writeln!(o, "# HELP ringgate_config_last_reload_successful Whether the last reload attempt succeeded.\n# TYPE ringgate_config_last_reload_successful gauge");
-    let _ = writeln!(o, "ringgate_config_last_reload_successful {}", u8::from(store.last_successful.load(Ordering::Relaxed)));
+    let _ = writeln!(
+        o,
+        "ringgate_config_last_reload_successful {}",
+        u8::from(store.last_successful.load(Ordering::Relaxed))
+    );
     let _ = writeln!(o, "# HELP ringgate_config_reloads_total Reload attempts by result.\n# TYPE ringgate_config_reloads_total counter");
-    let _ = writeln!(o, "ringgate_config_reloads_total{{result=\"applied\"}} {}", store.applied.load(Ordering::Relaxed));
-    let _ = writeln!(o, "ringgate_config_reloads_total{{result=\"rejected\"}} {}", store.rejected.load(Ordering::Relaxed));
+    let _ = writeln!(
+        o,
+        "ringgate_config_reloads_total{{result=\"applied\"}} {}",
+        store.applied.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "ringgate_config_reloads_total{{result=\"rejected\"}} {}",
+        store.rejected.load(Ordering::Relaxed)
+    );
     o
 }

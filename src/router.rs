@@ -72,7 +72,13 @@ impl RouteTable {
 
 /// The path sent upstream: the matched prefix replaced by `rewrite` (exact routes replace the
 /// whole path), then the upstream URL's path prepended. `query` is kept as is.
-pub fn upstream_target(route: &Route, base_path: &str, path: &str, query: Option<&str>, out: &mut String) {
+pub fn upstream_target(
+    route: &Route,
+    base_path: &str,
+    path: &str,
+    query: Option<&str>,
+    out: &mut String,
+) {
     out.clear();
     out.push_str(base_path);
     let rest = match (&route.rewrite, &route.matcher) {
@@ -89,7 +95,12 @@ pub fn upstream_target(route: &Route, base_path: &str, path: &str, query: Option
     // Join without doubling or losing the slash between the parts.
     if out.ends_with('/') && rest.starts_with('/') {
         out.push_str(&rest[1..]);
-    } else if !out.is_empty() && !out.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') && route.rewrite.is_none() {
+    } else if !out.is_empty()
+        && !out.ends_with('/')
+        && !rest.is_empty()
+        && !rest.starts_with('/')
+        && route.rewrite.is_none()
+    {
         out.push('/');
         out.push_str(rest);
     } else {
@@ -109,7 +120,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn route(name: &str, m: PathMatch, methods: &[&str], host: Option<&str>, rewrite: Option<&str>) -> Route {
+    fn route(
+        name: &str,
+        m: PathMatch,
+        methods: &[&str],
+        host: Option<&str>,
+        rewrite: Option<&str>,
+    ) -> Route {
         Route {
             name: name.into(),
             matcher: m,
@@ -129,10 +146,34 @@ mod tests {
 
     fn table() -> RouteTable {
         RouteTable::new(vec![
-            route("fallback", PathMatch::Prefix("/v1/".into()), &[], None, None),
-            route("chat", PathMatch::Prefix("/v1/chat/completions".into()), &["POST"], None, Some("/chat/completions")),
-            route("models", PathMatch::Exact("/v1/models".into()), &["GET"], None, Some("/models")),
-            route("internal", PathMatch::Prefix("/v1/chat".into()), &[], Some("internal.local"), None),
+            route(
+                "fallback",
+                PathMatch::Prefix("/v1/".into()),
+                &[],
+                None,
+                None,
+            ),
+            route(
+                "chat",
+                PathMatch::Prefix("/v1/chat/completions".into()),
+                &["POST"],
+                None,
+                Some("/chat/completions"),
+            ),
+            route(
+                "models",
+                PathMatch::Exact("/v1/models".into()),
+                &["GET"],
+                None,
+                Some("/models"),
+            ),
+            route(
+                "internal",
+                PathMatch::Prefix("/v1/chat".into()),
+                &[],
+                Some("internal.local"),
+                None,
+            ),
         ])
     }
 
@@ -142,14 +183,23 @@ mod tests {
         let cases = [
             ("POST", None, "/v1/chat/completions", Some("chat")),
             ("GET", None, "/v1/chat/completions", Some("fallback")),
-            ("POST", Some("internal.local"), "/v1/chat/x", Some("internal")),
+            (
+                "POST",
+                Some("internal.local"),
+                "/v1/chat/x",
+                Some("internal"),
+            ),
             ("POST", None, "/v1/chat/x", Some("fallback")),
             ("GET", None, "/v1/models", Some("models")),
             ("POST", None, "/v1/models", Some("fallback")),
             ("GET", None, "/v2/x", None),
         ];
         for (m, h, p, want) in cases {
-            assert_eq!(t.find(m, h, p).map(|r| r.name.as_str()), want, "{m} {h:?} {p}");
+            assert_eq!(
+                t.find(m, h, p).map(|r| r.name.as_str()),
+                want,
+                "{m} {h:?} {p}"
+            );
         }
     }
 

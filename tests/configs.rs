@@ -5,8 +5,16 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(path: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringgate")).arg("check").arg(path).output().expect("run ringgate check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .arg("check")
+        .arg(path)
+        .output()
+        .expect("run ringgate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -19,7 +27,8 @@ fn every_shipped_config_is_valid() {
             let path = entry.expect("entry").path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             let is_config = ext == "toml"
-                || (matches!(ext, "yaml" | "yml") && std::fs::read_to_string(&path).is_ok_and(|t| t.contains("gateway.toml:")));
+                || (matches!(ext, "yaml" | "yml")
+                    && std::fs::read_to_string(&path).is_ok_and(|t| t.contains("gateway.toml:")));
             if !is_config {
                 continue;
             }
@@ -43,7 +52,11 @@ fn check_reports_every_error_with_path_and_line() {
     .expect("write");
     let (code, text) = check(&file);
     assert_eq!(code, 1, "{text}");
-    for want in ["line 2: server.listen", "line 7: routes[0].upstream", "line 8: routes[0].tries"] {
+    for want in [
+        "line 2: server.listen",
+        "line 7: routes[0].upstream",
+        "line 8: routes[0].tries",
+    ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     // A directory means DIR/gateway.toml.

@@ -26,13 +26,33 @@ fn openai_python_sdk_chats_and_streams_through_the_gateway() {
         .output()
         .expect("python3 runs (install the SDK with `pip install openai`)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openai SDK failed:\n{stderr}\ngateway log:\n{}", gw.logs());
+    assert!(
+        out.status.success(),
+        "openai SDK failed:\n{stderr}\ngateway log:\n{}",
+        gw.logs()
+    );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json line");
-    assert!(seen["chat_content"].as_str().is_some_and(|s| !s.is_empty()), "{seen}");
+    assert!(
+        seen["chat_content"].as_str().is_some_and(|s| !s.is_empty()),
+        "{seen}"
+    );
     assert_eq!(seen["chat_model"], "gpt-4.1");
-    assert!(seen["stream_pieces"].as_u64().unwrap_or(0) >= 2, "streamed in several pieces: {seen}");
-    assert!(seen["stream_usage_total"].as_u64().is_some(), "usage chunk arrived: {seen}");
-    assert!(seen["models"].as_array().is_some_and(|m| !m.is_empty()), "{seen}");
-    let last = mock.requests().into_iter().find(|r| r.path.ends_with("/chat/completions")).expect("chat reached the mock");
+    assert!(
+        seen["stream_pieces"].as_u64().unwrap_or(0) >= 2,
+        "streamed in several pieces: {seen}"
+    );
+    assert!(
+        seen["stream_usage_total"].as_u64().is_some(),
+        "usage chunk arrived: {seen}"
+    );
+    assert!(
+        seen["models"].as_array().is_some_and(|m| !m.is_empty()),
+        "{seen}"
+    );
+    let last = mock
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/chat/completions"))
+        .expect("chat reached the mock");
     assert_eq!(last.header("authorization"), Some("Bearer sk-test-client"));
 }

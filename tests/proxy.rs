@@ -70,7 +70,8 @@ upstream = "mock"
 }
 
 const CHAT: &str = r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"hi"}]}"#;
-const CHAT_STREAM: &str = r#"{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const CHAT_STREAM: &str =
+    r#"{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
 fn post(path: &str, body: &str, extra_headers: &str) -> String {
     format!(
@@ -90,18 +91,37 @@ fn chat_is_forwarded_with_rewritten_path_and_forwarding_headers() {
     each_driver(|d| {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let gw = Gateway::start(&config(&mock, ""), d);
-        let r = request(gw.addr, &post("/v1/chat/completions?x=1", CHAT, "x-forwarded-for: 6.6.6.6\r\nconnection: close\r\n")).expect("request");
+        let r = request(
+            gw.addr,
+            &post(
+                "/v1/chat/completions?x=1",
+                CHAT,
+                "x-forwarded-for: 6.6.6.6\r\nconnection: close\r\n",
+            ),
+        )
+        .expect("request");
         assert_eq!(r.status, 200, "{d:?}: {}", r.text());
         assert_eq!(r.json()["object"], "chat.completion", "{d:?}");
-        let rid = r.header("x-request-id").expect("x-request-id on the response").to_string();
+        let rid = r
+            .header("x-request-id")
+            .expect("x-request-id on the response")
+            .to_string();
         let seen = mock.requests();
         let last = seen.last().expect("upstream saw the request");
         assert_eq!(last.path, "/v1/chat/completions?x=1", "{d:?}");
         assert_eq!(last.header("host"), Some(mock.addr().to_string().as_str()));
         assert_eq!(last.header("x-request-id"), Some(rid.as_str()));
-        assert_eq!(last.header("x-real-ip"), Some("127.0.0.1"), "an untrusted peer's X-Forwarded-For is not believed");
+        assert_eq!(
+            last.header("x-real-ip"),
+            Some("127.0.0.1"),
+            "an untrusted peer's X-Forwarded-For is not believed"
+        );
         assert_eq!(last.header("x-forwarded-for"), Some("127.0.0.1"));
-        assert_eq!(last.header("connection"), None, "hop-by-hop headers are stripped");
+        assert_eq!(
+            last.header("connection"),
+            None,
+            "hop-by-hop headers are stripped"
+        );
         assert_eq!(last.body_len, CHAT.len() as u64);
     });
 }
@@ -109,15 +129,29 @@ fn chat_is_forwarded_with_rewritten_path_and_forwarding_headers() {
 #[test]
 fn client_request_id_is_kept_and_trusted_proxy_xff_is_believed() {
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");
-    let cfg = config(&mock, "").replace("trusted_proxies = [\"127.0.0.2\"]", "trusted_proxies = [\"127.0.0.0/8\"]");
+    let cfg = config(&mock, "").replace(
+        "trusted_proxies = [\"127.0.0.2\"]",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    );
     let gw = Gateway::start(&cfg, Driver::IoUring);
-    let r = request(gw.addr, &post("/v1/chat/completions", CHAT, "x-request-id: abc-123\r\nx-forwarded-for: 203.0.113.7\r\nconnection: close\r\n")).expect("request");
+    let r = request(
+        gw.addr,
+        &post(
+            "/v1/chat/completions",
+            CHAT,
+            "x-request-id: abc-123\r\nx-forwarded-for: 203.0.113.7\r\nconnection: close\r\n",
+        ),
+    )
+    .expect("request");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let last = mock.requests().pop().expect("request");
     assert_eq!(last.header("x-request-id"), Some("abc-123"));
     assert_eq!(last.header("x-real-ip"), Some("203.0.113.7"));
-    assert_eq!(last.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        last.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
 }
 
 #[test]
@@ -126,14 +160,20 @@ fn sse_chunks_reach_the_client_before_the_upstream_sends_the_next() {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let gw = Gateway::start(&config(&mock, ""), d);
         let mut c = Conn::connect(gw.addr);
-        c.send(post("/v1/chat/completions", CHAT_STREAM, "x-mock-gate: 1\r\n").as_bytes()).expect("send");
+        c.send(post("/v1/chat/completions", CHAT_STREAM, "x-mock-gate: 1\r\n").as_bytes())
+            .expect("send");
         let (status, headers) = c.read_head().expect("head");
         assert_eq!(status, 200);
-        assert!(headers.iter().any(|(n, v)| n == "content-type" && v.starts_with("text/event-stream")));
+        assert!(headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v.starts_with("text/event-stream")));
         // The mock holds every event after the first until the gate opens: if the gateway
         // buffered, this read would time out.
         let first = c.read_chunk().expect("first chunk").expect("data");
-        assert!(String::from_utf8_lossy(&first).starts_with("data: "), "{d:?}");
+        assert!(
+            String::from_utf8_lossy(&first).starts_with("data: "),
+            "{d:?}"
+        );
         mock.release_gate();
         let mut rest = Vec::new();
         while let Some(chunk) = c.read_chunk().expect("chunk") {
@@ -152,14 +192,17 @@ fn keepalive_and_pipelining_reuse_one_upstream_connection() {
         let gw = Gateway::start(&cfg, d);
         let mut c = Conn::connect(gw.addr);
         for _ in 0..3 {
-            c.send(post("/v1/chat/completions", CHAT, "").as_bytes()).expect("send");
+            c.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+                .expect("send");
             let r = c.read_response(false).expect("response");
             assert_eq!(r.status, 200);
         }
         // Three pipelined requests in one write come back in order.
         let mut batch = Vec::new();
         for i in 0..3 {
-            batch.extend_from_slice(format!("GET /v1/echo?i={i} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes());
+            batch.extend_from_slice(
+                format!("GET /v1/echo?i={i} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes(),
+            );
         }
         c.send(&batch).expect("send");
         for i in 0..3 {
@@ -167,7 +210,11 @@ fn keepalive_and_pipelining_reuse_one_upstream_connection() {
             assert_eq!(r.status, 200);
             assert_eq!(r.json()["path"], format!("/echo?i={i}"), "{d:?}");
         }
-        assert_eq!(mock.connections_accepted(), 1, "{d:?}: one pooled upstream connection served all");
+        assert_eq!(
+            mock.connections_accepted(),
+            1,
+            "{d:?}: one pooled upstream connection served all"
+        );
     });
 }
 
@@ -176,9 +223,17 @@ fn health_and_no_route() {
     each_driver(|d| {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let gw = Gateway::start(&config(&mock, ""), d);
-        let r = request(gw.addr, "GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").expect("health");
+        let r = request(
+            gw.addr,
+            "GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("health");
         assert_eq!((r.status, r.text().as_str()), (200, "OK"));
-        let r = request(gw.addr, "GET /nope HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").expect("404");
+        let r = request(
+            gw.addr,
+            "GET /nope HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("404");
         assert_eq!(r.status, 404);
         assert_eq!(r.json()["error"]["code"], "route_not_found", "{}", r.text());
         assert!(r.json()["error"]["message"].is_string());
@@ -187,7 +242,10 @@ fn health_and_no_route() {
         let r = request(gw.addr, "POST /v1/models HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").expect("method");
         // POST /v1/models is not the models route (GET/HEAD only) but the /v1/ fallback.
         assert_eq!(r.status, 404, "the mock has no POST /models");
-        assert_eq!(mock.requests().last().map(|r| r.path.clone()), Some("/models".to_string()));
+        assert_eq!(
+            mock.requests().last().map(|r| r.path.clone()),
+            Some("/models".to_string())
+        );
     });
 }
 
@@ -196,7 +254,10 @@ fn health_and_no_route() {
 #[test]
 fn hardening_list() {
     let long_line = format!("GET /v1/{} HTTP/1.1\r\nhost: gw\r\n\r\n", "a".repeat(3000));
-    let big_headers = format!("GET /v1/models HTTP/1.1\r\nhost: gw\r\nx-big: {}\r\n\r\n", "b".repeat(9000));
+    let big_headers = format!(
+        "GET /v1/models HTTP/1.1\r\nhost: gw\r\nx-big: {}\r\n\r\n",
+        "b".repeat(9000)
+    );
     let cases: Vec<(&str, String, u16)> = vec![
         ("CL and TE", "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".into(), 400),
         ("two CLs", "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".into(), 400),
@@ -217,9 +278,14 @@ fn hardening_list() {
         for (name, raw, want) in &cases {
             let mut c = Conn::connect(gw.addr);
             c.send(raw.as_bytes()).expect("send");
-            let r = c.read_response(false).unwrap_or_else(|e| panic!("{d:?} {name}: no response: {e}"));
+            let r = c
+                .read_response(false)
+                .unwrap_or_else(|e| panic!("{d:?} {name}: no response: {e}"));
             assert_eq!(r.status, *want, "{d:?} {name}: {}", r.text());
-            assert!(r.json()["error"]["message"].is_string(), "{d:?} {name}: OpenAI error shape");
+            assert!(
+                r.json()["error"]["message"].is_string(),
+                "{d:?} {name}: OpenAI error shape"
+            );
             if *want != 400 || !name.contains("chunk") {
                 assert_eq!(r.header("connection"), Some("close"), "{d:?} {name}");
             }
@@ -227,8 +293,15 @@ fn hardening_list() {
             let rest = c.read_to_close();
             assert!(rest.is_empty(), "{d:?} {name}: nothing after the error");
         }
-        assert!(mock.requests().iter().all(|r| !r.path.contains("admin")), "{d:?}");
-        let r = request(gw.addr, "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").expect("still serving");
+        assert!(
+            mock.requests().iter().all(|r| !r.path.contains("admin")),
+            "{d:?}"
+        );
+        let r = request(
+            gw.addr,
+            "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("still serving");
         assert_eq!(r.status, 200);
     });
 }
@@ -239,9 +312,11 @@ fn slowloris_is_cut_at_header_read_timeout() {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let gw = Gateway::start(&config(&mock, ""), d);
         let mut s = TcpStream::connect(gw.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let start = Instant::now();
-        s.write_all(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n").expect("partial head");
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n")
+            .expect("partial head");
         let mut c = Conn::new(s);
         // Keep dribbling a byte at a time; the gateway must cut us anyway.
         for _ in 0..20 {
@@ -252,7 +327,10 @@ fn slowloris_is_cut_at_header_read_timeout() {
         }
         let rest = String::from_utf8_lossy(&c.read_to_close()).into_owned();
         assert!(rest.starts_with("HTTP/1.1 408"), "{d:?}: {rest}");
-        assert!(start.elapsed() < Duration::from_secs(10), "{d:?}: cut by the deadline, not the client timeout");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{d:?}: cut by the deadline, not the client timeout"
+        );
     });
 }
 
@@ -261,18 +339,34 @@ fn upstream_failures_map_to_502_and_504() {
     each_driver(|d| {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let gw = Gateway::start(&config(&mock, ""), d);
-        let r = request(gw.addr, "GET /dead/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").expect("dead");
+        let r = request(
+            gw.addr,
+            "GET /dead/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("dead");
         assert_eq!(r.status, 502, "{d:?}");
         assert_eq!(r.json()["error"]["type"], "upstream_error");
         let r = request(gw.addr, "GET /slow/echo HTTP/1.1\r\nhost: gw\r\nx-mock-delay-ms: 2000\r\nconnection: close\r\n\r\n").expect("slow");
         assert_eq!(r.status, 504, "{d:?}");
-        let r = request(gw.addr, "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-garbage: 1\r\nconnection: close\r\n\r\n").expect("garbage");
+        let r = request(
+            gw.addr,
+            "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-garbage: 1\r\nconnection: close\r\n\r\n",
+        )
+        .expect("garbage");
         assert_eq!(r.status, 502, "{d:?}");
         let r = request(gw.addr, "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-drop: before-response\r\nconnection: close\r\n\r\n").expect("drop");
         assert_eq!(r.status, 502, "{d:?}");
         // An upstream that dies mid-body: the client sees a cut stream, never a clean end.
         let mut c = Conn::connect(gw.addr);
-        c.send(post("/v1/chat/completions", CHAT_STREAM, "x-mock-drop: mid-body\r\n").as_bytes()).expect("send");
+        c.send(
+            post(
+                "/v1/chat/completions",
+                CHAT_STREAM,
+                "x-mock-drop: mid-body\r\n",
+            )
+            .as_bytes(),
+        )
+        .expect("send");
         let (status, _) = c.read_head().expect("head");
         assert_eq!(status, 200);
         let mut clean_end = false;
@@ -286,9 +380,16 @@ fn upstream_failures_map_to_502_and_504() {
                 Err(_) => break,
             }
         }
-        assert!(!clean_end, "{d:?}: a truncated upstream body must not end cleanly");
+        assert!(
+            !clean_end,
+            "{d:?}: a truncated upstream body must not end cleanly"
+        );
         // The worker still serves.
-        let r = request(gw.addr, "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").expect("after");
+        let r = request(
+            gw.addr,
+            "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("after");
         assert_eq!(r.status, 200);
     });
 }
@@ -296,15 +397,28 @@ fn upstream_failures_map_to_502_and_504() {
 #[test]
 fn stale_pooled_connection_is_never_used_for_a_failing_request() {
     each_driver(|d| {
-        let mock = MockProvider::start_with("127.0.0.1:0", MockOptions { idle_close_ms: Some(100) }).expect("mock");
+        let mock = MockProvider::start_with(
+            "127.0.0.1:0",
+            MockOptions {
+                idle_close_ms: Some(100),
+            },
+        )
+        .expect("mock");
         let cfg = config(&mock, "").replace("workers = 2", "workers = 1");
         let gw = Gateway::start(&cfg, d);
         for i in 0..5 {
-            let r = request(gw.addr, &post("/v1/chat/completions", CHAT, "connection: close\r\n")).expect("request");
+            let r = request(
+                gw.addr,
+                &post("/v1/chat/completions", CHAT, "connection: close\r\n"),
+            )
+            .expect("request");
             assert_eq!(r.status, 200, "{d:?} request {i}");
             std::thread::sleep(Duration::from_millis(250));
         }
-        assert!(mock.connections_accepted() >= 5, "{d:?}: the upstream closed idle connections, so each request needed a new one");
+        assert!(
+            mock.connections_accepted() >= 5,
+            "{d:?}: the upstream closed idle connections, so each request needed a new one"
+        );
     });
 }
 
@@ -314,26 +428,42 @@ fn head_204_304_1xx_and_close_delimited_responses() {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let gw = Gateway::start(&config(&mock, ""), d);
         let mut c = Conn::connect(gw.addr);
-        c.send(b"HEAD /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n").expect("send");
+        c.send(b"HEAD /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .expect("send");
         let r = c.read_response(true).expect("head");
         assert_eq!(r.status, 200);
         for status in [204u16, 304] {
-            c.send(format!("GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-status: {status}\r\n\r\n").as_bytes()).expect("send");
+            c.send(
+                format!("GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-status: {status}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .expect("send");
             let r = c.read_response(false).expect("response");
             assert_eq!(r.status, status, "{d:?}");
             assert!(r.body.is_empty());
         }
-        c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-early-100: 1\r\n\r\n").expect("send");
+        c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-early-100: 1\r\n\r\n")
+            .expect("send");
         let r = c.read_response(false).expect("after 100");
         assert_eq!(r.status, 200, "{d:?}: the interim 100 is skipped");
         // Close-delimited upstream body re-framed as chunked: the client connection survives.
-        c.send(b"GET /v1/download?bytes=100000&framing=close HTTP/1.1\r\nhost: gw\r\n\r\n").expect("send");
+        c.send(b"GET /v1/download?bytes=100000&framing=close HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .expect("send");
         let r = c.read_response(false).expect("download");
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), 100_000, "{d:?}");
-        assert!(r.body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
-        c.send(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n").expect("send");
-        assert_eq!(c.read_response(false).expect("still open").status, 200, "{d:?}");
+        assert!(r
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8));
+        c.send(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .expect("send");
+        assert_eq!(
+            c.read_response(false).expect("still open").status,
+            200,
+            "{d:?}"
+        );
     });
 }
 
@@ -370,10 +500,21 @@ fn api_key_replaces_client_authorization_and_never_reaches_logs() {
     let gw = Gateway::start(&config(&mock, &extra), Driver::IoUring);
     let r = request(gw.addr, "GET /keyed/echo HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-client-999\r\nconnection: close\r\n\r\n").expect("keyed");
     assert_eq!(r.status, 200);
-    assert_eq!(mock.requests().pop().and_then(|r| r.header("authorization").map(String::from)), Some("Bearer sk-upstream-secret-123".into()));
+    assert_eq!(
+        mock.requests()
+            .pop()
+            .and_then(|r| r.header("authorization").map(String::from)),
+        Some("Bearer sk-upstream-secret-123".into())
+    );
     let r = request(gw.addr, "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-client-999\r\nconnection: close\r\n\r\n").expect("plain");
     assert_eq!(r.status, 200);
-    assert_eq!(mock.requests().pop().and_then(|r| r.header("authorization").map(String::from)), Some("Bearer sk-client-999".into()), "without api_key_file the client's Authorization passes");
+    assert_eq!(
+        mock.requests()
+            .pop()
+            .and_then(|r| r.header("authorization").map(String::from)),
+        Some("Bearer sk-client-999".into()),
+        "without api_key_file the client's Authorization passes"
+    );
     let admin = gw.admin_get("/config").text();
     let logs = gw.logs();
     for secret in ["sk-upstream-secret-123", "sk-client-999"] {
@@ -391,16 +532,31 @@ fn client_vanishing_mid_stream_leaves_the_worker_serving() {
         let gw = Gateway::start(&cfg, d);
         for _ in 0..3 {
             let mut c = Conn::connect(gw.addr);
-            c.send(post("/v1/chat/completions", CHAT_STREAM, "x-mock-chunks: 50\r\nx-mock-chunk-interval-ms: 20\r\n").as_bytes()).expect("send");
+            c.send(
+                post(
+                    "/v1/chat/completions",
+                    CHAT_STREAM,
+                    "x-mock-chunks: 50\r\nx-mock-chunk-interval-ms: 20\r\n",
+                )
+                .as_bytes(),
+            )
+            .expect("send");
             let _ = c.read_head().expect("head");
             let _ = c.read_chunk();
             drop(c);
             // Mid-body upload abandoned, too.
             let mut c = Conn::connect(gw.addr);
-            c.send(b"POST /v1/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 900000\r\n\r\npartial").expect("send");
+            c.send(
+                b"POST /v1/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 900000\r\n\r\npartial",
+            )
+            .expect("send");
             drop(c);
         }
-        let r = request(gw.addr, "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").expect("after");
+        let r = request(
+            gw.addr,
+            "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("after");
         assert_eq!(r.status, 200, "{d:?}");
     });
 }
@@ -421,11 +577,16 @@ fn one_gib_each_way_streams_with_bounded_memory() {
     const GIB: u64 = 1 << 30;
     each_driver(|d| {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
-        let cfg = config(&mock, "").replace("max_body_bytes = 1048576", "max_body_bytes = 2147483648");
+        let cfg =
+            config(&mock, "").replace("max_body_bytes = 1048576", "max_body_bytes = 2147483648");
         let gw = Gateway::start(&cfg, d);
         // Upload: 1 GiB with Content-Length, written in 256 KiB slices.
         let mut c = Conn::connect(gw.addr);
-        c.send(format!("POST /v1/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: {GIB}\r\n\r\n").as_bytes()).expect("head");
+        c.send(
+            format!("POST /v1/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: {GIB}\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("head");
         let slice: Vec<u8> = (0..262_144u32).map(|i| (i % 251) as u8).collect();
         let mut sent = 0u64;
         while sent < GIB {
@@ -436,14 +597,24 @@ fn one_gib_each_way_streams_with_bounded_memory() {
         assert_eq!(r.status, 200, "{d:?}");
         assert_eq!(r.json()["bytes"], GIB, "{d:?}");
         // Download: 1 GiB, counted as it arrives.
-        c.send(format!("GET /v1/download?bytes={GIB} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes()).expect("send");
+        c.send(format!("GET /v1/download?bytes={GIB} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes())
+            .expect("send");
         let (status, headers) = c.read_head().expect("head");
         assert_eq!(status, 200);
-        assert_eq!(headers.iter().find(|(n, _)| n == "content-length").map(|(_, v)| v.as_str()), Some(GIB.to_string().as_str()));
+        assert_eq!(
+            headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.as_str()),
+            Some(GIB.to_string().as_str())
+        );
         let got = c.count_body(GIB).expect("download");
         assert_eq!(got, GIB, "{d:?}");
         let peak = peak_rss_kib(gw.pid());
-        assert!(peak > 0 && peak < 64 * 1024, "{d:?}: peak RSS {peak} KiB for 2 GiB streamed; bodies must not be buffered");
+        assert!(
+            peak > 0 && peak < 64 * 1024,
+            "{d:?}: peak RSS {peak} KiB for 2 GiB streamed; bodies must not be buffered"
+        );
     });
 }
 
@@ -453,17 +624,35 @@ fn sigterm_lets_an_inflight_stream_finish_then_exits_zero() {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");
         let mut gw = Gateway::start(&config(&mock, ""), d);
         let mut c = Conn::connect(gw.addr);
-        c.send(post("/v1/chat/completions", CHAT_STREAM, "x-mock-chunks: 20\r\nx-mock-chunk-interval-ms: 50\r\n").as_bytes()).expect("send");
+        c.send(
+            post(
+                "/v1/chat/completions",
+                CHAT_STREAM,
+                "x-mock-chunks: 20\r\nx-mock-chunk-interval-ms: 50\r\n",
+            )
+            .as_bytes(),
+        )
+        .expect("send");
         let (status, _) = c.read_head().expect("head");
         assert_eq!(status, 200);
         let _ = c.read_chunk().expect("first");
         gw.terminate();
         let mut body = Vec::new();
-        while let Some(chunk) = c.read_chunk().expect("the stream finishes during the drain") {
+        while let Some(chunk) = c
+            .read_chunk()
+            .expect("the stream finishes during the drain")
+        {
             body.extend_from_slice(&chunk);
         }
         assert!(String::from_utf8_lossy(&body).contains("[DONE]"), "{d:?}");
-        assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{d:?}: exit 0 after draining");
-        assert!(TcpStream::connect(gw.addr).is_err(), "{d:?}: no longer accepting");
+        assert_eq!(
+            gw.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "{d:?}: exit 0 after draining"
+        );
+        assert!(
+            TcpStream::connect(gw.addr).is_err(),
+            "{d:?}: no longer accepting"
+        );
     });
 }

@@ -42,12 +42,19 @@ upstream = "main"
 
 /// The tag of the config that served a `/v1/echo` request.
 fn served_by(gw: &Gateway) -> Option<String> {
-    let r = request(gw.addr, "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").ok()?;
+    let r = request(
+        gw.addr,
+        "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .ok()?;
     if r.status != 200 {
         return None;
     }
     let path = r.json()["path"].as_str()?.to_string();
-    path.trim_start_matches('/').split('/').next().map(String::from)
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .map(String::from)
 }
 
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -68,17 +75,28 @@ fn a_change_applies_and_identical_reapply_does_not() {
     assert_eq!(served_by(&gw).as_deref(), Some("one"));
     assert_eq!(gw.metric("ringgate_config_generation"), Some(1.0));
     assert!(gw.project(&config(&a, "two", 30_000)));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw).as_deref() == Some("two")), "{}", gw.logs());
+    assert!(
+        wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+            == Some("two")),
+        "{}",
+        gw.logs()
+    );
     assert_eq!(gw.metric("ringgate_config_generation"), Some(2.0));
     let cfg = gw.admin_get("/config").json();
     assert_eq!(cfg["generation"], 2);
-    assert_eq!(cfg["data_target"].as_str().map(String::from), gw.volume.data_target().ok());
+    assert_eq!(
+        cfg["data_target"].as_str().map(String::from),
+        gw.volume.data_target().ok()
+    );
     assert_eq!(cfg["sha256"].as_str().map(str::len), Some(64));
     // kubelet writes nothing for identical bytes; the gateway does not reload either.
     assert!(!gw.project(&config(&a, "two", 30_000)));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(gw.metric("ringgate_config_generation"), Some(2.0));
-    assert_eq!(gw.metric("ringgate_config_reloads_total{result=\"applied\"}"), Some(1.0));
+    assert_eq!(
+        gw.metric("ringgate_config_reloads_total{result=\"applied\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -87,32 +105,70 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
     let gw = Gateway::start(&config(&a, "good", 30_000), Driver::Epoll);
     let broken = [
         ("bad toml", "[server\nlisten = 1\n".to_string(), "line 1"),
-        ("unknown key", config(&a, "x", 30_000).replace("[reload]", "[reload]\nbogus = 1"), "reload.bogus"),
-        ("missing upstream", config(&a, "x", 30_000).replace("upstream = \"main\"", "upstream = \"ghost\""), "routes[0].upstream"),
-        ("bad value", config(&a, "x", 30_000).replace("workers = 2", "workers = -3"), "server.workers"),
+        (
+            "unknown key",
+            config(&a, "x", 30_000).replace("[reload]", "[reload]\nbogus = 1"),
+            "reload.bogus",
+        ),
+        (
+            "missing upstream",
+            config(&a, "x", 30_000).replace("upstream = \"main\"", "upstream = \"ghost\""),
+            "routes[0].upstream",
+        ),
+        (
+            "bad value",
+            config(&a, "x", 30_000).replace("workers = 2", "workers = -3"),
+            "server.workers",
+        ),
     ];
     for (i, (name, text, expect)) in broken.iter().enumerate() {
         assert!(gw.project(text));
         let want = (i + 1) as f64;
         assert!(
-            wait_for(Duration::from_secs(5), || gw.metric("ringgate_config_reloads_total{result=\"rejected\"}") == Some(want)),
+            wait_for(Duration::from_secs(5), || gw
+                .metric("ringgate_config_reloads_total{result=\"rejected\"}")
+                == Some(want)),
             "{name}: not rejected; {}",
             gw.logs()
         );
-        assert_eq!(served_by(&gw).as_deref(), Some("good"), "{name}: the old config keeps serving");
-        assert_eq!(gw.metric("ringgate_config_last_reload_successful"), Some(0.0));
+        assert_eq!(
+            served_by(&gw).as_deref(),
+            Some("good"),
+            "{name}: the old config keeps serving"
+        );
+        assert_eq!(
+            gw.metric("ringgate_config_last_reload_successful"),
+            Some(0.0)
+        );
         let cfg = gw.admin_get("/config").json();
-        let msg = cfg["last_error"]["message"].as_str().unwrap_or("").to_string();
-        assert!(msg.contains(expect), "{name}: /config last_error {msg:?} should name {expect}");
+        let msg = cfg["last_error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            msg.contains(expect),
+            "{name}: /config last_error {msg:?} should name {expect}"
+        );
         assert_eq!(cfg["generation"], 1);
     }
     // Not retried while the bytes stay the same.
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(gw.metric("ringgate_config_reloads_total{result=\"rejected\"}"), Some(broken.len() as f64));
-    assert!(gw.logs().contains("routes[0].upstream"), "the error is logged with its key path");
+    assert_eq!(
+        gw.metric("ringgate_config_reloads_total{result=\"rejected\"}"),
+        Some(broken.len() as f64)
+    );
+    assert!(
+        gw.logs().contains("routes[0].upstream"),
+        "the error is logged with its key path"
+    );
     assert!(gw.project(&config(&a, "fixed", 30_000)));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw).as_deref() == Some("fixed")));
-    assert_eq!(gw.metric("ringgate_config_last_reload_successful"), Some(1.0));
+    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+        .as_deref()
+        == Some("fixed")));
+    assert_eq!(
+        gw.metric("ringgate_config_last_reload_successful"),
+        Some(1.0)
+    );
     assert_eq!(gw.metric("ringgate_config_generation"), Some(2.0));
 }
 
@@ -123,7 +179,9 @@ fn three_swaps_inside_the_debounce_window_end_in_the_last() {
     for tag in ["s1", "s2", "s3"] {
         gw.project(&config(&a, tag, 30_000));
     }
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw).as_deref() == Some("s3")));
+    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+        .as_deref()
+        == Some("s3")));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(served_by(&gw).as_deref(), Some("s3"));
 }
@@ -133,10 +191,15 @@ fn a_key_added_and_removed_and_every_later_change_still_seen() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
     let gw = Gateway::start(&config(&a, "k0", 30_000), Driver::IoUring);
     let mut files = BTreeMap::new();
-    files.insert("gateway.toml".to_string(), common::gateway::render(&config(&a, "k1", 30_000), gw.addr, gw.admin).into_bytes());
+    files.insert(
+        "gateway.toml".to_string(),
+        common::gateway::render(&config(&a, "k1", 30_000), gw.addr, gw.admin).into_bytes(),
+    );
     files.insert("extra.txt".to_string(), b"hello".to_vec());
     assert!(gw.volume.project(&files).expect("project"));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw).as_deref() == Some("k1")));
+    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+        .as_deref()
+        == Some("k1")));
     files.remove("extra.txt");
     assert!(gw.volume.project(&files).expect("project"));
     std::thread::sleep(Duration::from_millis(300));
@@ -146,7 +209,11 @@ fn a_key_added_and_removed_and_every_later_change_still_seen() {
     for i in 2..7 {
         let tag = format!("k{i}");
         gw.project(&config(&a, &tag, 30_000));
-        assert!(wait_for(Duration::from_secs(5), || served_by(&gw).as_deref() == Some(tag.as_str())), "change {i} not seen");
+        assert!(
+            wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+                == Some(tag.as_str())),
+            "change {i} not seen"
+        );
     }
 }
 
@@ -161,9 +228,17 @@ fn lost_events_and_a_remounted_directory_are_caught_by_the_poll() {
     std::fs::rename(&dir, &aside).expect("unmount");
     let fresh = common::kubelet::ProjectedVolume::new(&dir).expect("remount");
     let mut files = BTreeMap::new();
-    files.insert("gateway.toml".to_string(), common::gateway::render(&config(&a, "p1", 500), gw.addr, gw.admin).into_bytes());
+    files.insert(
+        "gateway.toml".to_string(),
+        common::gateway::render(&config(&a, "p1", 500), gw.addr, gw.admin).into_bytes(),
+    );
     fresh.project(&files).expect("project");
-    assert!(wait_for(Duration::from_secs(8), || served_by(&gw).as_deref() == Some("p1")), "{}", gw.logs());
+    assert!(
+        wait_for(Duration::from_secs(8), || served_by(&gw).as_deref()
+            == Some("p1")),
+        "{}",
+        gw.logs()
+    );
     let _ = std::fs::remove_dir_all(aside);
 }
 
@@ -172,10 +247,13 @@ fn inflight_requests_finish_on_the_config_they_started_with() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
     let gw = Gateway::start(&config(&a, "old", 30_000), Driver::IoUring);
     let mut c = Conn::connect(gw.addr);
-    c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-delay-ms: 1000\r\n\r\n").expect("send");
+    c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-delay-ms: 1000\r\n\r\n")
+        .expect("send");
     std::thread::sleep(Duration::from_millis(200));
     gw.project(&config(&a, "new", 30_000));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw).as_deref() == Some("new")));
+    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+        .as_deref()
+        == Some("new")));
     let r = c.read_response(false).expect("slow response");
     assert_eq!(r.status, 200);
     assert!(r.json()["path"].as_str().unwrap_or("").starts_with("/old/"));
@@ -197,7 +275,9 @@ fn two_hundred_changes_under_load_fail_nothing() {
             let mut c = Conn::connect(gw.addr);
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(240) {
-                let res = c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\n\r\n").and_then(|_| c.read_response(false));
+                let res = c
+                    .send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\n\r\n")
+                    .and_then(|_| c.read_response(false));
                 match res {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     _ => {
@@ -246,7 +326,11 @@ fn two_hundred_changes_under_load_fail_nothing() {
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)
     );
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request may fail during reloads");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request may fail during reloads"
+    );
     assert!(ok.load(Ordering::Relaxed) > 200);
     assert_eq!(gw.metric("ringgate_config_generation"), Some(201.0));
 }

@@ -35,9 +35,8 @@ pub fn load_bytes(bytes: &[u8], base_dir: &Path) -> Result<Config, ConfigErrors>
             message: format!("config is not UTF-8: {e}"),
         }])
     })?;
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-        ConfigErrors(vec![validate::error_from_toml(text, &e)])
-    })?;
+    let raw: raw::RawConfig = toml::from_str(text)
+        .map_err(|e| ConfigErrors(vec![validate::error_from_toml(text, &e)]))?;
     validate::validate_and_compile(&raw, text, base_dir)
 }
 

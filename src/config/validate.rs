@@ -183,7 +183,10 @@ impl Errors<'_> {
 
 fn ms(path: &str, v: u64, min: u64, max: u64, errs: &mut Errors) -> Duration {
     if v < min || v > max {
-        errs.push(path, format!("{v} is out of range {min}..={max} (milliseconds)"));
+        errs.push(
+            path,
+            format!("{v} is out of range {min}..={max} (milliseconds)"),
+        );
     }
     Duration::from_millis(v)
 }
@@ -194,7 +197,9 @@ fn parse_listen(path: &str, s: &str, errs: &mut Errors) -> SocketAddr {
         Err(_) => {
             errs.push(
                 path,
-                format!("`{s}` is not an `ip:port` address (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")"),
+                format!(
+                    "`{s}` is not an `ip:port` address (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")"
+                ),
             );
             SocketAddr::from(([0, 0, 0, 0], 0))
         }
@@ -220,7 +225,13 @@ pub fn validate_and_compile(
         errs.push("admin.listen", "must differ from server.listen");
     }
     let reload = ReloadSettings {
-        debounce: ms("reload.debounce_ms", raw.reload.debounce_ms, 10, 10_000, &mut errs),
+        debounce: ms(
+            "reload.debounce_ms",
+            raw.reload.debounce_ms,
+            10,
+            10_000,
+            &mut errs,
+        ),
         poll_interval: ms(
             "reload.poll_interval_ms",
             raw.reload.poll_interval_ms,
@@ -253,10 +264,19 @@ pub fn validate_and_compile(
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if !seen_names.insert(r.name.as_str()) {
-            errs.push(format!("{path}.name"), format!("duplicate route name `{}`", r.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate route name `{}`", r.name),
+            );
         }
-        if let Some(route) = compile_route(r, &path, &upstream_names, &upstreams, &limit_names, &mut errs)
-        {
+        if let Some(route) = compile_route(
+            r,
+            &path,
+            &upstream_names,
+            &upstreams,
+            &limit_names,
+            &mut errs,
+        ) {
             routes.push(route);
         }
     }
@@ -292,7 +312,10 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
         errs.push("server.max_header_bytes", "must be within 1024..=1048576");
     }
     if !(256..=1 << 20).contains(&s.max_request_line_bytes) {
-        errs.push("server.max_request_line_bytes", "must be within 256..=1048576");
+        errs.push(
+            "server.max_request_line_bytes",
+            "must be within 256..=1048576",
+        );
     }
     if s.max_body_bytes == 0 {
         errs.push("server.max_body_bytes", "must be at least 1");
@@ -317,9 +340,27 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
         max_header_bytes: s.max_header_bytes,
         max_request_line_bytes: s.max_request_line_bytes,
         max_body_bytes: s.max_body_bytes,
-        header_read_timeout: ms("server.header_read_timeout_ms", s.header_read_timeout_ms, 1, 3_600_000, errs),
-        idle_timeout: ms("server.idle_timeout_ms", s.idle_timeout_ms, 1, 86_400_000, errs),
-        shutdown_grace: ms("server.shutdown_grace_ms", s.shutdown_grace_ms, 0, 3_600_000, errs),
+        header_read_timeout: ms(
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms,
+            1,
+            3_600_000,
+            errs,
+        ),
+        idle_timeout: ms(
+            "server.idle_timeout_ms",
+            s.idle_timeout_ms,
+            1,
+            86_400_000,
+            errs,
+        ),
+        shutdown_grace: ms(
+            "server.shutdown_grace_ms",
+            s.shutdown_grace_ms,
+            0,
+            3_600_000,
+            errs,
+        ),
         trusted_proxies: trusted,
     }
 }
@@ -327,7 +368,8 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) into host and port.
@@ -361,25 +403,37 @@ fn compile_upstream(
     errs: &mut Errors,
 ) -> Option<Upstream> {
     if !valid_name(name) {
-        errs.push(path, "upstream names use letters, digits, `_` and `-` (at most 64)");
+        errs.push(
+            path,
+            "upstream names use letters, digits, `_` and `-` (at most 64)",
+        );
     }
     let (scheme, rest, default_port) = if let Some(r) = u.url.strip_prefix("http://") {
         (Scheme::Http, r, 80)
     } else if let Some(r) = u.url.strip_prefix("https://") {
         (Scheme::Https, r, 443)
     } else {
-        errs.push(format!("{path}.url"), format!("`{}` must start with http:// or https://", u.url));
+        errs.push(
+            format!("{path}.url"),
+            format!("`{}` must start with http:// or https://", u.url),
+        );
         return None;
     };
     if rest.contains(['?', '#', '@']) {
-        errs.push(format!("{path}.url"), "query, fragment and user info are not allowed in an upstream url");
+        errs.push(
+            format!("{path}.url"),
+            "query, fragment and user info are not allowed in an upstream url",
+        );
     }
     let (authority, base_path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
     };
     let Some((host, port)) = split_host_port(authority, Some(default_port)) else {
-        errs.push(format!("{path}.url"), format!("`{authority}` is not a valid host[:port]"));
+        errs.push(
+            format!("{path}.url"),
+            format!("`{authority}` is not a valid host[:port]"),
+        );
         return None;
     };
     let host_header = if port == default_port {
@@ -396,7 +450,10 @@ fn compile_upstream(
     for (i, e) in u.endpoints.iter().enumerate() {
         match split_host_port(e, None) {
             Some((h, p)) => endpoints.push(Endpoint { host: h, port: p }),
-            None => errs.push(format!("{path}.endpoints[{i}]"), format!("`{e}` is not `host:port`")),
+            None => errs.push(
+                format!("{path}.endpoints[{i}]"),
+                format!("`{e}` is not `host:port`"),
+            ),
         }
     }
     let balance = match u.balance.as_str() {
@@ -417,8 +474,20 @@ fn compile_upstream(
     if u.keepalive_requests == 0 {
         errs.push(format!("{path}.keepalive_requests"), "must be at least 1");
     }
-    let keepalive_timeout = ms(&format!("{path}.keepalive_timeout_ms"), u.keepalive_timeout_ms, 1, 86_400_000, errs);
-    let connect_timeout = ms(&format!("{path}.connect_timeout_ms"), u.connect_timeout_ms, 1, 3_600_000, errs);
+    let keepalive_timeout = ms(
+        &format!("{path}.keepalive_timeout_ms"),
+        u.keepalive_timeout_ms,
+        1,
+        86_400_000,
+        errs,
+    );
+    let connect_timeout = ms(
+        &format!("{path}.connect_timeout_ms"),
+        u.connect_timeout_ms,
+        1,
+        3_600_000,
+        errs,
+    );
 
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     u.hash(&mut hasher);
@@ -430,7 +499,10 @@ fn compile_upstream(
                 Ok(bytes) => {
                     let key = String::from_utf8_lossy(&bytes).trim().to_string();
                     if key.is_empty() {
-                        errs.push(format!("{path}.api_key_file"), format!("{} is empty", p.display()));
+                        errs.push(
+                            format!("{path}.api_key_file"),
+                            format!("{} is empty", p.display()),
+                        );
                         None
                     } else if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
                         errs.push(
@@ -444,7 +516,10 @@ fn compile_upstream(
                     }
                 }
                 Err(e) => {
-                    errs.push(format!("{path}.api_key_file"), format!("cannot read {}: {e}", p.display()));
+                    errs.push(
+                        format!("{path}.api_key_file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    );
                     None
                 }
             }
@@ -453,7 +528,11 @@ fn compile_upstream(
     let addrs = endpoints
         .iter()
         .map(|e| {
-            let literal = e.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, e.port));
+            let literal = e
+                .host
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, e.port));
             arc_swap::ArcSwap::from_pointee(literal.into_iter().collect())
         })
         .collect();
@@ -476,10 +555,16 @@ fn compile_upstream(
 
 fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> LimitSpec {
     if !valid_name(name) {
-        errs.push(path, "limit names use letters, digits, `_` and `-` (at most 64)");
+        errs.push(
+            path,
+            "limit names use letters, digits, `_` and `-` (at most 64)",
+        );
     }
     if !(l.rate_per_second.is_finite() && l.rate_per_second > 0.0 && l.rate_per_second <= 1e9) {
-        errs.push(format!("{path}.rate_per_second"), "must be a number above 0");
+        errs.push(
+            format!("{path}.rate_per_second"),
+            "must be a number above 0",
+        );
     }
     if l.burst > 1_000_000 {
         errs.push(format!("{path}.burst"), "at most 1000000");
@@ -537,20 +622,33 @@ fn compile_route(
         }
     };
     if let Some(PathMatch::Prefix(p) | PathMatch::Exact(p)) = &matcher {
-        let key = if r.prefix.is_some() { "prefix" } else { "exact" };
+        let key = if r.prefix.is_some() {
+            "prefix"
+        } else {
+            "exact"
+        };
         if !p.starts_with('/') {
-            errs.push(format!("{path}.{key}"), format!("`{p}` must start with `/`"));
+            errs.push(
+                format!("{path}.{key}"),
+                format!("`{p}` must start with `/`"),
+            );
         }
     }
     if let Some(rw) = &r.rewrite {
         if !rw.is_empty() && !rw.starts_with('/') {
-            errs.push(format!("{path}.rewrite"), format!("`{rw}` must be empty or start with `/`"));
+            errs.push(
+                format!("{path}.rewrite"),
+                format!("`{rw}` must be empty or start with `/`"),
+            );
         }
     }
     let mut methods = BTreeSet::new();
     for (i, m) in r.methods.iter().enumerate() {
         if m.is_empty() || !m.bytes().all(is_tchar) {
-            errs.push(format!("{path}.methods[{i}]"), format!("`{m}` is not an HTTP method"));
+            errs.push(
+                format!("{path}.methods[{i}]"),
+                format!("`{m}` is not an HTTP method"),
+            );
         }
         methods.insert(m.to_ascii_uppercase());
     }
@@ -604,9 +702,27 @@ fn compile_route(
         Some(v) => ms(&format!("{path}.connect_timeout_ms"), v, 1, 3_600_000, errs),
         None => upstream_connect,
     };
-    let send_timeout = ms(&format!("{path}.send_timeout_ms"), r.send_timeout_ms, 1, 86_400_000, errs);
-    let read_timeout = ms(&format!("{path}.read_timeout_ms"), r.read_timeout_ms, 1, 86_400_000, errs);
-    let retry_budget = ms(&format!("{path}.retry_budget_ms"), r.retry_budget_ms, 1, 86_400_000, errs);
+    let send_timeout = ms(
+        &format!("{path}.send_timeout_ms"),
+        r.send_timeout_ms,
+        1,
+        86_400_000,
+        errs,
+    );
+    let read_timeout = ms(
+        &format!("{path}.read_timeout_ms"),
+        r.read_timeout_ms,
+        1,
+        86_400_000,
+        errs,
+    );
+    let retry_budget = ms(
+        &format!("{path}.retry_budget_ms"),
+        r.retry_budget_ms,
+        1,
+        86_400_000,
+        errs,
+    );
     Some(Route {
         name: r.name.clone(),
         matcher: matcher?,
@@ -698,7 +814,12 @@ upstream = "mock"
         let text = "[server]\nlisten = \"x\"\n[admin]\nlisten = \"y\"\n[[routes]]\nname = \"r\"\nprefix = \"nope\"\nupstream = \"z\"\n";
         let errs = errors_of(text);
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        for p in ["server.listen", "admin.listen", "routes[0].prefix", "routes[0].upstream"] {
+        for p in [
+            "server.listen",
+            "admin.listen",
+            "routes[0].prefix",
+            "routes[0].upstream",
+        ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
     }
@@ -707,7 +828,10 @@ upstream = "mock"
     fn host_port_forms() {
         assert_eq!(split_host_port("a.b:80", None), Some(("a.b".into(), 80)));
         assert_eq!(split_host_port("[::1]:8", None), Some(("::1".into(), 8)));
-        assert_eq!(split_host_port("host", Some(443)), Some(("host".into(), 443)));
+        assert_eq!(
+            split_host_port("host", Some(443)),
+            Some(("host".into(), 443))
+        );
         assert_eq!(split_host_port("host", None), None);
         assert_eq!(split_host_port("ho st:1", None), None);
     }

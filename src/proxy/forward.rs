@@ -90,7 +90,11 @@ async fn send(io: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> Resul
 }
 
 /// Sends `buf` to the client, handing the buffer back for reuse.
-async fn send_client(io: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), ProxyError> {
+async fn send_client(
+    io: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
     let (res, back) = bufio::write_all(io, std::mem::take(buf), timeout).await;
     if let Some(b) = back {
         *buf = b;
@@ -119,14 +123,18 @@ pub async fn forward(
         BodyFraming::Length(n) if n > max_body => {
             return Err((ProxyError::BodyTooLarge { limit: max_body }, false));
         }
-        BodyFraming::Length(n) if n <= RETAINED_BODY_BYTES => Body::Retained(Vec::with_capacity(n as usize)),
+        BodyFraming::Length(n) if n <= RETAINED_BODY_BYTES => {
+            Body::Retained(Vec::with_capacity(n as usize))
+        }
         BodyFraming::Length(n) => Body::Length(n),
         BodyFraming::Chunked | BodyFraming::CloseDelimited => Body::Chunked,
     };
     let mut continue_sent = false;
     if let Body::Retained(buf) = &mut body {
         if head.expect_continue {
-            send_continue(client, scratch, client_timeout).await.map_err(|e| (e, false))?;
+            send_continue(client, scratch, client_timeout)
+                .await
+                .map_err(|e| (e, false))?;
             continue_sent = true;
         }
         let n = match head.framing {
@@ -135,7 +143,9 @@ pub async fn forward(
         };
         while (buf.len() as u64) < n {
             if crb.is_empty() {
-                crb.fill(client, client_timeout).await.map_err(|e| (client_read_err(e), false))?;
+                crb.fill(client, client_timeout)
+                    .await
+                    .map_err(|e| (client_read_err(e), false))?;
             }
             let k = crb.available(n - buf.len() as u64);
             buf.extend_from_slice(&crb.data()[..k]);
@@ -158,7 +168,7 @@ pub async fn forward(
         Body::Chunked => UpstreamFraming::Chunked,
     };
     let mut up_head = Vec::with_capacity(512 + head.headers.len() * 48);
-    headers::write_upstream_head(&mut up_head, head, &target, up, req.server, req.peer, req.request_id, upstream_framing);
+    headers::write_upstream_head(&mut up_head, req, &target, upstream_framing);
 
     let ep = upstream::pick_endpoint(up, &w.rr);
     let started = Instant::now();
@@ -166,7 +176,11 @@ pub async fn forward(
     let (mut conn, mut urb, resp, t_connect) = loop {
         attempt += 1;
         let mut connect_time = Duration::ZERO;
-        let pooled = if attempt == 1 { w.pool.borrow_mut().take(up, ep) } else { None };
+        let pooled = if attempt == 1 {
+            w.pool.borrow_mut().take(up, ep)
+        } else {
+            None
+        };
         let mut conn = match pooled {
             Some(c) => {
                 w.metrics.note_reuse();
@@ -177,7 +191,9 @@ pub async fn forward(
                     return Err((ProxyError::TlsUnsupported(up.name.clone()), false));
                 }
                 let t0 = Instant::now();
-                let stream = upstream::connect(up, ep, route.connect_timeout).await.map_err(|e| (e, false))?;
+                let stream = upstream::connect(up, ep, route.connect_timeout)
+                    .await
+                    .map_err(|e| (e, false))?;
                 connect_time = t0.elapsed();
                 w.pool.borrow_mut().note_connect();
                 w.metrics.note_connect();
@@ -204,21 +220,41 @@ pub async fn forward(
         match &body {
             Body::Length(n) => {
                 if head.expect_continue && !continue_sent {
-                    send_continue(client, scratch, client_timeout).await.map_err(|e| (e, false))?;
+                    send_continue(client, scratch, client_timeout)
+                        .await
+                        .map_err(|e| (e, false))?;
                     continue_sent = true;
                 }
-                copy_length_body(client, crb, &mut conn.stream, *n, scratch, client_timeout, route.send_timeout)
-                    .await
-                    .map_err(|e| (e, false))?;
+                copy_length_body(
+                    client,
+                    crb,
+                    &mut conn.stream,
+                    *n,
+                    scratch,
+                    client_timeout,
+                    route.send_timeout,
+                )
+                .await
+                .map_err(|e| (e, false))?;
             }
             Body::Chunked => {
                 if head.expect_continue && !continue_sent {
-                    send_continue(client, scratch, client_timeout).await.map_err(|e| (e, false))?;
+                    send_continue(client, scratch, client_timeout)
+                        .await
+                        .map_err(|e| (e, false))?;
                     continue_sent = true;
                 }
-                copy_chunked_request(client, crb, &mut conn.stream, max_body, scratch, client_timeout, route.send_timeout)
-                    .await
-                    .map_err(|e| (e, false))?;
+                copy_chunked_request(
+                    client,
+                    crb,
+                    &mut conn.stream,
+                    max_body,
+                    scratch,
+                    client_timeout,
+                    route.send_timeout,
+                )
+                .await
+                .map_err(|e| (e, false))?;
             }
             Body::None | Body::Retained(_) => {}
         }
@@ -238,28 +274,67 @@ pub async fn forward(
     let t_header = started.elapsed();
     conn.requests += 1;
 
-    let uframing = http::response_framing(&head.method, &resp).map_err(|e| (ProxyError::UpstreamProtocol(e), false))?;
+    let uframing = http::response_framing(&head.method, &resp)
+        .map_err(|e| (ProxyError::UpstreamProtocol(e), false))?;
+    // HTTP/1.0 clients cannot read chunked bodies: they get the payload close-delimited.
     let cframing = match uframing {
         BodyFraming::None | BodyFraming::Length(_) => ClientFraming::AsIs,
-        BodyFraming::Chunked => ClientFraming::Chunked,
-        BodyFraming::CloseDelimited if head.minor_version >= 1 => ClientFraming::Chunked,
-        BodyFraming::CloseDelimited => ClientFraming::Close,
+        BodyFraming::Chunked | BodyFraming::CloseDelimited if head.minor_version >= 1 => {
+            ClientFraming::Chunked
+        }
+        BodyFraming::Chunked | BodyFraming::CloseDelimited => ClientFraming::Close,
     };
     let keep_alive = head.keep_alive && cframing != ClientFraming::Close && !w.drain.is_draining();
     scratch.clear();
     headers::write_client_head(scratch, &resp, cframing, req.request_id, keep_alive);
-    send_client(client, scratch, client_timeout).await.map_err(|e| (e, true))?;
+    send_client(client, scratch, client_timeout)
+        .await
+        .map_err(|e| (e, true))?;
 
     let rechunk = cframing == ClientFraming::Chunked;
     let bytes_out = match uframing {
-        BodyFraming::None => 0,
-        BodyFraming::Length(n) => copy_response_length(&mut conn.stream, &mut urb, client, n, scratch, route.read_timeout, client_timeout).await,
-        BodyFraming::Chunked => copy_response_chunked(&mut conn.stream, &mut urb, client, scratch, route.read_timeout, client_timeout).await,
-        BodyFraming::CloseDelimited => copy_response_until_close(&mut conn.stream, &mut urb, client, rechunk, scratch, route.read_timeout, client_timeout).await,
+        BodyFraming::None => Ok(0),
+        BodyFraming::Length(n) => {
+            copy_response_length(
+                &mut conn.stream,
+                &mut urb,
+                client,
+                n,
+                scratch,
+                route.read_timeout,
+                client_timeout,
+            )
+            .await
+        }
+        BodyFraming::Chunked => {
+            copy_response_chunked(
+                &mut conn.stream,
+                &mut urb,
+                client,
+                rechunk,
+                scratch,
+                route.read_timeout,
+                client_timeout,
+            )
+            .await
+        }
+        BodyFraming::CloseDelimited => {
+            copy_response_until_close(
+                &mut conn.stream,
+                &mut urb,
+                client,
+                rechunk,
+                scratch,
+                route.read_timeout,
+                client_timeout,
+            )
+            .await
+        }
     }
     .map_err(|e| (e, true))?;
 
-    let reusable = resp.keep_alive && urb.is_empty() && !matches!(uframing, BodyFraming::CloseDelimited);
+    let reusable =
+        resp.keep_alive && urb.is_empty() && !matches!(uframing, BodyFraming::CloseDelimited);
     if reusable {
         w.pool.borrow_mut().put(up, ep, conn);
     }
@@ -276,7 +351,11 @@ pub async fn forward(
     })
 }
 
-async fn send_continue(client: &mut TcpStream, scratch: &mut Vec<u8>, timeout: Duration) -> Result<(), ProxyError> {
+async fn send_continue(
+    client: &mut TcpStream,
+    scratch: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
     scratch.clear();
     scratch.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     send_client(client, scratch, timeout).await
@@ -324,7 +403,9 @@ async fn copy_length_body(
     let mut remaining = n;
     while remaining > 0 {
         if crb.is_empty() {
-            crb.fill(client, client_timeout).await.map_err(client_read_err)?;
+            crb.fill(client, client_timeout)
+                .await
+                .map_err(client_read_err)?;
         }
         let k = crb.available(remaining);
         out.clear();
@@ -381,7 +462,9 @@ async fn copy_chunked_request(
         if done {
             return Ok(());
         }
-        crb.fill(client, client_timeout).await.map_err(client_read_err)?;
+        crb.fill(client, client_timeout)
+            .await
+            .map_err(client_read_err)?;
     }
 }
 
@@ -397,7 +480,9 @@ async fn copy_response_length(
     let mut remaining = n;
     while remaining > 0 {
         if urb.is_empty() {
-            urb.fill(up, read_timeout).await.map_err(upstream_read_err)?;
+            urb.fill(up, read_timeout)
+                .await
+                .map_err(upstream_read_err)?;
         }
         let k = urb.available(remaining);
         out.clear();
@@ -413,6 +498,7 @@ async fn copy_response_chunked(
     up: &mut TcpStream,
     urb: &mut ReadBuf,
     client: &mut TcpStream,
+    rechunk: bool,
     out: &mut Vec<u8>,
     read_timeout: Duration,
     client_timeout: Duration,
@@ -423,18 +509,26 @@ async fn copy_response_chunked(
         out.clear();
         let mut done = false;
         loop {
-            let (used, ev) = dec.decode(urb.data()).map_err(ProxyError::UpstreamProtocol)?;
+            let (used, ev) = dec
+                .decode(urb.data())
+                .map_err(ProxyError::UpstreamProtocol)?;
             match ev {
                 ChunkEvent::Data(r) => {
                     total += r.len() as u64;
-                    http::encode_chunk_header(r.len(), out);
+                    if rechunk {
+                        http::encode_chunk_header(r.len(), out);
+                    }
                     out.extend_from_slice(&urb.data()[r]);
-                    out.extend_from_slice(http::CHUNK_END);
+                    if rechunk {
+                        out.extend_from_slice(http::CHUNK_END);
+                    }
                     urb.consume(used);
                 }
                 ChunkEvent::Done => {
                     urb.consume(used);
-                    out.extend_from_slice(http::LAST_CHUNK);
+                    if rechunk {
+                        out.extend_from_slice(http::LAST_CHUNK);
+                    }
                     done = true;
                     break;
                 }
@@ -451,7 +545,9 @@ async fn copy_response_chunked(
         if done {
             return Ok(total);
         }
-        urb.fill(up, read_timeout).await.map_err(upstream_read_err)?;
+        urb.fill(up, read_timeout)
+            .await
+            .map_err(upstream_read_err)?;
     }
 }
 

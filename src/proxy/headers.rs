@@ -2,9 +2,10 @@
 //! stripped, re-framed, `Host`, `x-request-id`, `X-Real-IP`, `X-Forwarded-For`, the
 //! upstream key) and what the client receives back.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use crate::config::{ServerSettings, Upstream};
+use super::forward::Request;
+use crate::config::ServerSettings;
 use crate::http::{is_hop_by_hop, RequestHead, ResponseHead};
 use crate::worker::Worker;
 
@@ -81,14 +82,12 @@ pub enum UpstreamFraming {
 /// Writes the upstream request head into `out`.
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
-    head: &RequestHead,
+    req: &Request<'_>,
     target: &str,
-    up: &Upstream,
-    server: &ServerSettings,
-    peer: SocketAddr,
-    request_id: &str,
     framing: UpstreamFraming,
 ) {
+    let (head, up, server, peer, request_id) =
+        (req.head, req.upstream, req.server, req.peer, req.request_id);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());

@@ -89,13 +89,22 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: TcpStream, peer: Socket
                 tracing::info!(%peer, error = %e, "rejected request head");
                 w.metrics.note_rejected_head();
                 let id = w.new_request_id();
-                let _ = send_error(&mut stream, &e, &id, false, &mut scratch, server.idle_timeout).await;
+                let _ = send_error(
+                    &mut stream,
+                    &e,
+                    &id,
+                    false,
+                    &mut scratch,
+                    server.idle_timeout,
+                )
+                .await;
                 let _ = stream.shutdown().await;
                 return;
             }
         };
         rb.consume(head_len);
-        let outcome = handle_request(&w, &snap, &mut stream, &mut rb, &head, peer, &mut scratch).await;
+        let outcome =
+            handle_request(&w, &snap, &mut stream, &mut rb, &head, peer, &mut scratch).await;
         if !outcome.keep_alive || w.drain.is_draining() {
             let _ = stream.shutdown().await;
             return;
@@ -123,7 +132,17 @@ async fn handle_request(
 
     let path = head.path();
     if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
-        let ok = respond_plain(client, 200, b"OK", head.method == "HEAD", &request_id, head.keep_alive && !has_body, scratch, client_timeout).await;
+        let ok = respond_plain(
+            client,
+            200,
+            b"OK",
+            head.method == "HEAD",
+            &request_id,
+            head.keep_alive && !has_body,
+            scratch,
+            client_timeout,
+        )
+        .await;
         return Outcome {
             keep_alive: ok && head.keep_alive && !has_body,
             status: 200,
@@ -131,7 +150,7 @@ async fn handle_request(
         };
     }
 
-    let result = match check_target(&head.target) {
+    let result: Result<(), ProxyError> = match check_target(&head.target) {
         Err(e) => Err(e),
         Ok(()) => {
             let host = headers::host_without_port(head);
@@ -159,7 +178,15 @@ async fn handle_request(
                             Ok(o) => (o.status, o.bytes_in, o.bytes_out),
                             Err((e, _)) => (e.classify().0, 0, 0),
                         };
-                        access_log(head, &request_id, peer, Some(&route.name), Some(&up.name), log, start);
+                        access_log(
+                            head,
+                            &request_id,
+                            peer,
+                            Some(&route.name),
+                            Some(&up.name),
+                            log,
+                            start,
+                        );
                         w.metrics.note_request(log.0, start.elapsed());
                         match r {
                             Ok(o) => return o,
@@ -186,10 +213,8 @@ async fn handle_request(
         return Outcome::default();
     };
     let (status, _, _) = e.classify();
-    if !matches!(e, ProxyError::ClientIo(_)) {
-        if status >= 500 {
-            tracing::warn!(request_id = %request_id, error = %e, "request failed");
-        }
+    if !matches!(e, ProxyError::ClientIo(_)) && status >= 500 {
+        tracing::warn!(request_id = %request_id, error = %e, "request failed");
     }
     // Errors of the exchange (not routing) were logged and counted in the branch above.
     if matches!(e, ProxyError::NoRoute { .. } | ProxyError::BadTarget(_)) {
@@ -199,7 +224,11 @@ async fn handle_request(
     if matches!(e, ProxyError::ClientIo(_)) {
         return Outcome::default();
     }
-    let keep = head.keep_alive && !has_body && !w.drain.is_draining() && status < 500 && !matches!(e, ProxyError::ClientTimeout);
+    let keep = head.keep_alive
+        && !has_body
+        && !w.drain.is_draining()
+        && status < 500
+        && !matches!(e, ProxyError::ClientTimeout);
     let sent = send_error(client, &e, &request_id, keep, scratch, client_timeout).await;
     Outcome {
         keep_alive: keep && sent,
@@ -212,14 +241,18 @@ async fn handle_request(
 /// normalizes would otherwise escape the prefix the route matched.
 fn check_target(target: &str) -> Result<(), ProxyError> {
     if !target.starts_with('/') {
-        return Err(ProxyError::BadTarget("only origin-form targets (\"/path\") are accepted"));
+        return Err(ProxyError::BadTarget(
+            "only origin-form targets (\"/path\") are accepted",
+        ));
     }
     let path = target.split('?').next().unwrap_or(target);
     for seg in path.split('/') {
         let lower = seg.to_ascii_lowercase();
         let dots = lower.replace("%2e", ".");
         if dots == "." || dots == ".." {
-            return Err(ProxyError::BadTarget("dot segments are not allowed in the path"));
+            return Err(ProxyError::BadTarget(
+                "dot segments are not allowed in the path",
+            ));
         }
     }
     if path.contains('\\') {

@@ -59,7 +59,8 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// Loads and compiles the initial config from `file`.
     pub fn load_initial(file: &Path) -> Result<ConfigStore, String> {
-        let snap = watch::read_snapshot(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let snap = watch::read_snapshot(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let cfg = config::load_bytes(&snap.bytes, &base_dir).map_err(|e| e.to_string())?;
         crate::upstream::dns::resolve_config(&cfg);
@@ -105,7 +106,10 @@ impl ConfigStore {
         }
         match config::load_bytes(&snap.bytes, &self.base_dir) {
             Ok(cfg) => {
-                if cfg.server.listen != old.config.server.listen || cfg.server.workers != old.config.server.workers || cfg.admin_listen != old.config.admin_listen {
+                if cfg.server.listen != old.config.server.listen
+                    || cfg.server.workers != old.config.server.workers
+                    || cfg.admin_listen != old.config.admin_listen
+                {
                     tracing::warn!("server.listen, server.workers and admin.listen take effect at the next restart; the rest of the new config applies now");
                 }
                 crate::upstream::dns::resolve_config(&cfg);

@@ -94,7 +94,11 @@ impl Pool {
     }
 
     /// Drops pools of upstreams not in `live` and idle connections past their timeout.
-    pub fn retain(&mut self, live: &HashSet<u64>, timeout_of: impl Fn(u64) -> Option<std::time::Duration>) {
+    pub fn retain(
+        &mut self,
+        live: &HashSet<u64>,
+        timeout_of: impl Fn(u64) -> Option<std::time::Duration>,
+    ) {
         self.idle.retain(|(fp, _), list| {
             if !live.contains(fp) {
                 return false;

@@ -81,7 +81,10 @@ impl Gateway {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let volume = ProjectedVolume::new(&dir.join("config")).expect("volume");
         let mut files = BTreeMap::new();
-        files.insert("gateway.toml".to_string(), render(config, addr, admin).into_bytes());
+        files.insert(
+            "gateway.toml".to_string(),
+            render(config, addr, admin).into_bytes(),
+        );
         volume.project(&files).expect("project");
         let log = dir.join("gateway.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
@@ -114,7 +117,10 @@ impl Gateway {
     fn wait_healthy(&self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
-            if let Ok(r) = request(self.addr, "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n") {
+            if let Ok(r) = request(
+                self.addr,
+                "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+            ) {
                 if r.status == 200 {
                     return;
                 }
@@ -127,7 +133,10 @@ impl Gateway {
     /// Re-projects the config (kubelet-style) with a new template.
     pub fn project(&self, config: &str) -> bool {
         let mut files = BTreeMap::new();
-        files.insert("gateway.toml".to_string(), render(config, self.addr, self.admin).into_bytes());
+        files.insert(
+            "gateway.toml".to_string(),
+            render(config, self.addr, self.admin).into_bytes(),
+        );
         self.volume.project(&files).expect("project")
     }
 
@@ -163,7 +172,11 @@ impl Gateway {
 
     /// GET on the admin listener.
     pub fn admin_get(&self, path: &str) -> Response {
-        request(self.admin, &format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")).expect("admin request")
+        request(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"),
+        )
+        .expect("admin request")
     }
 
     /// A metric's value from /metrics (the first sample whose name and labels start with `prefix`).
@@ -207,7 +220,10 @@ pub struct Response {
 impl Response {
     /// First header value by (lowercase) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     /// Body as text.
     pub fn text(&self) -> String {
@@ -238,13 +254,17 @@ pub struct Conn {
 impl Conn {
     /// Wraps a connected socket.
     pub fn new(stream: TcpStream) -> Conn {
-        Conn { stream, buf: Vec::new() }
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Connects with a 10 s read timeout.
     pub fn connect(addr: SocketAddr) -> Conn {
         let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         Conn::new(s)
     }
 
@@ -278,7 +298,11 @@ impl Conn {
                 self.buf.drain(..end + 4);
                 let mut lines = head.split("\r\n");
                 let status_line = lines.next().unwrap_or("");
-                let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let status = status_line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 let headers = lines
                     .filter_map(|l| l.split_once(':'))
                     .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -296,8 +320,9 @@ impl Conn {
         loop {
             if let Some(end) = find(&self.buf, b"\r\n") {
                 let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| std::io::Error::other(format!("bad chunk line {line:?}")))?;
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| std::io::Error::other(format!("bad chunk line {line:?}")))?;
                 while self.buf.len() < end + 2 + size + 2 {
                     if self.fill()? == 0 {
                         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -348,7 +373,11 @@ impl Conn {
         } else {
             body = self.read_to_close();
         }
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 

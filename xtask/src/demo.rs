@@ -39,8 +39,15 @@ fn root() -> PathBuf {
 }
 
 /// The ConfigMap's gateway.toml with the provider swapped for the local mock.
-fn render(manifest: &Path, port: u16, mock_port: u16, admin_port: u16, key_file: &Path) -> Result<String, String> {
-    let yaml = std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+fn render(
+    manifest: &Path,
+    port: u16,
+    mock_port: u16,
+    admin_port: u16,
+    key_file: &Path,
+) -> Result<String, String> {
+    let yaml =
+        std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     let toml = ringgate::config::toml_from_configmap_yaml(&yaml)
         .ok_or_else(|| format!("{}: no `gateway.toml: |` key", manifest.display()))?;
     let mut out = String::new();
@@ -77,7 +84,10 @@ fn http(port: u16, req: &str) -> std::io::Result<String> {
 fn wait_ready(port: u16) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(r) = http(port, "GET /health HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n") {
+        if let Ok(r) = http(
+            port,
+            "GET /health HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n",
+        ) {
             if r.starts_with("HTTP/1.1 200") {
                 return true;
             }
@@ -97,18 +107,31 @@ pub fn run(args: &[String]) -> i32 {
     println!("demo: building ringgate and the mock provider ...");
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
-        .args(["build", "--quiet", "-p", "ringgate", "--bin", "ringgate", "--example", "mock_provider"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "ringgate",
+            "--bin",
+            "ringgate",
+            "--example",
+            "mock_provider",
+        ])
         .status();
     if !status.is_ok_and(|s| s.success()) {
         eprintln!("demo: build failed");
         return 1;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let demo_dir = target.join("demo");
     let config_dir = demo_dir.join("config");
     let _ = std::fs::remove_dir_all(&demo_dir);
     let secrets = demo_dir.join("secrets");
-    if let Err(e) = std::fs::create_dir_all(&secrets).and_then(|_| std::fs::write(secrets.join("api-key"), "demo-provider-key\n")) {
+    if let Err(e) = std::fs::create_dir_all(&secrets)
+        .and_then(|_| std::fs::write(secrets.join("api-key"), "demo-provider-key\n"))
+    {
         eprintln!("demo: {e}");
         return 1;
     }
@@ -121,7 +144,13 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     let project = |volume: &kubelet::ProjectedVolume| -> Result<bool, String> {
-        let text = render(&manifest, port, mock_port, admin_port, &secrets.join("api-key"))?;
+        let text = render(
+            &manifest,
+            port,
+            mock_port,
+            admin_port,
+            &secrets.join("api-key"),
+        )?;
         let mut files = BTreeMap::new();
         files.insert("gateway.toml".to_string(), text.into_bytes());
         volume.project(&files).map_err(|e| e.to_string())
@@ -141,7 +170,11 @@ pub fn run(args: &[String]) -> i32 {
             return 1;
         }
     }
-    match Command::new(target.join("debug/ringgate")).arg("--config").arg(&config_dir).spawn() {
+    match Command::new(target.join("debug/ringgate"))
+        .arg("--config")
+        .arg(&config_dir)
+        .spawn()
+    {
         Ok(c) => children.0.push(c),
         Err(e) => {
             eprintln!("demo: cannot start ringgate: {e}");
@@ -171,11 +204,19 @@ pub fn run(args: &[String]) -> i32 {
     println!("  curl -s http://127.0.0.1:{port}/v1/models");
     println!("  curl -s http://127.0.0.1:{admin_port}/config");
     println!("  curl -s http://127.0.0.1:{admin_port}/metrics | grep ringgate_config");
-    println!("Edit and save {} to see a live reload (kubelet-style projection into {}). Ctrl-C stops.", manifest.display(), config_dir.display());
+    println!(
+        "Edit and save {} to see a live reload (kubelet-style projection into {}). Ctrl-C stops.",
+        manifest.display(),
+        config_dir.display()
+    );
     if once {
         return 0;
     }
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
     let mut seen = mtime(&manifest);
     loop {
         std::thread::sleep(Duration::from_millis(300));
