@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_468_800_250)),
-            "2026-11-23T00:00:00.250Z"
+            "2026-11-23T21:20:00.250Z"
         );
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),

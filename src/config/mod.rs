@@ -28,6 +28,25 @@ pub fn config_file_path(path: &Path) -> PathBuf {
 /// Parses, validates and compiles config bytes. `base_dir` resolves relative file paths
 /// (api keys) so a config works the same from any working directory.
 pub fn load_bytes(bytes: &[u8], base_dir: &Path) -> Result<Config, ConfigErrors> {
+    load_bytes_with(bytes, base_dir, SecretFiles::Read)
+}
+
+/// Whether compiling a config reads the secret files it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFiles {
+    /// Read them (serving): a missing or empty key file is an error.
+    Read,
+    /// Do not touch them (`ringgate check` on a workstation, where the Secret is not
+    /// mounted): only their paths are checked.
+    Skip,
+}
+
+/// As [`load_bytes`], choosing whether secret files are read.
+pub fn load_bytes_with(
+    bytes: &[u8],
+    base_dir: &Path,
+    secrets: SecretFiles,
+) -> Result<Config, ConfigErrors> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
@@ -37,7 +56,7 @@ pub fn load_bytes(bytes: &[u8], base_dir: &Path) -> Result<Config, ConfigErrors>
     })?;
     let raw: raw::RawConfig = toml::from_str(text)
         .map_err(|e| ConfigErrors(vec![validate::error_from_toml(text, &e)]))?;
-    validate::validate_and_compile(&raw, text, base_dir)
+    validate::validate_and_compile(&raw, text, base_dir, secrets)
 }
 
 /// Pulls the `gateway.toml` text out of a ConfigMap manifest (YAML), so

@@ -212,6 +212,7 @@ pub fn validate_and_compile(
     raw: &RawConfig,
     text: &str,
     base_dir: &Path,
+    secrets: super::SecretFiles,
 ) -> Result<Config, super::ConfigErrors> {
     let mut errs = Errors {
         list: Vec::new(),
@@ -245,7 +246,7 @@ pub fn validate_and_compile(
     let mut upstream_names = Vec::new();
     for (name, u) in &raw.upstreams {
         let path = format!("upstreams.{name}");
-        if let Some(up) = compile_upstream(name, u, &path, base_dir, &mut errs) {
+        if let Some(up) = compile_upstream(name, u, &path, base_dir, secrets, &mut errs) {
             upstreams.push(Arc::new(up));
         }
         upstream_names.push(name.clone());
@@ -400,6 +401,7 @@ fn compile_upstream(
     u: &RawUpstream,
     path: &str,
     base_dir: &Path,
+    secrets: super::SecretFiles,
     errs: &mut Errors,
 ) -> Option<Upstream> {
     if !valid_name(name) {
@@ -493,6 +495,11 @@ fn compile_upstream(
     u.hash(&mut hasher);
     let authorization = match &u.api_key_file {
         None => None,
+        Some(f) if f.trim().is_empty() => {
+            errs.push(format!("{path}.api_key_file"), "must not be empty");
+            None
+        }
+        Some(_) if secrets == super::SecretFiles::Skip => None,
         Some(f) => {
             let p = base_dir.join(f);
             match std::fs::read(&p) {

@@ -224,11 +224,12 @@ async fn handle_request(
     if matches!(e, ProxyError::ClientIo(_)) {
         return Outcome::default();
     }
-    let keep = head.keep_alive
-        && !has_body
-        && !w.drain.is_draining()
-        && status < 500
-        && !matches!(e, ProxyError::ClientTimeout);
+    // A malformed request closes the connection: what follows it cannot be trusted.
+    let malformed = matches!(
+        e,
+        ProxyError::ClientTimeout | ProxyError::BadTarget(_) | ProxyError::BadRequest(_)
+    );
+    let keep = head.keep_alive && !has_body && !w.drain.is_draining() && status < 500 && !malformed;
     let sent = send_error(client, &e, &request_id, keep, scratch, client_timeout).await;
     Outcome {
         keep_alive: keep && sent,
