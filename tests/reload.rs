@@ -334,3 +334,75 @@ fn two_hundred_changes_under_load_fail_nothing() {
     assert!(ok.load(Ordering::Relaxed) > 200);
     assert_eq!(gw.metric("ringgate_config_generation"), Some(201.0));
 }
+
+#[test]
+fn pools_survive_a_reload_unless_their_upstream_changed() {
+    let a = MockProvider::start("127.0.0.1:0").expect("mock");
+    let one_worker = |tag: &str, keepalive: u32| {
+        config(&a, tag, 30_000)
+            .replace("workers = 2", "workers = 1")
+            .replace("url = ", &format!("keepalive = {keepalive}\nurl = "))
+    };
+    let gw = Gateway::start(&one_worker("r0", 8), Driver::IoUring);
+    let mut c = Conn::connect(gw.addr);
+    let mut get = |c: &mut Conn| {
+        c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .expect("send");
+        let r = c.read_response(false).expect("response");
+        assert_eq!(r.status, 200);
+        r.json()["path"].as_str().unwrap_or("").to_string()
+    };
+    get(&mut c);
+    assert_eq!(a.connections_accepted(), 1);
+    // Only a route changed: the upstream's pooled connection is reused.
+    gw.project(&one_worker("r1", 8));
+    assert!(wait_for(Duration::from_secs(5), || get(&mut c).starts_with("/r1/")));
+    assert_eq!(
+        a.connections_accepted(),
+        1,
+        "pool kept across a reload that left the upstream alone"
+    );
+    // The upstream's definition changed: a new pool, so a new connection.
+    gw.project(&one_worker("r2", 9));
+    assert!(wait_for(Duration::from_secs(5), || get(&mut c).starts_with("/r2/")));
+    assert_eq!(
+        a.connections_accepted(),
+        2,
+        "a changed upstream gets a new pool"
+    );
+}
+
+#[test]
+fn a_plain_file_config_warns_that_it_never_updates() {
+    let a = MockProvider::start("127.0.0.1:0").expect("mock");
+    let dir = common::gateway::temp_dir("plain");
+    let port = common::gateway::free_port();
+    let admin = common::gateway::free_port();
+    let file = dir.join("gateway.toml");
+    let text = common::gateway::render(
+        &config(&a, "plain", 30_000),
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        format!("127.0.0.1:{admin}").parse().expect("addr"),
+    );
+    std::fs::write(&file, text).expect("write");
+    let log = dir.join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let up = wait_for(Duration::from_secs(10), || {
+        request(
+            format!("127.0.0.1:{port}").parse().expect("addr"),
+            "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(up, "{logs}");
+    assert!(logs.contains("no `..data` beside it"), "{logs}");
+    let _ = std::fs::remove_dir_all(dir);
+}
