@@ -59,6 +59,22 @@ pub enum ProxyError {
     /// The upstream switched protocols although no upgrade was asked for.
     #[error("upstream answered 101 Switching Protocols to a request without Upgrade")]
     UnexpectedUpgrade,
+    /// The route has `max_in_flight` requests running.
+    #[error("route {0} is at its concurrency limit")]
+    RouteBusy(String),
+    /// The provider reported its quota nearly spent; new requests wait for its reset.
+    #[error(
+        "upstream {upstream} is near its provider rate limit; retry after {retry_after_secs} s"
+    )]
+    ProviderQuota {
+        /// Upstream name.
+        upstream: String,
+        /// Seconds until the provider's reset.
+        retry_after_secs: u64,
+    },
+    /// Every endpoint of the upstream is ejected by passive health checks.
+    #[error("every endpoint of upstream {0} is ejected after repeated failures")]
+    NoHealthyEndpoint(String),
     /// The gateway is shutting down.
     #[error("gateway is shutting down")]
     Draining,
@@ -97,7 +113,23 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => {
                 (504, "upstream_error", "upstream_timeout")
             }
+            ProxyError::RouteBusy(_) => (503, "server_error", "route_at_capacity"),
+            ProxyError::ProviderQuota { .. } => (429, "rate_limit_error", "upstream_rate_limited"),
+            ProxyError::NoHealthyEndpoint(_) => (503, "upstream_error", "no_healthy_upstream"),
             ProxyError::Draining => (503, "server_error", "shutting_down"),
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, for errors that invite a retry.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ProxyError::ProviderQuota {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ProxyError::RouteBusy(_) | ProxyError::NoHealthyEndpoint(_) | ProxyError::Draining => {
+                Some(1)
+            }
+            _ => None,
         }
     }
 

@@ -15,10 +15,12 @@
 //! - [`admin`]: `/metrics`, `/health`, `/ready`, `/config` on the admin listener.
 //! - [`error`]: the request path's one error type and its HTTP status.
 //! - [`bufio`]: bounded owned-buffer I/O over monoio.
+//! - [`clock`]: the process-wide monotonic clock shared state is stamped with.
 
 pub mod admin;
 pub mod app;
 pub mod bufio;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;

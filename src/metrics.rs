@@ -40,6 +40,7 @@ pub struct WorkerMetrics {
     /// Idle pooled upstream connections (sampled by the worker's sweeper).
     pub pool_idle: AtomicI64,
     driver: AtomicU8,
+    retries: AtomicU64,
 }
 
 fn add(a: &AtomicU64, v: u64) {
@@ -75,6 +76,11 @@ impl WorkerMetrics {
         add(&self.upstream_connect_micros, connect.as_micros() as u64);
         add(&self.upstream_header_micros, header.as_micros() as u64);
         add(&self.upstream_responses, 1);
+    }
+
+    /// Counts a retry on `route` for `reason`.
+    pub fn note_retry(&self, _route: &str, _reason: &str) {
+        add(&self.retries, 1);
     }
 
     /// Records the driver this worker runs.
@@ -183,6 +189,8 @@ pub fn render(reg: &Registry, store: &ConfigStore) -> String {
         sum(ws, |w| ld(&w.upstream_responses))
     );
 
+    let _ = writeln!(o, "# HELP ringgate_retries_total Retries of upstream tries.\n# TYPE ringgate_retries_total counter");
+    let _ = writeln!(o, "ringgate_retries_total {}", sum(ws, |w| ld(&w.retries)));
     let _ = writeln!(o, "# HELP ringgate_io_driver_info I/O driver of the workers.\n# TYPE ringgate_io_driver_info gauge");
     let uring = ws.iter().filter(|w| w.driver() == Driver::IoUring).count();
     let epoll = ws.iter().filter(|w| w.driver() == Driver::Epoll).count();

@@ -141,6 +141,8 @@ mod tests {
             retry_on: vec![],
             tries: 1,
             retry_budget: Duration::from_secs(1),
+            max_in_flight: None,
+            in_flight: Default::default(),
         }
     }
 

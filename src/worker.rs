@@ -41,8 +41,8 @@ pub struct Worker {
     local: RefCell<Rc<Arc<Active>>>,
     /// Idle upstream connections of this worker.
     pub pool: RefCell<Pool>,
-    /// Round-robin cursor.
-    pub rr: Cell<usize>,
+    /// Endpoint choice and passive health of this worker.
+    pub balancer: crate::upstream::balance::Balancer,
     /// Wakes idle connections when draining starts.
     pub drain: DrainSignal,
     /// This worker's counters.
@@ -242,7 +242,7 @@ async fn run(
         cache: RefCell::new(Cache::new(cell)),
         local: RefCell::new(Rc::new(initial)),
         pool: RefCell::new(Pool::default()),
-        rr: Cell::new(id),
+        balancer: crate::upstream::balance::Balancer::new(seed),
         drain: DrainSignal::default(),
         metrics,
         active: Cell::new(0),
@@ -315,6 +315,7 @@ async fn sweep_pools(w: Rc<Worker>) {
             .map(|u| u.fingerprint)
             .collect();
         let ups = &snap.config.upstreams;
+        w.balancer.retain(&live);
         let mut pool = w.pool.borrow_mut();
         pool.retain(&live, |fp| {
             ups.iter()

@@ -402,6 +402,7 @@ fn stale_pooled_connection_is_never_used_for_a_failing_request() {
             "127.0.0.1:0",
             MockOptions {
                 idle_close_ms: Some(100),
+                ..Default::default()
             },
         )
         .expect("mock");

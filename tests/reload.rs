@@ -345,7 +345,7 @@ fn pools_survive_a_reload_unless_their_upstream_changed() {
     };
     let gw = Gateway::start(&one_worker("r0", 8), Driver::IoUring);
     let mut c = Conn::connect(gw.addr);
-    let mut get = |c: &mut Conn| {
+    let get = |c: &mut Conn| {
         c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\n\r\n")
             .expect("send");
         let r = c.read_response(false).expect("response");

@@ -49,6 +49,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Bodies up to this size are kept for retries.
+    pub max_retry_body_bytes: u64,
 }
 
 impl ServerSettings {
@@ -141,6 +143,18 @@ pub struct Upstream {
     /// `Authorization` header value (`Bearer ...`) replacing the client's, if configured.
     /// Never logged: [`Secret`]'s Debug prints a placeholder.
     pub authorization: Option<Secret>,
+    /// Consecutive failures that eject an endpoint (0: never).
+    pub max_fails: u32,
+    /// Base ejection time.
+    pub fail_timeout: Duration,
+    /// Provider remaining-requests floor under which new requests are shed.
+    pub shed_below_remaining_requests: Option<u64>,
+    /// Provider remaining-tokens floor under which new requests are shed.
+    pub shed_below_remaining_tokens: Option<u64>,
+    /// Until when (ns on [`crate::clock::monotonic_nanos`]'s clock) new requests are shed
+    /// because the provider said it is nearly out of quota; 0 when not shedding. Shared by
+    /// all workers: written only when a provider's headers cross the floor.
+    pub shed_until: std::sync::atomic::AtomicU64,
     /// Hash of everything that defines this upstream; a reload keeps the pools of upstreams
     /// whose fingerprint did not change.
     pub fingerprint: u64,
@@ -228,6 +242,11 @@ pub struct Route {
     pub tries: u32,
     /// Time within which all tries must start.
     pub retry_budget: Duration,
+    /// Process-wide in-flight cap (None: unlimited).
+    pub max_in_flight: Option<usize>,
+    /// Requests in flight on this route (all workers). A reload starts a new count; requests
+    /// still running on the old generation are counted there.
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// How a route matches the path.

@@ -55,6 +55,9 @@ pub struct RawServer {
     pub shutdown_grace_ms: u64,
     /// CIDRs whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<String>,
+    /// Request bodies up to this size are kept in memory so a failed try can be re-sent;
+    /// larger bodies stream through and are never retried.
+    pub max_retry_body_bytes: u64,
 }
 
 impl Default for RawServer {
@@ -70,6 +73,7 @@ impl Default for RawServer {
             idle_timeout_ms: 60_000,
             shutdown_grace_ms: 25_000,
             trusted_proxies: Vec::new(),
+            max_retry_body_bytes: 65_536,
         }
     }
 }
@@ -136,6 +140,26 @@ pub struct RawUpstream {
     /// File holding the provider key, sent as `Authorization: Bearer`.
     #[serde(default)]
     pub api_key_file: Option<String>,
+    /// Consecutive failures after which an endpoint is ejected (0: never), as nginx `max_fails`.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long an ejected endpoint rests before it is tried again, as nginx `fail_timeout`.
+    #[serde(default = "default_fail_timeout_ms")]
+    pub fail_timeout_ms: u64,
+    /// Shed new requests with 429 while the provider's `x-ratelimit-remaining-requests` is
+    /// below this, until its `x-ratelimit-reset-requests`.
+    #[serde(default)]
+    pub shed_below_remaining_requests: Option<u64>,
+    /// The same for `x-ratelimit-remaining-tokens` / `x-ratelimit-reset-tokens`.
+    #[serde(default)]
+    pub shed_below_remaining_tokens: Option<u64>,
+}
+
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_fail_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_balance() -> String {
@@ -225,6 +249,9 @@ pub struct RawRoute {
     /// Never buffer the response (always true today; kept for the contract).
     #[serde(default = "default_true")]
     pub stream: bool,
+    /// Requests in flight on this route, process-wide, beyond which new ones get 503.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 fn default_io_timeout_ms() -> u64 {

@@ -363,6 +363,7 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
             errs,
         ),
         trusted_proxies: trusted,
+        max_retry_body_bytes: s.max_retry_body_bytes,
     }
 }
 
@@ -543,9 +544,21 @@ fn compile_upstream(
             arc_swap::ArcSwap::from_pointee(literal.into_iter().collect())
         })
         .collect();
+    let fail_timeout = ms(
+        &format!("{path}.fail_timeout_ms"),
+        u.fail_timeout_ms,
+        1,
+        3_600_000,
+        errs,
+    );
     Some(Upstream {
         name: name.to_string(),
         addrs,
+        max_fails: u.max_fails,
+        fail_timeout,
+        shed_below_remaining_requests: u.shed_below_remaining_requests,
+        shed_below_remaining_tokens: u.shed_below_remaining_tokens,
+        shed_until: std::sync::atomic::AtomicU64::new(0),
         scheme,
         host_header,
         base_path: base_path.to_string(),
@@ -699,6 +712,12 @@ fn compile_route(
         };
         retry_on.push(cond);
     }
+    if r.max_in_flight == Some(0) {
+        errs.push(
+            format!("{path}.max_in_flight"),
+            "must be at least 1 (omit it for no limit)",
+        );
+    }
     if !(1..=10).contains(&r.tries) {
         errs.push(format!("{path}.tries"), "must be within 1..=10");
     }
@@ -744,6 +763,8 @@ fn compile_route(
         retry_on,
         tries: r.tries,
         retry_budget,
+        max_in_flight: r.max_in_flight,
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
     })
 }
 

@@ -16,15 +16,11 @@ use monoio::net::TcpStream;
 use super::headers::{self, ClientFraming, UpstreamFraming};
 use super::Outcome;
 use crate::bufio::{self, ReadBuf, ReadError};
-use crate::config::{ServerSettings, Upstream};
+use crate::config::{RetryOn, ServerSettings, Upstream};
 use crate::error::ProxyError;
 use crate::http::{self, BodyFraming, ChunkEvent, ChunkedDecoder, RequestHead, ResponseHead};
 use crate::upstream::{self, pool::UpConn};
 use crate::worker::Worker;
-
-/// Request bodies up to this size are read before connecting, so the request can be sent
-/// again on a new connection when a pooled one turns out dead.
-pub const RETAINED_BODY_BYTES: u64 = 64 * 1024;
 
 /// Upper bound on an upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -117,13 +113,30 @@ pub async fn forward(
     let client_timeout = req.server.idle_timeout;
     let max_body = req.server.max_body_bytes;
 
+    let _in_flight = match InFlight::enter(route) {
+        Some(g) => g,
+        None => return Err((ProxyError::RouteBusy(route.name.clone()), false)),
+    };
+    let shed_until = up.shed_until.load(std::sync::atomic::Ordering::Relaxed);
+    if shed_until != 0 {
+        let now = crate::clock::monotonic_nanos();
+        if now < shed_until {
+            return Err((
+                ProxyError::ProviderQuota {
+                    upstream: up.name.clone(),
+                    retry_after_secs: (shed_until - now).div_ceil(1_000_000_000),
+                },
+                false,
+            ));
+        }
+    }
     let mut body = match head.framing {
         BodyFraming::None => Body::None,
         BodyFraming::Length(0) => Body::None,
         BodyFraming::Length(n) if n > max_body => {
             return Err((ProxyError::BodyTooLarge { limit: max_body }, false));
         }
-        BodyFraming::Length(n) if n <= RETAINED_BODY_BYTES => {
+        BodyFraming::Length(n) if n <= req.server.max_retry_body_bytes => {
             Body::Retained(Vec::with_capacity(n as usize))
         }
         BodyFraming::Length(n) => Body::Length(n),
@@ -170,107 +183,107 @@ pub async fn forward(
     let mut up_head = Vec::with_capacity(512 + head.headers.len() * 48);
     headers::write_upstream_head(&mut up_head, req, &target, upstream_framing);
 
-    let ep = upstream::pick_endpoint(up, &w.rr);
     let started = Instant::now();
-    let mut attempt = 0;
-    let (mut conn, mut urb, resp, t_connect) = loop {
-        attempt += 1;
-        let mut connect_time = Duration::ZERO;
-        let pooled = if attempt == 1 {
-            w.pool.borrow_mut().take(up, ep)
-        } else {
-            None
+    let deadline = started + route.retry_budget;
+    let state = w.balancer.state(up);
+    let replayable = matches!(body, Body::None | Body::Retained(_));
+    let mut tried: Vec<usize> = Vec::with_capacity(route.tries as usize);
+    let mut stale_retry_left = true;
+    let mut ctx = TryCtx {
+        client,
+        crb,
+        scratch,
+        up_head: &up_head,
+        continue_sent,
+    };
+    let (ep, mut conn, mut urb, resp, t_connect) = loop {
+        let now = Instant::now();
+        let Some(ep) = w.balancer.pick(up, &state, &tried, now) else {
+            return Err((ProxyError::NoHealthyEndpoint(up.name.clone()), false));
         };
-        let mut conn = match pooled {
-            Some(c) => {
-                w.metrics.note_reuse();
-                c
-            }
-            None => {
-                if up.scheme == crate::config::Scheme::Https {
-                    return Err((ProxyError::TlsUnsupported(up.name.clone()), false));
+        tried.push(ep);
+        state.start(ep);
+        let t0 = Instant::now();
+        let result = try_once(
+            w,
+            req,
+            &mut ctx,
+            &body,
+            ep,
+            tried.len() > 1 || !stale_retry_left,
+        )
+        .await;
+        state.finish(ep);
+        let (reason, wait) = match result {
+            Ok(ex) => {
+                let cond = match ex.resp.status {
+                    502 => Some(RetryOn::Http502),
+                    503 => Some(RetryOn::Http503),
+                    504 => Some(RetryOn::Http504),
+                    429 => Some(RetryOn::Http429),
+                    _ => None,
+                };
+                let retryable = cond.filter(|c| route.retry_on.contains(c));
+                if matches!(
+                    cond,
+                    Some(RetryOn::Http502 | RetryOn::Http503 | RetryOn::Http504)
+                ) {
+                    state.failure(ep, up, Instant::now());
+                } else {
+                    state.success(ep, t0.elapsed(), Instant::now());
                 }
-                let t0 = Instant::now();
-                let stream = upstream::connect(up, ep, route.connect_timeout)
-                    .await
-                    .map_err(|e| (e, false))?;
-                connect_time = t0.elapsed();
-                w.pool.borrow_mut().note_connect();
-                w.metrics.note_connect();
-                UpConn {
-                    stream,
-                    requests: 0,
-                    reused: false,
+                note_provider_quota(up, &ex.resp);
+                match retryable {
+                    Some(c) if replayable && tried.len() < route.tries as usize => {
+                        // An upstream's Retry-After is honoured, but only within the budget:
+                        // past it, the client gets this answer rather than a wait.
+                        let wait = retry_after(&ex.resp).unwrap_or_else(|| backoff(w, tried.len()));
+                        if Instant::now() + wait >= deadline {
+                            break (ep, ex.conn, ex.urb, ex.resp, ex.connect_time);
+                        }
+                        // The rejected response is dropped with its connection: its body is
+                        // never read, so the connection cannot be reused.
+                        (c, wait)
+                    }
+                    _ => break (ep, ex.conn, ex.urb, ex.resp, ex.connect_time),
                 }
             }
-        };
-        let replayable = matches!(body, Body::None | Body::Retained(_));
-        scratch.clear();
-        scratch.extend_from_slice(&up_head);
-        if let Body::Retained(b) = &body {
-            scratch.extend_from_slice(b);
-        }
-        if let Err(e) = send(&mut conn.stream, scratch, route.send_timeout).await {
-            if conn.reused && replayable && attempt == 1 {
-                tracing::debug!(upstream = %up.name, error = %e, "pooled connection failed on write; retrying on a new one");
-                continue;
-            }
-            return Err((e, false));
-        }
-        match &body {
-            Body::Length(n) => {
-                if head.expect_continue && !continue_sent {
-                    send_continue(client, scratch, client_timeout)
-                        .await
-                        .map_err(|e| (e, false))?;
-                    continue_sent = true;
+            Err(fail) => {
+                if fail.client_side {
+                    return Err((fail.err, false));
                 }
-                copy_length_body(
-                    client,
-                    crb,
-                    &mut conn.stream,
-                    *n,
-                    scratch,
-                    client_timeout,
-                    route.send_timeout,
-                )
-                .await
-                .map_err(|e| (e, false))?;
-            }
-            Body::Chunked => {
-                if head.expect_continue && !continue_sent {
-                    send_continue(client, scratch, client_timeout)
-                        .await
-                        .map_err(|e| (e, false))?;
-                    continue_sent = true;
-                }
-                copy_chunked_request(
-                    client,
-                    crb,
-                    &mut conn.stream,
-                    max_body,
-                    scratch,
-                    client_timeout,
-                    route.send_timeout,
-                )
-                .await
-                .map_err(|e| (e, false))?;
-            }
-            Body::None | Body::Retained(_) => {}
-        }
-        let mut urb = ReadBuf::new(8192, MAX_RESPONSE_HEAD);
-        match read_response_head(&mut conn.stream, &mut urb, route.read_timeout).await {
-            Ok(resp) => break (conn, urb, resp, connect_time),
-            Err((e, got_bytes)) => {
-                let stale = matches!(e, ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_));
-                if conn.reused && replayable && !got_bytes && stale && attempt == 1 {
-                    tracing::debug!(upstream = %up.name, error = %e, "pooled connection closed before responding; retrying on a new one");
+                if fail.stale && stale_retry_left && replayable {
+                    // A pooled connection the upstream closed in the race before our write:
+                    // one more go on a fresh connection, not counted as a try.
+                    tracing::debug!(upstream = %up.name, error = %fail.err, "pooled connection was closed; retrying on a new one");
+                    stale_retry_left = false;
+                    tried.pop();
                     continue;
                 }
-                return Err((e, false));
+                state.failure(ep, up, Instant::now());
+                let cond = match fail.err {
+                    ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => RetryOn::Timeout,
+                    _ => RetryOn::Error,
+                };
+                let wait = backoff(w, tried.len());
+                let retryable = route.retry_on.contains(&cond)
+                    && replayable
+                    && !fail.body_consumed
+                    && tried.len() < route.tries as usize
+                    && Instant::now() + wait < deadline;
+                if !retryable {
+                    return Err((fail.err, false));
+                }
+                tracing::debug!(upstream = %up.name, error = %fail.err, "try failed; retrying");
+                (cond, wait)
             }
-        }
+        };
+        tracing::debug!(route = %route.name, reason = retry_reason(reason), wait_ms = wait.as_millis() as u64, "retrying");
+        w.metrics.note_retry(&route.name, retry_reason(reason));
+        monoio::time::sleep(wait).await;
     };
+    let client = ctx.client;
+    let scratch = ctx.scratch;
     let t_header = started.elapsed();
     conn.requests += 1;
 
@@ -589,4 +602,324 @@ async fn copy_response_until_close(
         send_client(client, out, client_timeout).await?;
     }
     Ok(total)
+}
+
+/// What one successful try returns: the connection, its read buffer and the response head.
+struct Exchange {
+    conn: UpConn,
+    urb: ReadBuf,
+    resp: ResponseHead,
+    connect_time: Duration,
+}
+
+/// Why one try failed.
+struct TryFail {
+    err: ProxyError,
+    /// The failure was the client's (reading its body), not the upstream's.
+    client_side: bool,
+    /// A pooled connection failed before any response byte: likely closed while idle.
+    stale: bool,
+    /// The streamed request body was (partly) consumed: it cannot be sent again.
+    body_consumed: bool,
+}
+
+impl TryFail {
+    fn upstream(err: ProxyError) -> Self {
+        Self {
+            err,
+            client_side: false,
+            stale: false,
+            body_consumed: false,
+        }
+    }
+}
+
+/// The client side of a request, lent to each try.
+struct TryCtx<'a> {
+    client: &'a mut TcpStream,
+    crb: &'a mut ReadBuf,
+    scratch: &'a mut Vec<u8>,
+    up_head: &'a [u8],
+    continue_sent: bool,
+}
+
+/// One try on endpoint `ep`: connection (pooled unless `fresh`), head and body, response head.
+async fn try_once(
+    w: &Rc<Worker>,
+    req: &Request<'_>,
+    ctx: &mut TryCtx<'_>,
+    body: &Body,
+    ep: usize,
+    fresh: bool,
+) -> Result<Exchange, TryFail> {
+    let up = req.upstream;
+    let route = req.route;
+    let client_timeout = req.server.idle_timeout;
+    let pooled = if fresh {
+        None
+    } else {
+        w.pool.borrow_mut().take(up, ep)
+    };
+    let mut connect_time = Duration::ZERO;
+    let mut conn = match pooled {
+        Some(c) => {
+            w.metrics.note_reuse();
+            c
+        }
+        None => {
+            if up.scheme == crate::config::Scheme::Https {
+                return Err(TryFail::upstream(ProxyError::TlsUnsupported(
+                    up.name.clone(),
+                )));
+            }
+            let t0 = Instant::now();
+            let stream = upstream::connect(up, ep, route.connect_timeout)
+                .await
+                .map_err(TryFail::upstream)?;
+            connect_time = t0.elapsed();
+            w.pool.borrow_mut().note_connect();
+            w.metrics.note_connect();
+            UpConn {
+                stream,
+                requests: 0,
+                reused: false,
+            }
+        }
+    };
+    let reused = conn.reused;
+    ctx.scratch.clear();
+    ctx.scratch.extend_from_slice(ctx.up_head);
+    if let Body::Retained(b) = body {
+        ctx.scratch.extend_from_slice(b);
+    }
+    if let Err(e) = send(&mut conn.stream, ctx.scratch, route.send_timeout).await {
+        return Err(TryFail {
+            stale: reused,
+            ..TryFail::upstream(e)
+        });
+    }
+    if matches!(body, Body::Length(_) | Body::Chunked)
+        && req.head.expect_continue
+        && !ctx.continue_sent
+    {
+        send_continue(ctx.client, ctx.scratch, client_timeout)
+            .await
+            .map_err(|e| TryFail {
+                client_side: true,
+                ..TryFail::upstream(e)
+            })?;
+        ctx.continue_sent = true;
+    }
+    let streamed = match body {
+        Body::Length(n) => Some(
+            copy_length_body(
+                ctx.client,
+                ctx.crb,
+                &mut conn.stream,
+                *n,
+                ctx.scratch,
+                client_timeout,
+                route.send_timeout,
+            )
+            .await,
+        ),
+        Body::Chunked => Some(
+            copy_chunked_request(
+                ctx.client,
+                ctx.crb,
+                &mut conn.stream,
+                req.server.max_body_bytes,
+                ctx.scratch,
+                client_timeout,
+                route.send_timeout,
+            )
+            .await,
+        ),
+        Body::None | Body::Retained(_) => None,
+    };
+    if let Some(Err(e)) = streamed {
+        let client_side = matches!(
+            e,
+            ProxyError::ClientIo(_)
+                | ProxyError::ClientTimeout
+                | ProxyError::BadRequest(_)
+                | ProxyError::BodyTooLarge { .. }
+        );
+        return Err(TryFail {
+            err: e,
+            client_side,
+            stale: false,
+            body_consumed: true,
+        });
+    }
+    let mut urb = ReadBuf::new(8192, MAX_RESPONSE_HEAD);
+    match read_response_head(&mut conn.stream, &mut urb, route.read_timeout).await {
+        Ok(resp) => Ok(Exchange {
+            conn,
+            urb,
+            resp,
+            connect_time,
+        }),
+        Err((e, got_bytes)) => {
+            let closed = matches!(e, ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_));
+            Err(TryFail {
+                stale: reused && !got_bytes && closed && streamed.is_none(),
+                body_consumed: streamed.is_some(),
+                ..TryFail::upstream(e)
+            })
+        }
+    }
+}
+
+/// Jittered exponential backoff before try `n + 1`: 25 ms, 50 ms, 100 ms ... (±50 %).
+fn backoff(w: &Worker, n: usize) -> Duration {
+    let base = Duration::from_millis(25) * (1u32 << n.saturating_sub(1).min(6));
+    base / 2 + w.balancer.jitter(base)
+}
+
+/// The metric label of a retry condition.
+fn retry_reason(c: RetryOn) -> &'static str {
+    match c {
+        RetryOn::Error => "error",
+        RetryOn::Timeout => "timeout",
+        RetryOn::Http502 => "http_502",
+        RetryOn::Http503 => "http_503",
+        RetryOn::Http504 => "http_504",
+        RetryOn::Http429 => "http_429",
+    }
+}
+
+/// An upstream's `Retry-After` in seconds (the HTTP-date form is not honoured: providers send
+/// seconds), capped at one minute.
+fn retry_after(resp: &ResponseHead) -> Option<Duration> {
+    let v = std::str::from_utf8(resp.header("retry-after")?)
+        .ok()?
+        .trim();
+    let secs: f64 = v.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(60.0)))
+}
+
+/// OpenAI-style reset durations: "1s", "6m0s", "20ms", "1h2m3.5s".
+pub fn parse_reset(v: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = v.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'h' => 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0.001
+            }
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return None,
+        };
+        total += n * unit;
+        any = true;
+    }
+    if !num.is_empty() {
+        total += num.parse::<f64>().ok()?;
+        any = true;
+    }
+    (any && total.is_finite()).then(|| Duration::from_secs_f64(total))
+}
+
+/// When the provider reports its quota nearly spent, shed new requests until its reset.
+fn note_provider_quota(up: &Upstream, resp: &ResponseHead) {
+    let check = |floor: Option<u64>, remaining: &str, reset: &str| -> Option<Duration> {
+        let floor = floor?;
+        let rem: u64 = std::str::from_utf8(resp.header(remaining)?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if rem >= floor {
+            return None;
+        }
+        let reset = resp
+            .header(reset)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(parse_reset)
+            .unwrap_or(Duration::from_secs(1));
+        Some(reset.min(Duration::from_secs(3600)))
+    };
+    let shed = [
+        check(
+            up.shed_below_remaining_requests,
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        check(
+            up.shed_below_remaining_tokens,
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    if let Some(d) = shed {
+        let until = crate::clock::monotonic_nanos().saturating_add(d.as_nanos() as u64);
+        up.shed_until
+            .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(upstream = %up.name, shed_for_ms = d.as_millis() as u64, "provider quota nearly spent; shedding new requests until its reset");
+    }
+}
+
+/// A slot in a route's process-wide in-flight count, released on drop. Routes without
+/// `max_in_flight` never touch the shared counter.
+struct InFlight<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl<'a> InFlight<'a> {
+    /// Takes a slot, or None when the route is at `max_in_flight`.
+    fn enter(route: &'a crate::config::Route) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let Some(max) = route.max_in_flight else {
+            return Some(InFlight(None));
+        };
+        if route.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            route.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(Some(&route.in_flight)))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_reset;
+    use std::time::Duration;
+
+    #[test]
+    fn reset_formats() {
+        let cases = [
+            ("1s", Some(1000)),
+            ("6m0s", Some(360_000)),
+            ("20ms", Some(20)),
+            ("1h2m3.5s", Some(3_723_500)),
+            ("2", Some(2000)),
+            ("x", None),
+            ("", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_reset(v).map(|d| d.as_millis() as u64), want, "{v}");
+        }
+        assert_eq!(parse_reset("0.5s"), Some(Duration::from_millis(500)));
+    }
 }

@@ -216,6 +216,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(1),
             trusted_proxies: trusted.iter().map(|s| s.parse().expect("cidr")).collect(),
+            max_retry_body_bytes: 0,
         }
     }
 

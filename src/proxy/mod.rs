@@ -304,8 +304,9 @@ pub async fn send_error(
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
     ];
-    if status == 429 || status == 503 {
-        hdrs.push(("retry-after", b"1"));
+    let retry_after = e.retry_after_secs().map(|s| s.to_string());
+    if let Some(ra) = &retry_after {
+        hdrs.push(("retry-after", ra.as_bytes()));
     }
     if !keep_alive {
         hdrs.push(("connection", b"close"));

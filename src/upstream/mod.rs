@@ -1,25 +1,16 @@
 //! Upstreams at run time: resolving their hosts off the workers ([`dns`]), the per-worker
 //! keep-alive pools ([`pool`]), picking an endpoint and opening connections.
 
+pub mod balance;
 pub mod dns;
 pub mod pool;
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
 
 use crate::config::Upstream;
 use crate::error::ProxyError;
-
-/// Picks the endpoint index for the next request to `up` on this worker. Round robin over
-/// the endpoints; the traffic-policy work adds least-request and p2c-EWMA.
-pub fn pick_endpoint(up: &Upstream, cursor: &Cell<usize>) -> usize {
-    let n = up.endpoints.len().max(1);
-    let i = cursor.get();
-    cursor.set(i.wrapping_add(1));
-    i % n
-}
 
 /// Opens a TCP connection to endpoint `ep` of `up`, trying each resolved address in turn.
 pub async fn connect(up: &Upstream, ep: usize, timeout: Duration) -> Result<TcpStream, ProxyError> {

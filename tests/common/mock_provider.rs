@@ -77,6 +77,8 @@ pub struct MockOptions {
     /// next request) this many milliseconds, to test stale pooled
     /// connections. `None` keeps idle connections open.
     pub idle_close_ms: Option<u64>,
+    /// Every response waits this long first: a slow endpoint for load-balancing tests.
+    pub base_delay_ms: u64,
 }
 
 /// One request as the mock received it.
@@ -121,6 +123,10 @@ impl RecordedRequest {
 /// - `x-mock-early-100: 1`: send `100 Continue` before the response.
 /// - `x-mock-close: 1`: answer `Connection: close` and close.
 /// - `x-mock-retry-after: N`: add `Retry-After: N`.
+/// - `x-mock-fail-first: N` (with optional `x-mock-fail-key: K`): the status, drop, delay and
+///   garbage knobs apply only to the first N requests with that key this mock sees.
+/// - `x-mock-header: name=value`: add that header to the response (repeatable via `,`-free
+///   single use).
 pub struct MockProvider {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -138,6 +144,7 @@ struct Shared {
     gate: Mutex<u64>,
     gate_cv: Condvar,
     live: Mutex<HashMap<u64, TcpStream>>,
+    fail_counts: Mutex<HashMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,6 +172,7 @@ impl MockProvider {
             gate: Mutex::new(0),
             gate_cv: Condvar::new(),
             live: Mutex::new(HashMap::new()),
+            fail_counts: Mutex::new(HashMap::new()),
         });
         let (done_tx, accept_done) = mpsc::channel();
         let sh = Arc::clone(&shared);
@@ -855,6 +863,7 @@ struct Resp<'a> {
     conn: u64,
     req: u64,
     retry_after: Option<String>,
+    extra_header: Option<(String, String)>,
     drop_mid: bool,
     framing: Framing,
 }
@@ -869,6 +878,7 @@ impl<'a> Resp<'a> {
             conn,
             req,
             retry_after: None,
+            extra_header: None,
             drop_mid: false,
             framing: Framing::Empty,
         }
@@ -919,6 +929,9 @@ impl<'a> Resp<'a> {
         );
         if let Some(ra) = &self.retry_after {
             let _ = write!(h, "Retry-After: {ra}\r\n");
+        }
+        if let Some((k, v)) = &self.extra_header {
+            let _ = write!(h, "{k}: {v}\r\n");
         }
         for (k, v) in extra {
             let _ = write!(h, "{k}: {v}\r\n");
@@ -1103,7 +1116,21 @@ fn handle_request(
 ) -> Outcome {
     let req = shared.request_serial.fetch_add(1, Ordering::SeqCst) + 1;
     let gate_snapshot = *lock(&shared.gate);
-    let knobs = Knobs::from_head(&head);
+    let mut knobs = Knobs::from_head(&head);
+    // `x-mock-fail-first: N` limits the failure knobs (status, drop, delay) to the first N
+    // requests this mock sees with the same `x-mock-fail-key`, so retries can succeed.
+    if let Some(n) = num(head.header("x-mock-fail-first")) {
+        let key = head.header("x-mock-fail-key").unwrap_or("").to_string();
+        let mut counts = lock(&shared.fail_counts);
+        let seen = counts.entry(key).or_insert(0);
+        *seen += 1;
+        if *seen > n {
+            knobs.status = None;
+            knobs.drop = None;
+            knobs.delay_ms = 0;
+            knobs.garbage = false;
+        }
+    }
     let (path, query) = split_target(&head.target);
     let endpoint = route(path);
 
@@ -1163,8 +1190,10 @@ fn handle_request(
         lock(&shared.requests).push(recorded.clone());
     }
 
-    if knobs.delay_ms > 0 {
-        thread::sleep(Duration::from_millis(knobs.delay_ms));
+    if knobs.delay_ms + shared.opts.base_delay_ms > 0 {
+        thread::sleep(Duration::from_millis(
+            knobs.delay_ms + shared.opts.base_delay_ms,
+        ));
     }
     if knobs.drop == Some(DropMode::BeforeResponse) {
         return Outcome::Abort;
@@ -1188,6 +1217,15 @@ fn handle_request(
     resp.head_only = head.method == "HEAD";
     resp.http10 = head.minor == 0;
     resp.retry_after = knobs.retry_after.clone();
+    resp.extra_header = head
+        .header("x-mock-header")
+        .and_then(|v| v.split_once('='))
+        .filter(|(k, v)| {
+            !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+        })
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()));
     resp.drop_mid = knobs.drop == Some(DropMode::MidBody);
 
     let result = match knobs.status {

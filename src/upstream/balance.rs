@@ -1,0 +1,244 @@
+//! Endpoint choice and passive health, per worker.
+//!
+//! Each worker keeps its own view of every upstream's endpoints (in-flight count, peak-EWMA
+//! latency, consecutive failures, ejection), so choosing an endpoint touches no memory shared
+//! with another core. The price is that each worker learns an endpoint is down on its own:
+//! with N workers an endpoint sees up to N × `max_fails` failures before every worker has
+//! ejected it — the same trade nginx makes with per-worker `max_fails` without a shared zone.
+//!
+//! Policies: `round_robin`; `least_request` (fewest in flight on this worker, ties in turn);
+//! `p2c_ewma` (two random healthy endpoints, the one with the lower peak-EWMA latency × (in
+//! flight + 1) wins, as Finagle and Linkerd do). An endpoint with `max_fails` consecutive
+//! failures is ejected for `fail_timeout_ms`, doubled for each ejection in a row (capped at
+//! 32×), then tried again; all ejected: the caller answers 503 at once. As in nginx, an
+//! upstream with a single endpoint never ejects it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Balance, Upstream};
+
+/// Decay time of the latency average: older samples weigh e^(-age/τ).
+const EWMA_TAU: Duration = Duration::from_secs(10);
+
+/// One endpoint as this worker sees it.
+#[derive(Debug)]
+pub struct EndpointState {
+    inflight: Cell<u32>,
+    ewma_micros: Cell<f64>,
+    last_sample: Cell<Option<Instant>>,
+    fails: Cell<u32>,
+    ejections: Cell<u32>,
+    ejected_until: Cell<Option<Instant>>,
+}
+
+impl EndpointState {
+    fn new() -> Self {
+        Self {
+            inflight: Cell::new(0),
+            ewma_micros: Cell::new(0.0),
+            last_sample: Cell::new(None),
+            fails: Cell::new(0),
+            ejections: Cell::new(0),
+            ejected_until: Cell::new(None),
+        }
+    }
+
+    fn healthy(&self, now: Instant) -> bool {
+        self.ejected_until.get().is_none_or(|t| now >= t)
+    }
+
+    /// Peak-EWMA cost at `now`: the average decays towards zero while no sample arrives
+    /// (as Finagle's does), so an endpoint that was slow once is tried again in time.
+    fn cost(&self, now: Instant) -> f64 {
+        let age = self
+            .last_sample
+            .get()
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        let decayed = self.ewma_micros.get() * (-age / EWMA_TAU.as_secs_f64()).exp();
+        decayed * f64::from(self.inflight.get() + 1)
+    }
+
+    /// Requests in flight to this endpoint from this worker.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.get()
+    }
+
+    /// Whether the endpoint is ejected at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        !self.healthy(now)
+    }
+}
+
+/// The endpoints of one upstream as this worker sees them.
+#[derive(Debug)]
+pub struct UpstreamState {
+    endpoints: Vec<EndpointState>,
+    cursor: Cell<usize>,
+}
+
+impl UpstreamState {
+    /// Endpoint states, in the upstream's endpoint order.
+    pub fn endpoints(&self) -> &[EndpointState] {
+        &self.endpoints
+    }
+
+    /// Marks a request to `ep` as started.
+    pub fn start(&self, ep: usize) {
+        if let Some(e) = self.endpoints.get(ep) {
+            e.inflight.set(e.inflight.get() + 1);
+        }
+    }
+
+    /// Marks a request to `ep` as finished.
+    pub fn finish(&self, ep: usize) {
+        if let Some(e) = self.endpoints.get(ep) {
+            e.inflight.set(e.inflight.get().saturating_sub(1));
+        }
+    }
+
+    /// Records a success and its latency (time to response head).
+    pub fn success(&self, ep: usize, latency: Duration, now: Instant) {
+        let Some(e) = self.endpoints.get(ep) else {
+            return;
+        };
+        e.fails.set(0);
+        e.ejections.set(0);
+        let sample = latency.as_secs_f64() * 1e6;
+        let old = e.ewma_micros.get();
+        let next = match e.last_sample.get() {
+            None => sample,
+            // Peak-EWMA: jump to a worse sample at once, decay towards better ones.
+            Some(_) if sample > old => sample,
+            Some(t) => {
+                let w = (-(now.saturating_duration_since(t).as_secs_f64())
+                    / EWMA_TAU.as_secs_f64())
+                .exp();
+                old * w + sample * (1.0 - w)
+            }
+        };
+        e.ewma_micros.set(next);
+        e.last_sample.set(Some(now));
+    }
+
+    /// Records a failure; ejects the endpoint after `max_fails` in a row. Returns whether
+    /// this failure ejected it.
+    pub fn failure(&self, ep: usize, up: &Upstream, now: Instant) -> bool {
+        let Some(e) = self.endpoints.get(ep) else {
+            return false;
+        };
+        let fails = e.fails.get() + 1;
+        e.fails.set(fails);
+        // As nginx: a lone endpoint is never ejected; with nowhere else to send traffic,
+        // ejecting it would only turn a blip into a `fail_timeout`-long outage.
+        if up.max_fails > 0 && fails >= up.max_fails && self.endpoints.len() > 1 {
+            let n = e.ejections.get().min(5);
+            e.ejections.set(e.ejections.get() + 1);
+            e.fails.set(0);
+            e.ejected_until
+                .set(Some(now + up.fail_timeout * (1u32 << n)));
+            return true;
+        }
+        false
+    }
+}
+
+/// All upstreams' endpoint states of one worker, keyed by upstream fingerprint so they
+/// survive reloads that leave the upstream alone.
+#[derive(Default)]
+pub struct Balancer {
+    states: RefCell<HashMap<u64, Rc<UpstreamState>>>,
+    rng: Cell<u64>,
+}
+
+impl Balancer {
+    /// A balancer whose random choices start from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            states: RefCell::new(HashMap::new()),
+            rng: Cell::new(seed | 1),
+        }
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64*: enough for picking endpoints; no shared RNG state.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A random duration in `[0, max)`, for backoff jitter.
+    pub fn jitter(&self, max: Duration) -> Duration {
+        let nanos = max.as_nanos().max(1) as u64;
+        Duration::from_nanos(self.next_random() % nanos)
+    }
+
+    /// This worker's state for `up`.
+    pub fn state(&self, up: &Upstream) -> Rc<UpstreamState> {
+        let mut states = self.states.borrow_mut();
+        states
+            .entry(up.fingerprint)
+            .or_insert_with(|| {
+                Rc::new(UpstreamState {
+                    endpoints: up.endpoints.iter().map(|_| EndpointState::new()).collect(),
+                    cursor: Cell::new(self.rng.get() as usize),
+                })
+            })
+            .clone()
+    }
+
+    /// Drops the states of upstreams no longer configured.
+    pub fn retain(&self, live: &std::collections::HashSet<u64>) {
+        self.states.borrow_mut().retain(|fp, _| live.contains(fp));
+    }
+
+    /// Picks an endpoint, avoiding `tried` when another healthy one exists. None when every
+    /// endpoint is ejected.
+    pub fn pick(
+        &self,
+        up: &Upstream,
+        st: &UpstreamState,
+        tried: &[usize],
+        now: Instant,
+    ) -> Option<usize> {
+        let n = st.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let healthy = |i: usize| st.endpoints[i].healthy(now);
+        let fresh = |i: usize| healthy(i) && !tried.contains(&i);
+        let any_fresh = (0..n).any(fresh);
+        let ok = |i: usize| if any_fresh { fresh(i) } else { healthy(i) };
+        if !(0..n).any(ok) {
+            return None;
+        }
+        let start = st.cursor.get();
+        st.cursor.set(start.wrapping_add(1));
+        let in_turn = (0..n).map(|k| (start + k) % n).filter(|&i| ok(i));
+        match up.balance {
+            Balance::RoundRobin => in_turn.into_iter().next(),
+            Balance::LeastRequest => in_turn.min_by_key(|&i| st.endpoints[i].inflight.get()),
+            Balance::P2cEwma => {
+                let candidates: Vec<usize> = in_turn.collect();
+                match candidates.len() {
+                    0 => None,
+                    1 => Some(candidates[0]),
+                    len => {
+                        let a = candidates[(self.next_random() % len as u64) as usize];
+                        let mut b = candidates[(self.next_random() % (len as u64 - 1)) as usize];
+                        if b == a {
+                            b = candidates[len - 1];
+                        }
+                        let (ca, cb) = (st.endpoints[a].cost(now), st.endpoints[b].cost(now));
+                        Some(if cb < ca { b } else { a })
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Traffic policy against the mock provider: retries per condition, never after the first
+//! response byte, load balancing across endpoints, passive health (ejection and return),
+//! provider-quota shedding and per-route concurrency limits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::gateway::{request, Conn, Driver, Gateway};
+use common::mock_provider::MockProvider;
+
+/// An upstream over `endpoints` (host:port), one route `/v1/` with the given retry policy.
+fn config(
+    endpoints: &[String],
+    balance: &str,
+    retry_on: &str,
+    tries: u32,
+    extra_upstream: &str,
+    extra_route: &str,
+) -> String {
+    let (first, rest) = endpoints.split_first().expect("one endpoint");
+    let rest: Vec<String> = rest.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.pool]
+url = "http://{first}"
+endpoints = [{rest}]
+balance = "{balance}"
+max_fails = 2
+fail_timeout_ms = 400
+{extra_upstream}
+
+[[routes]]
+name = "api"
+prefix = "/v1/"
+upstream = "pool"
+retry_on = [{retry_on}]
+tries = {tries}
+retry_budget_ms = 5000
+read_timeout_ms = 500
+{extra_route}
+"#,
+        rest = rest.join(", ")
+    )
+    .replace(
+        if extra_upstream.contains("max_fails") {
+            "max_fails = 2\n"
+        } else {
+            "\u{0}"
+        },
+        "",
+    )
+}
+
+fn get(gw: &Gateway, path: &str, headers: &str) -> common::gateway::Response {
+    request(
+        gw.addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n"),
+    )
+    .expect("request")
+}
+
+#[test]
+fn retries_follow_retry_on_per_condition() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    // (retry_on, knob headers, expected status, expected upstream attempts)
+    let cases: &[(&str, &str, u16, usize)] = &[
+        (
+            "\"http_503\"",
+            "x-mock-status: 503\r\nx-mock-fail-first: 1\r\n",
+            200,
+            2,
+        ),
+        ("\"http_503\"", "x-mock-status: 503\r\n", 503, 3),
+        (
+            "\"http_502\"",
+            "x-mock-status: 503\r\nx-mock-fail-first: 1\r\n",
+            503,
+            1,
+        ),
+        (
+            "\"http_429\"",
+            "x-mock-status: 429\r\nx-mock-fail-first: 2\r\n",
+            200,
+            3,
+        ),
+        (
+            "\"error\"",
+            "x-mock-drop: before-response\r\nx-mock-fail-first: 1\r\n",
+            200,
+            2,
+        ),
+        (
+            "\"timeout\"",
+            "x-mock-delay-ms: 1500\r\nx-mock-fail-first: 1\r\n",
+            200,
+            2,
+        ),
+        (
+            "\"error\"",
+            "x-mock-delay-ms: 1500\r\nx-mock-fail-first: 1\r\n",
+            504,
+            1,
+        ),
+        ("", "x-mock-status: 502\r\n", 502, 1),
+    ];
+    for (i, (retry_on, knobs, status, attempts)) in cases.iter().enumerate() {
+        let gw = Gateway::start(
+            &config(&eps, "round_robin", retry_on, 3, "max_fails = 0", ""),
+            Driver::IoUring,
+        );
+        let before = mock.request_count();
+        let key = format!("x-mock-fail-key: case{i}\r\n");
+        let r = get(&gw, "/v1/echo", &format!("{knobs}{key}"));
+        assert_eq!(
+            r.status,
+            *status,
+            "case {i} ({retry_on}, {knobs:?}): {}",
+            r.text()
+        );
+        assert_eq!(
+            mock.request_count() - before,
+            *attempts,
+            "case {i}: upstream attempts"
+        );
+    }
+}
+
+#[test]
+fn no_retry_once_a_response_byte_went_out_and_none_for_big_bodies() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let gw = Gateway::start(
+        &config(&eps, "round_robin", "\"error\", \"timeout\"", 3, "", ""),
+        Driver::Epoll,
+    );
+    // The upstream dies mid-stream: the client's stream is cut, nothing is retried.
+    let before = mock.request_count();
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let mut c = Conn::connect(gw.addr);
+    c.send(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\nx-mock-drop: mid-body\r\n\r\n{body}", body.len()).as_bytes()).expect("send");
+    let (status, _) = c.read_head().expect("head");
+    assert_eq!(status, 200);
+    let _ = c.read_to_close();
+    assert_eq!(
+        mock.request_count() - before,
+        1,
+        "no retry after the first byte"
+    );
+    // A body over max_retry_body_bytes streams and is never re-sent.
+    let big = "x".repeat(100_000);
+    let before = mock.request_count();
+    let r = request(gw.addr, &format!("POST /v1/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\nx-mock-drop: before-response\r\nconnection: close\r\n\r\n{big}", big.len())).expect("upload");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        mock.request_count() - before,
+        1,
+        "a streamed body is not retried"
+    );
+}
+
+#[test]
+fn retry_after_is_honoured_within_the_budget() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let gw = Gateway::start(
+        &config(&eps, "round_robin", "\"http_429\"", 2, "max_fails = 0", ""),
+        Driver::IoUring,
+    );
+    let start = Instant::now();
+    let r = get(&gw, "/v1/echo", "x-mock-status: 429\r\nx-mock-retry-after: 1\r\nx-mock-fail-first: 1\r\nx-mock-fail-key: ra\r\n");
+    assert_eq!(r.status, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(950),
+        "waited for Retry-After"
+    );
+    // Retry-After beyond the budget: the client gets the 429 at once.
+    let cfg = config(&eps, "round_robin", "\"http_429\"", 2, "max_fails = 0", "")
+        .replace("retry_budget_ms = 5000", "retry_budget_ms = 500");
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    let r = get(
+        &gw,
+        "/v1/echo",
+        "x-mock-status: 429\r\nx-mock-retry-after: 30\r\n",
+    );
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("retry-after"),
+        Some("30"),
+        "the provider's answer is passed on"
+    );
+}
+
+#[test]
+fn balancers_spread_requests_over_endpoints() {
+    let mocks: Vec<MockProvider> = (0..3)
+        .map(|_| MockProvider::start("127.0.0.1:0").expect("mock"))
+        .collect();
+    let eps: Vec<String> = mocks.iter().map(|m| m.addr().to_string()).collect();
+    for balance in ["round_robin", "least_request", "p2c_ewma"] {
+        let before: Vec<usize> = mocks.iter().map(MockProvider::request_count).collect();
+        let gw = Gateway::start(&config(&eps, balance, "", 1, "", ""), Driver::IoUring);
+        for _ in 0..90 {
+            assert_eq!(get(&gw, "/v1/echo", "").status, 200);
+        }
+        let counts: Vec<usize> = mocks
+            .iter()
+            .zip(&before)
+            .map(|(m, b)| m.request_count() - b)
+            .collect();
+        assert_eq!(counts.iter().sum::<usize>(), 90, "{balance}");
+        if balance == "round_robin" {
+            assert_eq!(counts, vec![30, 30, 30], "{balance}");
+        } else {
+            assert!(
+                counts.iter().all(|&c| c >= 5),
+                "{balance}: every endpoint gets traffic: {counts:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn p2c_ewma_prefers_the_fast_endpoint() {
+    use common::mock_provider::MockOptions;
+    let fast = MockProvider::start("127.0.0.1:0").expect("mock");
+    let slow = MockProvider::start_with(
+        "127.0.0.1:0",
+        MockOptions {
+            base_delay_ms: 40,
+            ..Default::default()
+        },
+    )
+    .expect("mock");
+    let eps = [fast.addr().to_string(), slow.addr().to_string()];
+    let gw = Gateway::start(&config(&eps, "p2c_ewma", "", 1, "", ""), Driver::IoUring);
+    for _ in 0..60 {
+        assert_eq!(get(&gw, "/v1/echo", "").status, 200);
+    }
+    let (f, s) = (fast.request_count(), slow.request_count());
+    assert_eq!(f + s, 60);
+    // Round robin would split 30/30; peak-EWMA sends most traffic to the fast endpoint.
+    assert!(f >= 2 * s, "fast {f}, slow {s}");
+}
+
+#[test]
+fn a_failing_endpoint_is_ejected_and_comes_back() {
+    let good = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [good.addr().to_string(), "127.0.0.1:1".to_string()];
+    let gw = Gateway::start(
+        &config(&eps, "round_robin", "\"error\"", 2, "", ""),
+        Driver::IoUring,
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(&gw, "/v1/echo", "").status,
+            200,
+            "retried onto the good endpoint"
+        );
+    }
+    // All endpoints dead: fail fast with 503 once both are ejected, not a hang.
+    let gw = Gateway::start(
+        &config(
+            &["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()],
+            "round_robin",
+            "\"error\"",
+            2,
+            "",
+            "",
+        ),
+        Driver::IoUring,
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(&gw, "/v1/echo", "").status);
+    }
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    let r = get(&gw, "/v1/echo", "");
+    assert_eq!(r.json()["error"]["code"], "no_healthy_upstream");
+    // After fail_timeout they are tried again (and fail again with 502).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        get(&gw, "/v1/echo", "").status,
+        502,
+        "tried again after the ejection"
+    );
+}
+
+#[test]
+fn provider_quota_floor_sheds_until_reset() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let gw = Gateway::start(
+        &config(
+            &eps,
+            "round_robin",
+            "",
+            1,
+            "shed_below_remaining_requests = 5",
+            "",
+        ),
+        Driver::IoUring,
+    );
+    let r = get(
+        &gw,
+        "/v1/echo",
+        "x-mock-header: x-ratelimit-remaining-requests=10\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(&gw, "/v1/echo", "").status,
+        200,
+        "above the floor: no shedding"
+    );
+    // The provider says 2 left, reset in 1s: the gateway sheds instead of letting it reject.
+    let r = get(
+        &gw,
+        "/v1/echo",
+        "x-mock-header: x-ratelimit-remaining-requests=2\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let r2 = request(
+        gw.addr,
+        "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .expect("shed");
+    assert_eq!(r2.status, 429, "{}", r2.text());
+    assert!(r2.header("retry-after").is_some());
+    let before = mock.request_count();
+    assert_eq!(get(&gw, "/v1/echo", "").status, 429);
+    assert_eq!(
+        mock.request_count(),
+        before,
+        "shed requests never reach the provider"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&gw, "/v1/echo", "").status, 200, "after the reset");
+}
+
+#[test]
+fn route_concurrency_limit_answers_503_beyond_it() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let gw = Gateway::start(
+        &config(&eps, "round_robin", "", 1, "", "max_in_flight = 2"),
+        Driver::IoUring,
+    );
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::connect(gw.addr);
+        c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-delay-ms: 400\r\n\r\n")
+            .expect("send");
+        slow.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let r = get(&gw, "/v1/echo", "");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "route_at_capacity");
+    for mut c in slow {
+        assert_eq!(c.read_response(false).expect("slow").status, 200);
+    }
+    assert_eq!(get(&gw, "/v1/echo", "").status, 200, "capacity is back");
+}
