@@ -300,9 +300,13 @@ pub async fn forward(
     let keep_alive = head.keep_alive && cframing != ClientFraming::Close && !w.drain.is_draining();
     scratch.clear();
     headers::write_client_head(scratch, &resp, cframing, req.request_id, keep_alive);
-    send_client(client, scratch, client_timeout)
-        .await
-        .map_err(|e| (e, true))?;
+    // The head stays in `scratch`: the body copiers send it together with the body bytes
+    // already read, saving a write per response (never waiting for more bytes to do so).
+    if matches!(uframing, BodyFraming::None) {
+        send_client(client, scratch, client_timeout)
+            .await
+            .map_err(|e| (e, true))?;
+    }
 
     let rechunk = cframing == ClientFraming::Chunked;
     let bytes_out = match uframing {
@@ -491,6 +495,10 @@ async fn copy_response_length(
     client_timeout: Duration,
 ) -> Result<u64, ProxyError> {
     let mut remaining = n;
+    if remaining == 0 || (urb.is_empty() && !out.is_empty()) {
+        send_client(client, out, client_timeout).await?;
+        out.clear();
+    }
     while remaining > 0 {
         if urb.is_empty() {
             urb.fill(up, read_timeout)
@@ -498,11 +506,11 @@ async fn copy_response_length(
                 .map_err(upstream_read_err)?;
         }
         let k = urb.available(remaining);
-        out.clear();
         out.extend_from_slice(&urb.data()[..k]);
         urb.consume(k);
         remaining -= k as u64;
         send_client(client, out, client_timeout).await?;
+        out.clear();
     }
     Ok(n)
 }
@@ -519,7 +527,6 @@ async fn copy_response_chunked(
     let mut dec = ChunkedDecoder::new();
     let mut total = 0u64;
     loop {
-        out.clear();
         let mut done = false;
         loop {
             let (used, ev) = dec
@@ -554,6 +561,7 @@ async fn copy_response_chunked(
         // Whatever arrived goes out now: an SSE event never waits for the next one.
         if !out.is_empty() {
             send_client(client, out, client_timeout).await?;
+            out.clear();
         }
         if done {
             return Ok(total);
@@ -574,6 +582,10 @@ async fn copy_response_until_close(
     client_timeout: Duration,
 ) -> Result<u64, ProxyError> {
     let mut total = 0u64;
+    if !out.is_empty() {
+        send_client(client, out, client_timeout).await?;
+        out.clear();
+    }
     loop {
         if !urb.is_empty() {
             out.clear();
@@ -658,7 +670,9 @@ async fn try_once(
     let pooled = if fresh {
         None
     } else {
-        w.pool.borrow_mut().take(up, ep)
+        w.pool
+            .borrow_mut()
+            .take(up, ep, !matches!(body, Body::None | Body::Retained(_)))
     };
     let mut connect_time = Duration::ZERO;
     let mut conn = match pooled {

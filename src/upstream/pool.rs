@@ -24,6 +24,9 @@ pub struct UpConn {
     pub reused: bool,
 }
 
+/// Idle time after which a pooled connection is peeked before reuse.
+pub const PEEK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 struct Idle {
     stream: TcpStream,
     since: Instant,
@@ -52,12 +55,20 @@ pub struct Pool {
 impl Pool {
     /// A live idle connection to endpoint `ep` of `up`, most recently used first. Expired,
     /// closed or over-used connections met on the way are dropped.
-    pub fn take(&mut self, up: &Upstream, ep: usize) -> Option<UpConn> {
+    ///
+    /// A connection idle for more than [`PEEK_AFTER`] — or any connection when `verify` is
+    /// set, because the request's body cannot be sent twice — is first checked with a
+    /// non-blocking peek for EOF. A connection used moments ago skips that syscall: if the
+    /// upstream closed it in between, the request is retried once on a new connection
+    /// (its body is in hand).
+    pub fn take(&mut self, up: &Upstream, ep: usize, verify: bool) -> Option<UpConn> {
         let list = self.idle.get_mut(&(up.fingerprint, ep))?;
         while let Some(idle) = list.pop_back() {
-            if idle.since.elapsed() < up.keepalive_timeout
+            let idle_for = idle.since.elapsed();
+            if idle_for < up.keepalive_timeout
                 && idle.requests < up.keepalive_requests
-                && idle_socket_is_alive(idle.stream.as_raw_fd())
+                && ((idle_for < PEEK_AFTER && !verify)
+                    || idle_socket_is_alive(idle.stream.as_raw_fd()))
             {
                 self.stats.reuses += 1;
                 return Some(UpConn {
