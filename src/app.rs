@@ -137,9 +137,25 @@ pub fn run(path: &Path) -> i32 {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let dns_store = store.clone();
-    let _dns = crate::upstream::dns::spawn_refresher(
+    let _dns = spawn_periodic(
+        "ringgate-dns",
         move || crate::upstream::dns::resolve_config(&dns_store.current().config),
         Duration::from_secs(30),
+        stop.clone(),
+    );
+
+    // Rate-limit keys whose bucket is full again carry no information: forget them, off the
+    // request path, so key state stays bounded over days.
+    let evict_store = store.clone();
+    let _evictor = spawn_periodic(
+        "ringgate-limits",
+        move || {
+            let now = crate::clock::monotonic_nanos();
+            for l in &evict_store.current().limiters {
+                l.evict_idle(now);
+            }
+        },
+        Duration::from_secs(10),
         stop.clone(),
     );
 
@@ -217,4 +233,28 @@ fn probe_listen(addr: std::net::SocketAddr) -> std::io::Result<()> {
     sock.bind(&addr.into())?;
     sock.listen(1)?;
     Ok(())
+}
+
+/// Runs `task` on its own thread every `every` until `stop` is set (checked every 200 ms, so
+/// shutdown never waits a whole period).
+fn spawn_periodic(
+    name: &str,
+    task: impl Fn() + Send + 'static,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let step = Duration::from_millis(200);
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(step);
+                waited += step;
+                if waited >= every {
+                    waited = Duration::ZERO;
+                    task();
+                }
+            }
+        })
 }

@@ -59,6 +59,18 @@ pub enum ProxyError {
     /// The upstream switched protocols although no upgrade was asked for.
     #[error("upstream answered 101 Switching Protocols to a request without Upgrade")]
     UnexpectedUpgrade,
+    /// The client is over a `[limits.NAME]` rate.
+    #[error("rate limit `{limit}` exceeded; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Limit name.
+        limit: String,
+        /// Seconds until a request would be admitted (rounded up).
+        retry_after_secs: u64,
+        /// The limit's sustained rate, requests per second.
+        rate: f64,
+        /// Time until the client's bucket is full again.
+        reset: std::time::Duration,
+    },
     /// The route has `max_in_flight` requests running.
     #[error("route {0} is at its concurrency limit")]
     RouteBusy(String),
@@ -113,6 +125,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => {
                 (504, "upstream_error", "upstream_timeout")
             }
+            ProxyError::RateLimited { .. } => (429, "rate_limit_error", "rate_limit_exceeded"),
             ProxyError::RouteBusy(_) => (503, "server_error", "route_at_capacity"),
             ProxyError::ProviderQuota { .. } => (429, "rate_limit_error", "upstream_rate_limited"),
             ProxyError::NoHealthyEndpoint(_) => (503, "upstream_error", "no_healthy_upstream"),
@@ -124,6 +137,9 @@ impl ProxyError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ProxyError::ProviderQuota {
+                retry_after_secs, ..
+            }
+            | ProxyError::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ProxyError::RouteBusy(_) | ProxyError::NoHealthyEndpoint(_) | ProxyError::Draining => {

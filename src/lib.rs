@@ -8,6 +8,7 @@
 //!   mounted ConfigMap directory.
 //! - [`worker`]: one pinned monoio runtime per core (io_uring or epoll), its listener, drain.
 //! - [`http`]: HTTP/1.1 framing over httparse, to the hardening list of field-notes §4.
+//! - [`limit`]: GCRA rate limiting (nginx `limit_req` semantics) shared by all workers.
 //! - [`router`]: exact/prefix route matching and upstream path rewriting.
 //! - [`proxy`]: a client connection's loop and one request's exchange with the upstream.
 //! - [`upstream`]: per-worker keep-alive pools, DNS off the workers, connecting.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -31,6 +31,8 @@ pub struct Request<'a> {
     pub head: &'a RequestHead,
     /// The matched route.
     pub route: &'a crate::config::Route,
+    /// The route's rate limit and its limiter, if any.
+    pub limit: Option<(&'a crate::config::LimitSpec, &'a crate::limit::KeyedLimiter)>,
     /// The route's upstream.
     pub upstream: &'a Upstream,
     /// Server limits.
@@ -117,6 +119,9 @@ pub async fn forward(
         Some(g) => g,
         None => return Err((ProxyError::RouteBusy(route.name.clone()), false)),
     };
+    if let Some((spec, limiter)) = req.limit {
+        admit(w, req, spec, limiter).await.map_err(|e| (e, false))?;
+    }
     let shed_until = up.shed_until.load(std::sync::atomic::Ordering::Relaxed);
     if shed_until != 0 {
         let now = crate::clock::monotonic_nanos();
@@ -885,6 +890,55 @@ fn note_provider_quota(up: &Upstream, resp: &ResponseHead) {
         up.shed_until
             .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(upstream = %up.name, shed_for_ms = d.as_millis() as u64, "provider quota nearly spent; shedding new requests until its reset");
+    }
+}
+
+/// Applies the route's rate limit: admits, holds the request to the rate (`nodelay =
+/// false`), or refuses with 429.
+async fn admit(
+    _w: &Rc<Worker>,
+    req: &Request<'_>,
+    spec: &crate::config::LimitSpec,
+    limiter: &crate::limit::KeyedLimiter,
+) -> Result<(), ProxyError> {
+    use crate::config::LimitKey;
+    let ip;
+    let key: &[u8] = match &spec.key {
+        LimitKey::ApiKey => match req.head.header("authorization") {
+            Some(v) => v,
+            // No key: limit by address, so anonymous clients are not unlimited.
+            None => {
+                ip = headers::real_client_ip(req).to_string();
+                ip.as_bytes()
+            }
+        },
+        LimitKey::Header(name) => match req.head.header(name) {
+            Some(v) => v,
+            None => {
+                ip = headers::real_client_ip(req).to_string();
+                ip.as_bytes()
+            }
+        },
+        LimitKey::ClientIp => {
+            ip = headers::real_client_ip(req).to_string();
+            ip.as_bytes()
+        }
+    };
+    match limiter.check(key, crate::clock::monotonic_nanos()) {
+        crate::limit::Decision::Allow { .. } => Ok(()),
+        crate::limit::Decision::Delay { wait, .. } => {
+            monoio::time::sleep(wait).await;
+            Ok(())
+        }
+        crate::limit::Decision::Reject { retry_after, reset } => {
+            tracing::debug!(limit = %spec.name, "rate limited");
+            Err(ProxyError::RateLimited {
+                limit: spec.name.clone(),
+                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                rate: spec.rate_per_second,
+                reset,
+            })
+        }
     }
 }
 

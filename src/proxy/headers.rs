@@ -51,6 +51,11 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, server: &ServerSettings) -> Ip
     last
 }
 
+/// The real client IP of a request (see [`client_ip`]).
+pub fn real_client_ip(req: &Request<'_>) -> IpAddr {
+    client_ip(req.peer.ip(), joined_xff(req.head).as_deref(), req.server)
+}
+
 /// All X-Forwarded-For values of the request joined, in order.
 fn joined_xff(head: &RequestHead) -> Option<String> {
     let mut out: Option<String> = None;

@@ -165,9 +165,13 @@ async fn handle_request(
                         path: path.to_string(),
                     }),
                     Some(up) => {
+                        let limit = route.limit.and_then(|i| {
+                            Some((cfg.limits.get(i)?.as_ref(), snap.limiters.get(i)?.as_ref()))
+                        });
                         let req = forward::Request {
                             head,
                             route,
+                            limit,
                             upstream: up,
                             server: &cfg.server,
                             peer,
@@ -307,6 +311,19 @@ pub async fn send_error(
     let retry_after = e.retry_after_secs().map(|s| s.to_string());
     if let Some(ra) = &retry_after {
         hdrs.push(("retry-after", ra.as_bytes()));
+    }
+    // The headers OpenAI clients read to pace themselves.
+    let limit_headers = match e {
+        ProxyError::RateLimited { rate, reset, .. } => Some((
+            format!("{}", rate.ceil() as u64),
+            format!("{:.3}s", reset.as_secs_f64()),
+        )),
+        _ => None,
+    };
+    if let Some((limit, reset)) = &limit_headers {
+        hdrs.push(("x-ratelimit-limit-requests", limit.as_bytes()));
+        hdrs.push(("x-ratelimit-remaining-requests", b"0"));
+        hdrs.push(("x-ratelimit-reset-requests", reset.as_bytes()));
     }
     if !keep_alive {
         hdrs.push(("connection", b"close"));

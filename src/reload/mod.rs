@@ -12,7 +12,8 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config, ConfigErrors, LimitSpec};
+use crate::limit::{KeyedLimiter, LimitParams};
 use watch::Snapshot;
 
 /// One applied config generation and where it came from.
@@ -30,6 +31,9 @@ pub struct Active {
     pub source: PathBuf,
     /// `..data` target when mounted from a ConfigMap.
     pub data_target: Option<String>,
+    /// The rate limiters of `config.limits`, same order. A reload hands over the limiter
+    /// (and so every key's state) of each limit whose definition did not change.
+    pub limiters: Vec<Arc<KeyedLimiter>>,
 }
 
 /// The last rejected reload, for `/config` and logs.
@@ -46,6 +50,9 @@ pub struct Rejection {
 /// The published config and the reload bookkeeping operators see.
 pub struct ConfigStore {
     active: Arc<ArcSwap<Active>>,
+    /// Limiters by limit definition, so unchanged limits keep their state across reloads.
+    /// Locked only when a config is applied, never on the request path.
+    limiters: Mutex<Vec<(LimitSpec, Arc<KeyedLimiter>)>>,
     base_dir: PathBuf,
     last_rejection: Mutex<Option<Rejection>>,
     /// Applied reloads (not counting the initial load).
@@ -64,7 +71,9 @@ impl ConfigStore {
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let cfg = config::load_bytes(&snap.bytes, &base_dir).map_err(|e| e.to_string())?;
         crate::upstream::dns::resolve_config(&cfg);
+        let limiters = Mutex::new(Vec::new());
         let active = Active {
+            limiters: limiters_for(&limiters, &cfg),
             config: cfg,
             generation: 1,
             sha256: snap.sha256,
@@ -74,6 +83,7 @@ impl ConfigStore {
         };
         Ok(ConfigStore {
             active: Arc::new(ArcSwap::from_pointee(active)),
+            limiters,
             base_dir,
             last_rejection: Mutex::new(None),
             applied: AtomicU64::new(0),
@@ -115,6 +125,7 @@ impl ConfigStore {
                 crate::upstream::dns::resolve_config(&cfg);
                 let generation = old.generation + 1;
                 self.active.store(Arc::new(Active {
+                    limiters: limiters_for(&self.limiters, &cfg),
                     config: cfg,
                     generation,
                     sha256: snap.sha256,
@@ -142,4 +153,44 @@ impl ConfigStore {
             }
         }
     }
+}
+
+/// Most keys one limit tracks; past it idle keys are evicted first (see [`KeyedLimiter`]).
+pub const MAX_KEYS_PER_LIMIT: usize = 100_000;
+
+/// The limiters for `cfg.limits`, reusing the registry's limiter for every limit whose
+/// definition (name, rate, burst, key, nodelay) is unchanged; the registry then holds
+/// exactly the current ones.
+fn limiters_for(
+    registry: &Mutex<Vec<(LimitSpec, Arc<KeyedLimiter>)>>,
+    cfg: &Config,
+) -> Vec<Arc<KeyedLimiter>> {
+    let mut reg = match registry.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let out: Vec<(LimitSpec, Arc<KeyedLimiter>)> = cfg
+        .limits
+        .iter()
+        .map(|spec| {
+            let kept = reg
+                .iter()
+                .find(|(s, _)| *s == **spec)
+                .map(|(_, l)| l.clone());
+            let limiter = kept.unwrap_or_else(|| {
+                Arc::new(KeyedLimiter::new(
+                    LimitParams {
+                        rate_per_second: spec.rate_per_second,
+                        burst: spec.burst,
+                        nodelay: spec.nodelay,
+                    },
+                    MAX_KEYS_PER_LIMIT,
+                ))
+            });
+            ((**spec).clone(), limiter)
+        })
+        .collect();
+    let list = out.iter().map(|(_, l)| l.clone()).collect();
+    *reg = out;
+    list
 }

@@ -5,7 +5,6 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::Config;
 
@@ -34,27 +33,4 @@ pub fn resolve_config(config: &Config) {
             }
         }
     }
-}
-
-/// Calls `refresh` (which re-resolves the active config's hosts) every `every`, until `stop`
-/// is set.
-pub fn spawn_refresher(
-    refresh: impl Fn() + Send + 'static,
-    every: Duration,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ringgate-dns".into())
-        .spawn(move || {
-            let step = Duration::from_millis(200);
-            let mut waited = Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(step);
-                waited += step;
-                if waited >= every {
-                    waited = Duration::ZERO;
-                    refresh();
-                }
-            }
-        })
 }

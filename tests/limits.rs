@@ -1,0 +1,246 @@
+//! Rate limits end to end, compared with the GCRA formula nginx `limit_req` follows: over a
+//! window W of back-to-back requests, `burst + 1 + floor(W × rate)` are admitted (± 1 for the
+//! clock at the window's edges).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::gateway::{request, Conn, Driver, Gateway};
+use common::mock_provider::MockProvider;
+
+fn config(mock: &MockProvider, workers: u32, limit: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = {workers}
+trusted_proxies = ["127.0.0.1"]
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.mock]
+url = "http://{mock}"
+
+[limits.main]
+{limit}
+
+[[routes]]
+name = "limited"
+prefix = "/v1/"
+upstream = "mock"
+limit = "main"
+
+[[routes]]
+name = "open"
+prefix = "/open/"
+upstream = "mock"
+"#,
+        mock = mock.addr()
+    )
+}
+
+fn get(gw: &Gateway, headers: &str) -> common::gateway::Response {
+    request(
+        gw.addr,
+        &format!("GET /v1/echo HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n"),
+    )
+    .expect("request")
+}
+
+/// Sends `n` requests back to back (a new connection each, so they spread over workers);
+/// returns (admitted, window).
+fn burst(gw: &Gateway, n: usize, headers: &str) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut ok = 0;
+    for _ in 0..n {
+        let r = get(gw, headers);
+        match r.status {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    (ok, start.elapsed())
+}
+
+fn expected(rate: f64, burst: u32, window: Duration) -> usize {
+    burst as usize + 1 + (window.as_secs_f64() * rate).floor() as usize
+}
+
+#[test]
+fn admitted_count_matches_gcra_across_workers() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    for workers in [1, 2] {
+        let gw = Gateway::start(
+            &config(
+                &mock,
+                workers,
+                "rate_per_second = 20\nburst = 5\nkey = \"client_ip\"",
+            ),
+            Driver::IoUring,
+        );
+        let (ok, window) = burst(&gw, 60, "");
+        let want = expected(20.0, 5, window);
+        assert!(
+            ok.abs_diff(want) <= 1,
+            "workers={workers}: admitted {ok}, GCRA says {want} over {window:?}"
+        );
+    }
+}
+
+#[test]
+fn rejection_is_429_in_openai_shape_with_rate_headers() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Gateway::start(
+        &config(&mock, 1, "rate_per_second = 1\nburst = 2"),
+        Driver::Epoll,
+    );
+    let statuses: Vec<u16> = (0..4).map(|_| get(&gw, "").status).collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    let r = get(&gw, "");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let ra: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After: {r:?}"));
+    assert!((1..=2).contains(&ra), "{ra}");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert!(r.header("x-ratelimit-limit-requests").is_some());
+    assert!(r
+        .header("x-ratelimit-reset-requests")
+        .is_some_and(|v| v.ends_with('s')));
+    // Another route without the limit is untouched.
+    let r = request(
+        gw.addr,
+        "GET /open/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .expect("open");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.metric("ringgate_ratelimit_rejections_total{limit=\"main\"}")
+            .map(|v| v >= 2.0),
+        Some(true)
+    );
+}
+
+#[test]
+fn keys_are_the_real_client_ip_api_key_or_header() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    // client_ip: X-Forwarded-For is believed from the trusted 127.0.0.1, so two clients
+    // behind it get a bucket each.
+    let gw = Gateway::start(
+        &config(&mock, 1, "rate_per_second = 0.5\nburst = 1"),
+        Driver::IoUring,
+    );
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        let h = format!("x-forwarded-for: {client}\r\n");
+        let s: Vec<u16> = (0..3).map(|_| get(&gw, &h).status).collect();
+        assert_eq!(s, vec![200, 200, 429], "{client}");
+    }
+    let gw = Gateway::start(
+        &config(
+            &mock,
+            1,
+            "rate_per_second = 0.5\nburst = 1\nkey = \"api_key\"",
+        ),
+        Driver::IoUring,
+    );
+    for key in ["sk-a", "sk-b"] {
+        let h = format!("authorization: Bearer {key}\r\n");
+        let s: Vec<u16> = (0..3).map(|_| get(&gw, &h).status).collect();
+        assert_eq!(s, vec![200, 200, 429], "{key}");
+    }
+    let gw = Gateway::start(
+        &config(
+            &mock,
+            1,
+            "rate_per_second = 0.5\nburst = 1\nkey = \"header:x-tenant\"",
+        ),
+        Driver::IoUring,
+    );
+    for t in ["t1", "t2"] {
+        let h = format!("x-tenant: {t}\r\n");
+        let s: Vec<u16> = (0..3).map(|_| get(&gw, &h).status).collect();
+        assert_eq!(s, vec![200, 200, 429], "{t}");
+    }
+}
+
+#[test]
+fn without_nodelay_the_burst_waits_to_the_rate() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Arc::new(Gateway::start(
+        &config(&mock, 1, "rate_per_second = 5\nburst = 3\nnodelay = false"),
+        Driver::IoUring,
+    ));
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..5)
+        .map(|_| {
+            let (gw, done) = (gw.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = get(&gw, "");
+                done.lock().expect("lock").push((r.status, start.elapsed()));
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let mut results = done.lock().expect("lock").clone();
+    results.sort_by_key(|(_, t)| *t);
+    let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        4,
+        "1 + burst admitted: {results:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        1,
+        "{results:?}"
+    );
+    // The admitted ones were spaced to the rate (200 ms apart): the last waited ~600 ms.
+    let last_ok = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, t)| *t)
+        .max()
+        .expect("ok");
+    assert!(
+        last_ok >= Duration::from_millis(550),
+        "burst requests were delayed, not passed at once: {results:?}"
+    );
+}
+
+#[test]
+fn limit_state_survives_a_reload_that_leaves_the_limit_alone() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let limit = "rate_per_second = 0.2\nburst = 1";
+    let gw = Gateway::start(&config(&mock, 1, limit), Driver::IoUring);
+    let s: Vec<u16> = (0..3).map(|_| get(&gw, "").status).collect();
+    assert_eq!(s, vec![200, 200, 429]);
+    // A route changes, the limit does not: the client stays limited.
+    gw.project(&config(&mock, 1, limit).replace("prefix = \"/open/\"", "prefix = \"/open2/\""));
+    let mut c = Conn::connect(gw.addr);
+    let changed = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        gw.metric("ringgate_config_generation") == Some(2.0)
+    });
+    assert!(changed);
+    c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.read_response(false).expect("r").status, 429, "state kept");
+    // The limit itself changes: a fresh limiter admits again.
+    gw.project(&config(&mock, 1, "rate_per_second = 0.2\nburst = 2"));
+    let changed = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        gw.metric("ringgate_config_generation") == Some(3.0)
+    });
+    assert!(changed);
+    assert_eq!(get(&gw, "").status, 200, "a changed limit starts afresh");
+}
