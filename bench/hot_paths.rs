@@ -61,5 +61,24 @@ fn head_parse(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_match, config_compile, head_parse);
+fn rate_limit_check(c: &mut Criterion) {
+    let limiter = ringgate::limit::KeyedLimiter::new(
+        ringgate::limit::LimitParams {
+            rate_per_second: 1e6,
+            burst: 1000,
+            nodelay: true,
+        },
+        100_000,
+    );
+    let keys: Vec<String> = (0..1000).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+    let mut i = 0usize;
+    c.bench_function("rate_limit_check_1000_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            limiter.check(black_box(keys[i].as_bytes()), ringgate::clock::monotonic_nanos())
+        })
+    });
+}
+
+criterion_group!(benches, route_match, config_compile, head_parse, rate_limit_check);
 criterion_main!(benches);
