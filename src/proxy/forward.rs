@@ -452,31 +452,10 @@ async fn copy_chunked_request(
     let mut total: u64 = 0;
     loop {
         out.clear();
-        let mut done = false;
-        loop {
-            let (used, ev) = dec.decode(crb.data()).map_err(ProxyError::BadRequest)?;
-            match ev {
-                ChunkEvent::Data(r) => {
-                    total += r.len() as u64;
-                    if total > max_body {
-                        return Err(ProxyError::BodyTooLarge { limit: max_body });
-                    }
-                    http::encode_chunk_header(r.len(), out);
-                    out.extend_from_slice(&crb.data()[r]);
-                    out.extend_from_slice(http::CHUNK_END);
-                    crb.consume(used);
-                }
-                ChunkEvent::Done => {
-                    crb.consume(used);
-                    out.extend_from_slice(http::LAST_CHUNK);
-                    done = true;
-                    break;
-                }
-                ChunkEvent::NeedMore => {
-                    crb.consume(used);
-                    break;
-                }
-            }
+        let done =
+            reframe_chunks(&mut dec, crb, out, true, &mut total).map_err(ProxyError::BadRequest)?;
+        if total > max_body {
+            return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
         if !out.is_empty() {
             send(up, out, send_timeout).await?;
@@ -487,6 +466,44 @@ async fn copy_chunked_request(
         crb.fill(client, client_timeout)
             .await
             .map_err(client_read_err)?;
+    }
+}
+
+/// Decodes every whole chunk in `rb` into `out` — re-framed as chunks when `rechunk`, bare
+/// payload otherwise — adding payload bytes to `total`. Returns whether the body ended.
+fn reframe_chunks(
+    dec: &mut ChunkedDecoder,
+    rb: &mut ReadBuf,
+    out: &mut Vec<u8>,
+    rechunk: bool,
+    total: &mut u64,
+) -> Result<bool, http::HttpError> {
+    loop {
+        let (used, ev) = dec.decode(rb.data())?;
+        match ev {
+            ChunkEvent::Data(r) => {
+                *total += r.len() as u64;
+                if rechunk {
+                    http::encode_chunk_header(r.len(), out);
+                }
+                out.extend_from_slice(&rb.data()[r]);
+                if rechunk {
+                    out.extend_from_slice(http::CHUNK_END);
+                }
+                rb.consume(used);
+            }
+            ChunkEvent::Done => {
+                rb.consume(used);
+                if rechunk {
+                    out.extend_from_slice(http::LAST_CHUNK);
+                }
+                return Ok(true);
+            }
+            ChunkEvent::NeedMore => {
+                rb.consume(used);
+                return Ok(false);
+            }
+        }
     }
 }
 
@@ -532,37 +549,8 @@ async fn copy_response_chunked(
     let mut dec = ChunkedDecoder::new();
     let mut total = 0u64;
     loop {
-        let mut done = false;
-        loop {
-            let (used, ev) = dec
-                .decode(urb.data())
-                .map_err(ProxyError::UpstreamProtocol)?;
-            match ev {
-                ChunkEvent::Data(r) => {
-                    total += r.len() as u64;
-                    if rechunk {
-                        http::encode_chunk_header(r.len(), out);
-                    }
-                    out.extend_from_slice(&urb.data()[r]);
-                    if rechunk {
-                        out.extend_from_slice(http::CHUNK_END);
-                    }
-                    urb.consume(used);
-                }
-                ChunkEvent::Done => {
-                    urb.consume(used);
-                    if rechunk {
-                        out.extend_from_slice(http::LAST_CHUNK);
-                    }
-                    done = true;
-                    break;
-                }
-                ChunkEvent::NeedMore => {
-                    urb.consume(used);
-                    break;
-                }
-            }
-        }
+        let done = reframe_chunks(&mut dec, urb, out, rechunk, &mut total)
+            .map_err(ProxyError::UpstreamProtocol)?;
         // Whatever arrived goes out now: an SSE event never waits for the next one.
         if !out.is_empty() {
             send_client(client, out, client_timeout).await?;
