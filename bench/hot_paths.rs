@@ -70,15 +70,55 @@ fn rate_limit_check(c: &mut Criterion) {
         },
         100_000,
     );
-    let keys: Vec<String> = (0..1000).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
     let mut i = 0usize;
     c.bench_function("rate_limit_check_1000_keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            limiter.check(black_box(keys[i].as_bytes()), ringgate::clock::monotonic_nanos())
+            limiter.check(
+                black_box(keys[i].as_bytes()),
+                ringgate::clock::monotonic_nanos(),
+            )
         })
     });
 }
 
-criterion_group!(benches, route_match, config_compile, head_parse, rate_limit_check);
+fn metrics_observe(c: &mut Criterion) {
+    use std::time::Duration;
+    let stats = ringgate::metrics::LocalStats::new(std::sync::Arc::new(
+        ringgate::metrics::WorkerMetrics::default(),
+    ));
+    let routes = ["chat", "embeddings", "models", "fallback"];
+    let mut i = 0usize;
+    c.bench_function("metrics_observe_one_request", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let obs = ringgate::metrics::Observation {
+                route: Some(routes[i % routes.len()]),
+                upstream: Some("holysheep"),
+                method: "POST",
+                status: 200,
+                bytes_in: 96,
+                bytes_out: 512,
+                total: Duration::from_micros(300 + (i % 1000) as u64),
+                connect: Some(Duration::ZERO),
+                header: Some(Duration::from_micros(250)),
+                response: Some(Duration::from_micros(280)),
+                ttfb: None,
+            };
+            stats.observe(black_box(&obs));
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    metrics_observe,
+    route_match,
+    config_compile,
+    head_parse,
+    rate_limit_check
+);
 criterion_main!(benches);

@@ -1,6 +1,14 @@
-//! The admin listener: `/metrics`, `/health`, `/ready`, `/config`. A plain blocking thread,
-//! one short request per connection: it serves scrapes and probes, never client traffic, so
-//! it stays off the workers' event loops.
+//! The admin listener: `/metrics`, `/health`, `/ready`, `/config`, `/stats`. A plain
+//! blocking thread, one short request per connection: it serves scrapes and probes, never
+//! client traffic, so it stays off the workers' event loops.
+//!
+//! - `/health`: 200 while the process runs.
+//! - `/ready`: 200 once a config is loaded and every worker has started, 503 before that
+//!   and while draining.
+//! - `/metrics`: Prometheus text ([`crate::metrics::render`]).
+//! - `/config`: JSON of the active config generation and the last rejected reload.
+//! - `/stats`: JSON of per-route counts and hdrhistogram percentiles
+//!   ([`crate::metrics::stats_json`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -79,9 +87,15 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
         "/ready" => {
             if shared.draining.load(Ordering::Relaxed) {
                 respond(&mut s, 503, "text/plain", b"draining", head_only)
+            } else if shared.store.current().generation == 0 || !registry.workers_started() {
+                respond(&mut s, 503, "text/plain", b"starting", head_only)
             } else {
                 respond(&mut s, 200, "text/plain", b"ready", head_only)
             }
+        }
+        "/stats" => {
+            let body = crate::metrics::stats_json(registry).to_string();
+            respond(&mut s, 200, "application/json", body.as_bytes(), head_only)
         }
         "/metrics" => {
             let body = crate::metrics::render(registry, &shared.store);

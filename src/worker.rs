@@ -47,6 +47,8 @@ pub struct Worker {
     pub drain: DrainSignal,
     /// This worker's counters.
     pub metrics: Arc<WorkerMetrics>,
+    /// This worker's per-route/upstream/limit statistics, published once a second.
+    pub stats: crate::metrics::LocalStats,
     active: Cell<usize>,
     max_connections: usize,
     id_seed: u64,
@@ -244,6 +246,7 @@ async fn run(
         pool: RefCell::new(Pool::default()),
         balancer: crate::upstream::balance::Balancer::new(seed),
         drain: DrainSignal::default(),
+        stats: crate::metrics::LocalStats::new(metrics.clone()),
         metrics,
         active: Cell::new(0),
         max_connections,
@@ -291,6 +294,7 @@ async fn run(
     while w.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    w.stats.publish();
     if w.active.get() > 0 {
         tracing::warn!(
             worker = id,
@@ -322,8 +326,21 @@ async fn sweep_pools(w: Rc<Worker>) {
                 .find(|u| u.fingerprint == fp)
                 .map(|u| u.keepalive_timeout)
         });
-        w.metrics
-            .pool_idle
-            .store(pool.idle_count() as i64, Ordering::Relaxed);
+        for up in ups {
+            let busy: u32 = w
+                .balancer
+                .state(up)
+                .endpoints()
+                .iter()
+                .map(|e| e.inflight())
+                .sum();
+            w.stats.set_pool(
+                &up.name,
+                pool.idle_for(up.fingerprint) as u64,
+                u64::from(busy),
+            );
+        }
+        drop(pool);
+        w.stats.publish();
     }
 }

@@ -41,6 +41,8 @@ pub struct Request<'a> {
     pub peer: std::net::SocketAddr,
     /// The request id sent both ways.
     pub request_id: &'a str,
+    /// When the request's head was parsed (for time to first byte).
+    pub started: Instant,
 }
 
 enum Body {
@@ -201,6 +203,7 @@ pub async fn forward(
         up_head: &up_head,
         continue_sent,
     };
+    let mut try_started;
     let (ep, mut conn, mut urb, resp, t_connect) = loop {
         let now = Instant::now();
         let Some(ep) = w.balancer.pick(up, &state, &tried, now) else {
@@ -209,6 +212,7 @@ pub async fn forward(
         tried.push(ep);
         state.start(ep);
         let t0 = Instant::now();
+        try_started = t0;
         let result = try_once(
             w,
             req,
@@ -284,12 +288,12 @@ pub async fn forward(
             }
         };
         tracing::debug!(route = %route.name, reason = retry_reason(reason), wait_ms = wait.as_millis() as u64, "retrying");
-        w.metrics.note_retry(&route.name, retry_reason(reason));
+        w.stats.note_retry(&route.name, retry_reason(reason));
         monoio::time::sleep(wait).await;
     };
     let client = ctx.client;
     let scratch = ctx.scratch;
-    let t_header = started.elapsed();
+    let t_header = try_started.elapsed();
     conn.requests += 1;
 
     let uframing = http::response_framing(&head.method, &resp)
@@ -314,6 +318,7 @@ pub async fn forward(
     }
 
     let rechunk = cframing == ClientFraming::Chunked;
+    let mut first_body: Option<Instant> = None;
     let bytes_out = match uframing {
         BodyFraming::None => Ok(0),
         BodyFraming::Length(n) => {
@@ -334,6 +339,7 @@ pub async fn forward(
                 &mut urb,
                 client,
                 rechunk,
+                &mut first_body,
                 scratch,
                 route.read_timeout,
                 client_timeout,
@@ -346,6 +352,7 @@ pub async fn forward(
                 &mut urb,
                 client,
                 rechunk,
+                &mut first_body,
                 scratch,
                 route.read_timeout,
                 client_timeout,
@@ -370,6 +377,10 @@ pub async fn forward(
         status: resp.status,
         bytes_out,
         bytes_in,
+        connect: Some(t_connect),
+        header: Some(t_header),
+        response: Some(try_started.elapsed()),
+        ttfb: first_body.map(|t| t.saturating_duration_since(req.started)),
     })
 }
 
@@ -537,11 +548,14 @@ async fn copy_response_length(
     Ok(n)
 }
 
+// Each argument is a distinct borrow of the exchange; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn copy_response_chunked(
     up: &mut TcpStream,
     urb: &mut ReadBuf,
     client: &mut TcpStream,
     rechunk: bool,
+    first_body: &mut Option<Instant>,
     out: &mut Vec<u8>,
     read_timeout: Duration,
     client_timeout: Duration,
@@ -555,6 +569,9 @@ async fn copy_response_chunked(
         if !out.is_empty() {
             send_client(client, out, client_timeout).await?;
             out.clear();
+            if total > 0 && first_body.is_none() {
+                *first_body = Some(Instant::now());
+            }
         }
         if done {
             return Ok(total);
@@ -565,11 +582,14 @@ async fn copy_response_chunked(
     }
 }
 
+// Each argument is a distinct borrow of the exchange; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn copy_response_until_close(
     up: &mut TcpStream,
     urb: &mut ReadBuf,
     client: &mut TcpStream,
     rechunk: bool,
+    first_body: &mut Option<Instant>,
     out: &mut Vec<u8>,
     read_timeout: Duration,
     client_timeout: Duration,
@@ -594,6 +614,7 @@ async fn copy_response_until_close(
             let n = data.len();
             urb.consume(n);
             send_client(client, out, client_timeout).await?;
+            first_body.get_or_insert_with(Instant::now);
         }
         match urb.fill(up, read_timeout).await {
             Ok(_) => {}
@@ -670,7 +691,7 @@ async fn try_once(
     let mut connect_time = Duration::ZERO;
     let mut conn = match pooled {
         Some(c) => {
-            w.metrics.note_reuse();
+            w.stats.note_upstream_connection(&up.name, true);
             c
         }
         None => {
@@ -685,7 +706,7 @@ async fn try_once(
                 .map_err(TryFail::upstream)?;
             connect_time = t0.elapsed();
             w.pool.borrow_mut().note_connect();
-            w.metrics.note_connect();
+            w.stats.note_upstream_connection(&up.name, false);
             UpConn {
                 stream,
                 requests: 0,
@@ -884,7 +905,7 @@ fn note_provider_quota(up: &Upstream, resp: &ResponseHead) {
 /// Applies the route's rate limit: admits, holds the request to the rate (`nodelay =
 /// false`), or refuses with 429.
 async fn admit(
-    _w: &Rc<Worker>,
+    w: &Rc<Worker>,
     req: &Request<'_>,
     spec: &crate::config::LimitSpec,
     limiter: &crate::limit::KeyedLimiter,
@@ -919,7 +940,7 @@ async fn admit(
             Ok(())
         }
         crate::limit::Decision::Reject { retry_after, reset } => {
-            tracing::debug!(limit = %spec.name, "rate limited");
+            w.stats.note_ratelimit_rejection(&spec.name);
             Err(ProxyError::RateLimited {
                 limit: spec.name.clone(),
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,

@@ -51,9 +51,21 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, server: &ServerSettings) -> Ip
     last
 }
 
+/// The real client IP of a request head from `peer` (see [`client_ip`]).
+pub fn client_ip_of(
+    head: &RequestHead,
+    peer: std::net::SocketAddr,
+    server: &ServerSettings,
+) -> IpAddr {
+    if !server.is_trusted(peer.ip()) {
+        return peer.ip();
+    }
+    client_ip(peer.ip(), joined_xff(head).as_deref(), server)
+}
+
 /// The real client IP of a request (see [`client_ip`]).
 pub fn real_client_ip(req: &Request<'_>) -> IpAddr {
-    client_ip(req.peer.ip(), joined_xff(req.head).as_deref(), req.server)
+    client_ip_of(req.head, req.peer, req.server)
 }
 
 /// All X-Forwarded-For values of the request joined, in order.

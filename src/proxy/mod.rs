@@ -29,6 +29,14 @@ pub struct Outcome {
     pub bytes_out: u64,
     /// Request body bytes received from the client.
     pub bytes_in: u64,
+    /// Upstream connect time of the last try (zero when pooled).
+    pub connect: Option<Duration>,
+    /// Last try's start to its response head.
+    pub header: Option<Duration>,
+    /// Last try's start to the end of its response body.
+    pub response: Option<Duration>,
+    /// For streamed responses: request start to the first body byte sent.
+    pub ttfb: Option<Duration>,
 }
 
 /// Serves one accepted client connection until it closes, errs, idles out or the worker
@@ -176,22 +184,26 @@ async fn handle_request(
                             server: &cfg.server,
                             peer,
                             request_id: &request_id,
+                            started: start,
                         };
                         let r = forward::forward(w, &req, client, rb, scratch).await;
-                        let log = match &r {
-                            Ok(o) => (o.status, o.bytes_in, o.bytes_out),
-                            Err((e, _)) => (e.classify().0, 0, 0),
+                        let fallback = Outcome {
+                            status: r
+                                .as_ref()
+                                .map_or_else(|(e, _)| e.classify().0, |o| o.status),
+                            ..Outcome::default()
                         };
-                        access_log(
+                        record(
+                            w,
                             head,
                             &request_id,
                             peer,
+                            &cfg.server,
                             Some(&route.name),
                             Some(&up.name),
-                            log,
+                            r.as_ref().unwrap_or(&fallback),
                             start,
                         );
-                        w.metrics.note_request(log.0, start.elapsed());
                         match r {
                             Ok(o) => return o,
                             Err((e, response_started)) => {
@@ -201,8 +213,7 @@ async fn handle_request(
                                     tracing::warn!(request_id = %request_id, error = %e, "upstream failed mid-response; closing client connection");
                                     return Outcome {
                                         keep_alive: false,
-                                        status: log.0,
-                                        ..Outcome::default()
+                                        ..fallback
                                     };
                                 }
                                 Err(e)
@@ -222,8 +233,21 @@ async fn handle_request(
     }
     // Errors of the exchange (not routing) were logged and counted in the branch above.
     if matches!(e, ProxyError::NoRoute { .. } | ProxyError::BadTarget(_)) {
-        access_log(head, &request_id, peer, None, None, (status, 0, 0), start);
-        w.metrics.note_request(status, start.elapsed());
+        let o = Outcome {
+            status,
+            ..Outcome::default()
+        };
+        record(
+            w,
+            head,
+            &request_id,
+            peer,
+            &cfg.server,
+            None,
+            None,
+            &o,
+            start,
+        );
     }
     if matches!(e, ProxyError::ClientIo(_)) {
         return Outcome::default();
@@ -251,14 +275,10 @@ fn check_target(target: &str) -> Result<(), ProxyError> {
         ));
     }
     let path = target.split('?').next().unwrap_or(target);
-    for seg in path.split('/') {
-        let lower = seg.to_ascii_lowercase();
-        let dots = lower.replace("%2e", ".");
-        if dots == "." || dots == ".." {
-            return Err(ProxyError::BadTarget(
-                "dot segments are not allowed in the path",
-            ));
-        }
+    if path.split('/').any(is_dot_segment) {
+        return Err(ProxyError::BadTarget(
+            "dot segments are not allowed in the path",
+        ));
     }
     if path.contains('\\') {
         return Err(ProxyError::BadTarget("backslash in path"));
@@ -266,28 +286,58 @@ fn check_target(target: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn access_log(
+/// Whether a path segment is `.` or `..`, literally or percent-encoded (`%2e`), checked
+/// without allocating.
+fn is_dot_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'2')
+            && b.get(i + 2).is_some_and(|c| c | 0x20 == b'e')
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+/// Counts one finished request and writes its access-log line.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    w: &Worker,
     head: &RequestHead,
     request_id: &str,
     peer: SocketAddr,
+    server: &crate::config::ServerSettings,
     route: Option<&str>,
     upstream: Option<&str>,
-    (status, bytes_in, bytes_out): (u16, u64, u64),
+    o: &Outcome,
     start: Instant,
 ) {
-    tracing::info!(
-        target: "ringgate::access",
-        method = %head.method,
-        path = %head.path(),
-        status,
-        route = route.unwrap_or("-"),
-        upstream = upstream.unwrap_or("-"),
-        bytes_in,
-        bytes_out,
-        request_id,
-        client = %peer.ip(),
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-    );
+    let total = start.elapsed();
+    let obs = crate::metrics::Observation {
+        route,
+        upstream,
+        method: &head.method,
+        status: o.status,
+        bytes_in: o.bytes_in,
+        bytes_out: o.bytes_out,
+        total,
+        connect: o.connect,
+        header: o.header,
+        response: o.response,
+        ttfb: o.ttfb,
+    };
+    w.stats.observe(&obs);
+    w.metrics.note_request(o.status, total);
+    let client = headers::client_ip_of(head, peer, server);
+    crate::metrics::access_log(&obs, request_id, head.path(), client);
 }
 
 /// Sends a gateway-made error in the OpenAI shape. Returns whether it was written.

@@ -121,6 +121,15 @@ impl Pool {
         });
     }
 
+    /// Idle connections held for the upstream with this fingerprint.
+    pub fn idle_for(&self, fingerprint: u64) -> usize {
+        self.idle
+            .iter()
+            .filter(|((fp, _), _)| *fp == fingerprint)
+            .map(|(_, l)| l.len())
+            .sum()
+    }
+
     /// Idle connections held, all upstreams.
     pub fn idle_count(&self) -> usize {
         self.idle.values().map(VecDeque::len).sum()
