@@ -23,12 +23,13 @@ pub fn check(path: &Path) -> i32 {
             return 1;
         }
     };
-    let text = if is_yaml {
+    // Errors in a manifest are reported at the manifest's own line numbers.
+    let (text, line_offset) = if is_yaml {
         match std::str::from_utf8(&bytes)
             .ok()
-            .and_then(config::toml_from_configmap_yaml)
+            .and_then(config::toml_block_in_configmap_yaml)
         {
-            Some(t) => t.into_bytes(),
+            Some((t, offset)) => (t.into_bytes(), offset),
             None => {
                 eprintln!(
                     "{}: no `gateway.toml: |` key found in the ConfigMap manifest",
@@ -38,7 +39,7 @@ pub fn check(path: &Path) -> i32 {
             }
         }
     } else {
-        bytes
+        (bytes, 0)
     };
     let base = file.parent().unwrap_or(Path::new("."));
     match config::load_bytes_with(&text, base, config::SecretFiles::Skip) {
@@ -54,6 +55,8 @@ pub fn check(path: &Path) -> i32 {
         }
         Err(errs) => {
             for e in &errs.0 {
+                let mut e = e.clone();
+                e.line = e.line.map(|l| l + line_offset);
                 eprintln!("{}: {e}", file.display());
             }
             eprintln!("{}: {} error(s)", file.display(), errs.0.len());

@@ -68,3 +68,19 @@ fn check_reports_every_error_with_path_and_line() {
     assert!(text.contains("line 1"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn check_on_a_manifest_reports_the_manifests_own_lines() {
+    let dir = std::env::temp_dir().join(format!("ringgate-check-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("cm.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  gateway.toml: |\n    [server]\n    listen = \"nope\"\n",
+    )
+    .expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("line 8: server.listen"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}

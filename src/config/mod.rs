@@ -63,8 +63,14 @@ pub fn load_bytes_with(
 /// `ringgate check configmaps/x.yaml` validates what users apply. Only the block-scalar form
 /// (`gateway.toml: |`) that kubectl users write is understood.
 pub fn toml_from_configmap_yaml(yaml: &str) -> Option<String> {
-    let mut lines = yaml.lines();
-    while let Some(line) = lines.next() {
+    toml_block_in_configmap_yaml(yaml).map(|(text, _)| text)
+}
+
+/// As [`toml_from_configmap_yaml`], also returning how many YAML lines precede the block, so
+/// an error's TOML line can be reported as the manifest's line.
+pub fn toml_block_in_configmap_yaml(yaml: &str) -> Option<(String, usize)> {
+    let mut lines = yaml.lines().enumerate();
+    while let Some((index, line)) = lines.next() {
         let trimmed = line.trim_start();
         let Some(rest) = trimmed.strip_prefix(&format!("{CONFIG_FILE_NAME}:")) else {
             continue;
@@ -75,7 +81,7 @@ pub fn toml_from_configmap_yaml(yaml: &str) -> Option<String> {
         let key_indent = line.len() - trimmed.len();
         let mut out = String::new();
         let mut block_indent: Option<usize> = None;
-        for l in lines.by_ref() {
+        for (_, l) in lines.by_ref() {
             if l.trim().is_empty() {
                 out.push('\n');
                 continue;
@@ -91,7 +97,7 @@ pub fn toml_from_configmap_yaml(yaml: &str) -> Option<String> {
             out.push_str(&l[bi..]);
             out.push('\n');
         }
-        return Some(out);
+        return Some((out, index + 1));
     }
     None
 }
