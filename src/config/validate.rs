@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use super::compiled::*;
 use super::raw::*;
 use crate::router::RouteTable;
+use crate::upstream::tls::{self, UpstreamTls};
 
 /// One problem in a config, located by key path and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,6 +534,7 @@ fn compile_upstream(
             }
         }
     };
+    let tls = compile_tls(u, scheme, &endpoints, path, base_dir, secrets, &mut hasher, errs);
     let addrs = endpoints
         .iter()
         .map(|e| {
@@ -569,8 +571,80 @@ fn compile_upstream(
         keepalive_requests: u.keepalive_requests,
         connect_timeout,
         authorization,
+        tls,
         fingerprint: hasher.finish(),
     })
+}
+
+/// The TLS settings of an https upstream: SNI from the URL's host, trust from `ca_file` (read
+/// and parsed now; its bytes go into the fingerprint) or the webpki roots.
+// Each argument is a distinct input of the upstream being compiled.
+#[allow(clippy::too_many_arguments)]
+fn compile_tls(
+    u: &RawUpstream,
+    scheme: Scheme,
+    endpoints: &[Endpoint],
+    path: &str,
+    base_dir: &Path,
+    secrets: super::SecretFiles,
+    hasher: &mut impl Hasher,
+    errs: &mut Errors,
+) -> Option<UpstreamTls> {
+    if scheme != Scheme::Https {
+        if u.ca_file.is_some() {
+            errs.push(
+                format!("{path}.ca_file"),
+                "only applies to https:// upstreams",
+            );
+        }
+        return None;
+    }
+    let ca = match &u.ca_file {
+        None => None,
+        Some(f) if f.trim().is_empty() => {
+            errs.push(format!("{path}.ca_file"), "must not be empty");
+            return None;
+        }
+        Some(_) if secrets == super::SecretFiles::Skip => None,
+        Some(f) => {
+            let p = base_dir.join(f);
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    bytes.hash(hasher);
+                    Some((p, bytes))
+                }
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.ca_file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let config = match tls::client_config(ca.as_ref().map(|(_, b)| b.as_slice())) {
+        Ok(c) => c,
+        Err(e) => {
+            let file = ca.as_ref().map(|(p, _)| p.display().to_string());
+            errs.push(
+                format!("{path}.ca_file"),
+                format!("{}: {e}", file.unwrap_or_default()),
+            );
+            return None;
+        }
+    };
+    let host = endpoints.first().map(|e| e.host.as_str()).unwrap_or("");
+    match tls::server_name(host) {
+        Ok(server_name) => Some(UpstreamTls {
+            config,
+            server_name,
+        }),
+        Err(e) => {
+            errs.push(format!("{path}.url"), e);
+            None
+        }
+    }
 }
 
 fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> LimitSpec {
