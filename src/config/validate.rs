@@ -534,7 +534,16 @@ fn compile_upstream(
             }
         }
     };
-    let tls = compile_tls(u, scheme, &endpoints, path, base_dir, secrets, &mut hasher, errs);
+    let tls = compile_tls(
+        u,
+        scheme,
+        &endpoints,
+        path,
+        base_dir,
+        secrets,
+        &mut hasher,
+        errs,
+    );
     let addrs = endpoints
         .iter()
         .map(|e| {

@@ -81,7 +81,11 @@ fn upstream_write_err(e: std::io::Error) -> ProxyError {
 }
 
 /// Sends `buf` to the upstream, handing the buffer back for reuse.
-async fn send(io: &mut UpstreamStream, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), ProxyError> {
+async fn send(
+    io: &mut UpstreamStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
     let (res, back) = bufio::write_all(io, std::mem::take(buf), timeout).await;
     if let Some(b) = back {
         *buf = b;
