@@ -184,11 +184,17 @@ fn https_upstream_is_trusted_via_ca_file_and_its_connection_reused() {
             assert_eq!(r.status, 200, "{d:?} #{i}: {}\n{}", r.text(), gw.logs());
             assert_eq!(r.json()["id"], "tls-1", "{d:?}");
         }
-        assert_eq!(seen.requests.load(Ordering::SeqCst), 2, "{d:?}");
+        // Idle past the pool's peek threshold: the liveness peek on the TLS connection's
+        // socket must not mistake it for closed.
+        std::thread::sleep(Duration::from_millis(700));
+        conn.send(post().as_bytes()).expect("send");
+        let r = conn.read_response(false).expect("response");
+        assert_eq!(r.status, 200, "{d:?} after idle: {}", r.text());
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 3, "{d:?}");
         assert_eq!(
             seen.connections.load(Ordering::SeqCst),
             1,
-            "{d:?}: both requests on one upstream TLS connection"
+            "{d:?}: all requests on one upstream TLS connection"
         );
         // SNI is the URL's host.
         assert_eq!(

@@ -904,6 +904,18 @@ upstream = "mock"
             ),
             ("wrong type", "[server]\nworkers = \"two\"\n", "server.workers", 2),
             (
+                "ca_file on http",
+                "[upstreams.a]\nurl = \"http://h:1\"\nca_file = \"ca.pem\"\n",
+                "upstreams.a.ca_file",
+                3,
+            ),
+            (
+                "missing ca_file",
+                "[upstreams.a]\nurl = \"https://h\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "upstreams.a.ca_file",
+                3,
+            ),
+            (
                 "bad retry",
                 "[upstreams.a]\nurl = \"http://h:1\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"a\"\nretry_on = [\"oops\"]\n",
                 "routes[0].retry_on[0]",
@@ -918,6 +930,17 @@ upstream = "mock"
             };
             assert_eq!(e.line, Some(*line), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn https_upstreams_get_one_tls_config_and_plain_ones_none() {
+        let text = GOOD.replace("http://127.0.0.1:9000/v1", "https://api.example.com/v1");
+        let cfg = crate::config::load_bytes(text.as_bytes(), Path::new(".")).expect("valid");
+        let tls = cfg.upstreams[0].tls.as_ref().expect("tls settings");
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(cfg.upstreams[0].endpoints[0].port, 443);
+        let plain = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
+        assert!(plain.upstreams[0].tls.is_none());
     }
 
     #[test]
