@@ -45,6 +45,8 @@ struct Seen {
     connections: AtomicUsize,
     requests: AtomicUsize,
     sni: Mutex<Vec<String>>,
+    /// Handshakes that resumed an earlier session.
+    resumed: AtomicUsize,
 }
 
 const BODY: &str = r#"{"object":"chat.completion","id":"tls-1"}"#;
@@ -103,6 +105,9 @@ fn serve(tcp: std::net::TcpStream, config: Arc<rustls::ServerConfig>, seen: &See
                 recorded = true;
                 let sni = tls.conn.server_name().unwrap_or("").to_string();
                 seen.sni.lock().expect("sni").push(sni);
+                if tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    seen.resumed.fetch_add(1, Ordering::SeqCst);
+                }
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -134,6 +139,10 @@ fn serve(tcp: std::net::TcpStream, config: Arc<rustls::ServerConfig>, seen: &See
 }
 
 fn config(url: &str, ca_file: &Path) -> String {
+    config_with(url, ca_file, 8)
+}
+
+fn config_with(url: &str, ca_file: &Path, keepalive: usize) -> String {
     format!(
         r#"
 [server]
@@ -146,7 +155,7 @@ listen = "{{admin}}"
 [upstreams.tls]
 url = "{url}"
 ca_file = "{ca}"
-keepalive = 8
+keepalive = {keepalive}
 
 [[routes]]
 name = "chat"
@@ -201,6 +210,31 @@ fn https_upstream_is_trusted_via_ca_file_and_its_connection_reused() {
             seen.sni.lock().expect("sni").as_slice(),
             ["localhost".to_string()],
             "{d:?}"
+        );
+    }
+}
+
+#[test]
+fn new_upstream_connections_resume_the_tls_session() {
+    for d in DRIVERS {
+        let pki = pki();
+        let (addr, seen) = tls_server(&pki);
+        let dir = temp_dir("tls-resume");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).expect("write ca");
+        let url = format!("https://localhost:{}/v1", addr.port());
+        // No pooling: every request opens a new upstream connection.
+        let gw = Gateway::start(&config_with(&url, &ca, 0), d);
+        let mut conn = Conn::connect(gw.addr);
+        for i in 0..3 {
+            conn.send(post().as_bytes()).expect("send");
+            let r = conn.read_response(false).expect("response");
+            assert_eq!(r.status, 200, "{d:?} #{i}: {}", r.text());
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3, "{d:?}");
+        assert!(
+            seen.resumed.load(Ordering::SeqCst) >= 1,
+            "{d:?}: later handshakes resume the session"
         );
     }
 }
