@@ -41,9 +41,10 @@ pub enum ProxyError {
     /// Connecting took longer than `connect_timeout_ms`.
     #[error("upstream connect timed out")]
     ConnectTimeout,
-    /// Upstream TLS is not available in this build.
-    #[error("upstream {0} uses https, which this build cannot reach yet")]
-    TlsUnsupported(String),
+    /// The TLS handshake with the upstream failed; the message says whether it was the
+    /// upstream's certificate.
+    #[error("{0}")]
+    UpstreamTls(String),
     /// Reading from or writing to the upstream failed.
     #[error("upstream connection failed: {0}")]
     UpstreamIo(std::io::Error),
@@ -115,7 +116,7 @@ impl ProxyError {
             ProxyError::Resolve(_) | ProxyError::Connect(_) => {
                 (502, "upstream_error", "upstream_unreachable")
             }
-            ProxyError::TlsUnsupported(_) => (502, "upstream_error", "upstream_tls_unsupported"),
+            ProxyError::UpstreamTls(_) => (502, "upstream_error", "upstream_tls_error"),
             ProxyError::UpstreamIo(_) | ProxyError::UpstreamClosed => {
                 (502, "upstream_error", "upstream_connection_failed")
             }

@@ -143,6 +143,9 @@ pub struct Upstream {
     /// `Authorization` header value (`Bearer ...`) replacing the client's, if configured.
     /// Never logged: [`Secret`]'s Debug prints a placeholder.
     pub authorization: Option<Secret>,
+    /// TLS settings (one shared rustls client config) for `https://` upstreams; None for
+    /// plain ones.
+    pub tls: Option<crate::upstream::tls::UpstreamTls>,
     /// Consecutive failures that eject an endpoint (0: never).
     pub max_fails: u32,
     /// Base ejection time.

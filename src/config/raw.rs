@@ -140,6 +140,10 @@ pub struct RawUpstream {
     /// File holding the provider key, sent as `Authorization: Bearer`.
     #[serde(default)]
     pub api_key_file: Option<String>,
+    /// PEM file of the CA certificates trusted for an `https://` upstream, instead of the
+    /// built-in webpki roots; relative to the config directory, like `api_key_file`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// Consecutive failures after which an endpoint is ejected (0: never), as nginx `max_fails`.
     #[serde(default = "default_max_fails")]
     pub max_fails: u32,

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use super::compiled::*;
 use super::raw::*;
 use crate::router::RouteTable;
+use crate::upstream::tls::{self, UpstreamTls};
 
 /// One problem in a config, located by key path and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,6 +534,16 @@ fn compile_upstream(
             }
         }
     };
+    let tls = compile_tls(
+        u,
+        scheme,
+        &endpoints,
+        path,
+        base_dir,
+        secrets,
+        &mut hasher,
+        errs,
+    );
     let addrs = endpoints
         .iter()
         .map(|e| {
@@ -569,8 +580,80 @@ fn compile_upstream(
         keepalive_requests: u.keepalive_requests,
         connect_timeout,
         authorization,
+        tls,
         fingerprint: hasher.finish(),
     })
+}
+
+/// The TLS settings of an https upstream: SNI from the URL's host, trust from `ca_file` (read
+/// and parsed now; its bytes go into the fingerprint) or the webpki roots.
+// Each argument is a distinct input of the upstream being compiled.
+#[allow(clippy::too_many_arguments)]
+fn compile_tls(
+    u: &RawUpstream,
+    scheme: Scheme,
+    endpoints: &[Endpoint],
+    path: &str,
+    base_dir: &Path,
+    secrets: super::SecretFiles,
+    hasher: &mut impl Hasher,
+    errs: &mut Errors,
+) -> Option<UpstreamTls> {
+    if scheme != Scheme::Https {
+        if u.ca_file.is_some() {
+            errs.push(
+                format!("{path}.ca_file"),
+                "only applies to https:// upstreams",
+            );
+        }
+        return None;
+    }
+    let ca = match &u.ca_file {
+        None => None,
+        Some(f) if f.trim().is_empty() => {
+            errs.push(format!("{path}.ca_file"), "must not be empty");
+            return None;
+        }
+        Some(_) if secrets == super::SecretFiles::Skip => None,
+        Some(f) => {
+            let p = base_dir.join(f);
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    bytes.hash(hasher);
+                    Some((p, bytes))
+                }
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.ca_file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let config = match tls::client_config(ca.as_ref().map(|(_, b)| b.as_slice())) {
+        Ok(c) => c,
+        Err(e) => {
+            let file = ca.as_ref().map(|(p, _)| p.display().to_string());
+            errs.push(
+                format!("{path}.ca_file"),
+                format!("{}: {e}", file.unwrap_or_default()),
+            );
+            return None;
+        }
+    };
+    let host = endpoints.first().map(|e| e.host.as_str()).unwrap_or("");
+    match tls::server_name(host) {
+        Ok(server_name) => Some(UpstreamTls {
+            config,
+            server_name,
+        }),
+        Err(e) => {
+            errs.push(format!("{path}.url"), e);
+            None
+        }
+    }
 }
 
 fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> LimitSpec {
@@ -821,6 +904,18 @@ upstream = "mock"
             ),
             ("wrong type", "[server]\nworkers = \"two\"\n", "server.workers", 2),
             (
+                "ca_file on http",
+                "[upstreams.a]\nurl = \"http://h:1\"\nca_file = \"ca.pem\"\n",
+                "upstreams.a.ca_file",
+                3,
+            ),
+            (
+                "missing ca_file",
+                "[upstreams.a]\nurl = \"https://h\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "upstreams.a.ca_file",
+                3,
+            ),
+            (
                 "bad retry",
                 "[upstreams.a]\nurl = \"http://h:1\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"a\"\nretry_on = [\"oops\"]\n",
                 "routes[0].retry_on[0]",
@@ -835,6 +930,17 @@ upstream = "mock"
             };
             assert_eq!(e.line, Some(*line), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn https_upstreams_get_one_tls_config_and_plain_ones_none() {
+        let text = GOOD.replace("http://127.0.0.1:9000/v1", "https://api.example.com/v1");
+        let cfg = crate::config::load_bytes(text.as_bytes(), Path::new(".")).expect("valid");
+        let tls = cfg.upstreams[0].tls.as_ref().expect("tls settings");
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(cfg.upstreams[0].endpoints[0].port, 443);
+        let plain = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
+        assert!(plain.upstreams[0].tls.is_none());
     }
 
     #[test]

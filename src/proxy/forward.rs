@@ -19,7 +19,7 @@ use crate::bufio::{self, ReadBuf, ReadError};
 use crate::config::{RetryOn, ServerSettings, Upstream};
 use crate::error::ProxyError;
 use crate::http::{self, BodyFraming, ChunkEvent, ChunkedDecoder, RequestHead, ResponseHead};
-use crate::upstream::{self, pool::UpConn};
+use crate::upstream::{self, pool::UpConn, UpstreamStream};
 use crate::worker::Worker;
 
 /// Upper bound on an upstream response head.
@@ -81,7 +81,11 @@ fn upstream_write_err(e: std::io::Error) -> ProxyError {
 }
 
 /// Sends `buf` to the upstream, handing the buffer back for reuse.
-async fn send(io: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), ProxyError> {
+async fn send(
+    io: &mut UpstreamStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
     let (res, back) = bufio::write_all(io, std::mem::take(buf), timeout).await;
     if let Some(b) = back {
         *buf = b;
@@ -397,7 +401,7 @@ async fn send_continue(
 /// Reads a response head, skipping interim 1xx responses. The flag says whether any byte
 /// arrived (a connection that answered something is not a stale pooled one).
 async fn read_response_head(
-    io: &mut TcpStream,
+    io: &mut UpstreamStream,
     rb: &mut ReadBuf,
     timeout: Duration,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
@@ -427,7 +431,7 @@ async fn read_response_head(
 async fn copy_length_body(
     client: &mut TcpStream,
     crb: &mut ReadBuf,
-    up: &mut TcpStream,
+    up: &mut UpstreamStream,
     n: u64,
     out: &mut Vec<u8>,
     client_timeout: Duration,
@@ -453,7 +457,7 @@ async fn copy_length_body(
 async fn copy_chunked_request(
     client: &mut TcpStream,
     crb: &mut ReadBuf,
-    up: &mut TcpStream,
+    up: &mut UpstreamStream,
     max_body: u64,
     out: &mut Vec<u8>,
     client_timeout: Duration,
@@ -519,7 +523,7 @@ fn reframe_chunks(
 }
 
 async fn copy_response_length(
-    up: &mut TcpStream,
+    up: &mut UpstreamStream,
     urb: &mut ReadBuf,
     client: &mut TcpStream,
     n: u64,
@@ -551,7 +555,7 @@ async fn copy_response_length(
 // Each argument is a distinct borrow of the exchange; bundling them would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn copy_response_chunked(
-    up: &mut TcpStream,
+    up: &mut UpstreamStream,
     urb: &mut ReadBuf,
     client: &mut TcpStream,
     rechunk: bool,
@@ -585,7 +589,7 @@ async fn copy_response_chunked(
 // Each argument is a distinct borrow of the exchange; bundling them would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn copy_response_until_close(
-    up: &mut TcpStream,
+    up: &mut UpstreamStream,
     urb: &mut ReadBuf,
     client: &mut TcpStream,
     rechunk: bool,
@@ -695,13 +699,8 @@ async fn try_once(
             c
         }
         None => {
-            if up.scheme == crate::config::Scheme::Https {
-                return Err(TryFail::upstream(ProxyError::TlsUnsupported(
-                    up.name.clone(),
-                )));
-            }
             let t0 = Instant::now();
-            let stream = upstream::connect(up, ep, route.connect_timeout)
+            let stream = upstream::open(up, ep, route.connect_timeout)
                 .await
                 .map_err(TryFail::upstream)?;
             connect_time = t0.elapsed();

@@ -8,15 +8,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
+use super::UpstreamStream;
 
 use crate::bufio::idle_socket_is_alive;
 use crate::config::Upstream;
 
 /// An upstream connection, pooled or in use.
 pub struct UpConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection, plain or TLS.
+    pub stream: UpstreamStream,
     /// Requests already sent on it.
     pub requests: u64,
     /// Whether it came from the pool (a failure on it before any response byte may be a
@@ -28,7 +28,7 @@ pub struct UpConn {
 pub const PEEK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Idle {
-    stream: TcpStream,
+    stream: UpstreamStream,
     since: Instant,
     requests: u64,
 }
