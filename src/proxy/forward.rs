@@ -11,6 +11,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use super::headers::{self, ClientFraming, UpstreamFraming};
@@ -322,49 +323,23 @@ pub async fn forward(
     }
 
     let rechunk = cframing == ClientFraming::Chunked;
-    let mut first_body: Option<Instant> = None;
-    let bytes_out = match uframing {
+    let mut pipe = ResponsePipe {
+        up: &mut conn.stream,
+        urb: &mut urb,
+        client,
+        out: scratch,
+        read_timeout: route.read_timeout,
+        client_timeout,
+        first_body: None,
+    };
+    let copied = match uframing {
         BodyFraming::None => Ok(0),
-        BodyFraming::Length(n) => {
-            copy_response_length(
-                &mut conn.stream,
-                &mut urb,
-                client,
-                n,
-                scratch,
-                route.read_timeout,
-                client_timeout,
-            )
-            .await
-        }
-        BodyFraming::Chunked => {
-            copy_response_chunked(
-                &mut conn.stream,
-                &mut urb,
-                client,
-                rechunk,
-                &mut first_body,
-                scratch,
-                route.read_timeout,
-                client_timeout,
-            )
-            .await
-        }
-        BodyFraming::CloseDelimited => {
-            copy_response_until_close(
-                &mut conn.stream,
-                &mut urb,
-                client,
-                rechunk,
-                &mut first_body,
-                scratch,
-                route.read_timeout,
-                client_timeout,
-            )
-            .await
-        }
-    }
-    .map_err(|e| (e, true))?;
+        BodyFraming::Length(n) => pipe.length(n).await,
+        BodyFraming::Chunked => pipe.chunked(rechunk).await,
+        BodyFraming::CloseDelimited => pipe.until_close(rechunk).await,
+    };
+    let first_body = pipe.first_body;
+    let bytes_out = copied.map_err(|e| (e, true))?;
 
     let reusable =
         resp.keep_alive && urb.is_empty() && !matches!(uframing, BodyFraming::CloseDelimited);
@@ -522,116 +497,108 @@ fn reframe_chunks(
     }
 }
 
-async fn copy_response_length(
-    up: &mut UpstreamStream,
-    urb: &mut ReadBuf,
-    client: &mut TcpStream,
-    n: u64,
-    out: &mut Vec<u8>,
+/// The response side of an exchange: the upstream and its read buffer, the client, and the
+/// buffer that still holds the response head (sent with the first body bytes).
+struct ResponsePipe<'a, U> {
+    up: &'a mut U,
+    urb: &'a mut ReadBuf,
+    client: &'a mut TcpStream,
+    out: &'a mut Vec<u8>,
     read_timeout: Duration,
     client_timeout: Duration,
-) -> Result<u64, ProxyError> {
-    let mut remaining = n;
-    if remaining == 0 || (urb.is_empty() && !out.is_empty()) {
-        send_client(client, out, client_timeout).await?;
-        out.clear();
+    /// When the first body byte went to the client (streams' time to first byte).
+    first_body: Option<Instant>,
+}
+
+impl<U: AsyncReadRent> ResponsePipe<'_, U> {
+    /// Sends what `out` holds (head and/or body) and empties it.
+    async fn flush(&mut self) -> Result<(), ProxyError> {
+        send_client(self.client, self.out, self.client_timeout).await?;
+        self.out.clear();
+        Ok(())
     }
-    while remaining > 0 {
-        if urb.is_empty() {
-            urb.fill(up, read_timeout)
+
+    /// Copies a `Content-Length` body of `n` bytes.
+    async fn length(&mut self, n: u64) -> Result<u64, ProxyError> {
+        let mut remaining = n;
+        if remaining == 0 || (self.urb.is_empty() && !self.out.is_empty()) {
+            self.flush().await?;
+        }
+        while remaining > 0 {
+            if self.urb.is_empty() {
+                self.urb
+                    .fill(self.up, self.read_timeout)
+                    .await
+                    .map_err(upstream_read_err)?;
+            }
+            let k = self.urb.available(remaining);
+            self.out.extend_from_slice(&self.urb.data()[..k]);
+            self.urb.consume(k);
+            remaining -= k as u64;
+            self.flush().await?;
+        }
+        Ok(n)
+    }
+
+    /// Copies a chunked body, re-chunked (or bare for HTTP/1.0 clients), flushing every read.
+    async fn chunked(&mut self, rechunk: bool) -> Result<u64, ProxyError> {
+        let mut dec = ChunkedDecoder::new();
+        let mut total = 0u64;
+        loop {
+            let done = reframe_chunks(&mut dec, self.urb, self.out, rechunk, &mut total)
+                .map_err(ProxyError::UpstreamProtocol)?;
+            // Whatever arrived goes out now: an SSE event never waits for the next one.
+            if !self.out.is_empty() {
+                self.flush().await?;
+                if total > 0 && self.first_body.is_none() {
+                    self.first_body = Some(Instant::now());
+                }
+            }
+            if done {
+                return Ok(total);
+            }
+            self.urb
+                .fill(self.up, self.read_timeout)
                 .await
                 .map_err(upstream_read_err)?;
         }
-        let k = urb.available(remaining);
-        out.extend_from_slice(&urb.data()[..k]);
-        urb.consume(k);
-        remaining -= k as u64;
-        send_client(client, out, client_timeout).await?;
-        out.clear();
     }
-    Ok(n)
-}
 
-// Each argument is a distinct borrow of the exchange; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
-async fn copy_response_chunked(
-    up: &mut UpstreamStream,
-    urb: &mut ReadBuf,
-    client: &mut TcpStream,
-    rechunk: bool,
-    first_body: &mut Option<Instant>,
-    out: &mut Vec<u8>,
-    read_timeout: Duration,
-    client_timeout: Duration,
-) -> Result<u64, ProxyError> {
-    let mut dec = ChunkedDecoder::new();
-    let mut total = 0u64;
-    loop {
-        let done = reframe_chunks(&mut dec, urb, out, rechunk, &mut total)
-            .map_err(ProxyError::UpstreamProtocol)?;
-        // Whatever arrived goes out now: an SSE event never waits for the next one.
-        if !out.is_empty() {
-            send_client(client, out, client_timeout).await?;
-            out.clear();
-            if total > 0 && first_body.is_none() {
-                *first_body = Some(Instant::now());
+    /// Copies a body that ends when the upstream closes, chunked for HTTP/1.1 clients so
+    /// their connection survives.
+    async fn until_close(&mut self, rechunk: bool) -> Result<u64, ProxyError> {
+        let mut total = 0u64;
+        if !self.out.is_empty() {
+            self.flush().await?;
+        }
+        loop {
+            if !self.urb.is_empty() {
+                let data = self.urb.data();
+                let n = data.len();
+                if rechunk {
+                    http::encode_chunk_header(n, self.out);
+                }
+                self.out.extend_from_slice(data);
+                if rechunk {
+                    self.out.extend_from_slice(http::CHUNK_END);
+                }
+                total += n as u64;
+                self.urb.consume(n);
+                self.flush().await?;
+                self.first_body.get_or_insert_with(Instant::now);
+            }
+            match self.urb.fill(self.up, self.read_timeout).await {
+                Ok(_) => {}
+                Err(ReadError::Eof) => break,
+                Err(e) => return Err(upstream_read_err(e)),
             }
         }
-        if done {
-            return Ok(total);
+        if rechunk {
+            self.out.extend_from_slice(http::LAST_CHUNK);
+            self.flush().await?;
         }
-        urb.fill(up, read_timeout)
-            .await
-            .map_err(upstream_read_err)?;
+        Ok(total)
     }
-}
-
-// Each argument is a distinct borrow of the exchange; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
-async fn copy_response_until_close(
-    up: &mut UpstreamStream,
-    urb: &mut ReadBuf,
-    client: &mut TcpStream,
-    rechunk: bool,
-    first_body: &mut Option<Instant>,
-    out: &mut Vec<u8>,
-    read_timeout: Duration,
-    client_timeout: Duration,
-) -> Result<u64, ProxyError> {
-    let mut total = 0u64;
-    if !out.is_empty() {
-        send_client(client, out, client_timeout).await?;
-        out.clear();
-    }
-    loop {
-        if !urb.is_empty() {
-            out.clear();
-            let data = urb.data();
-            if rechunk {
-                http::encode_chunk_header(data.len(), out);
-            }
-            out.extend_from_slice(data);
-            if rechunk {
-                out.extend_from_slice(http::CHUNK_END);
-            }
-            total += data.len() as u64;
-            let n = data.len();
-            urb.consume(n);
-            send_client(client, out, client_timeout).await?;
-            first_body.get_or_insert_with(Instant::now);
-        }
-        match urb.fill(up, read_timeout).await {
-            Ok(_) => {}
-            Err(ReadError::Eof) => break,
-            Err(e) => return Err(upstream_read_err(e)),
-        }
-    }
-    if rechunk {
-        out.clear();
-        out.extend_from_slice(http::LAST_CHUNK);
-        send_client(client, out, client_timeout).await?;
-    }
-    Ok(total)
 }
 
 /// What one successful try returns: the connection, its read buffer and the response head.
