@@ -3,12 +3,14 @@
 //!   configmaps/ringgate-config.yaml that is re-projected whenever that file is saved.
 
 mod demo;
+mod deploy;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
-        Some("deploy") | Some("bench") => {
+        Some("deploy") => deploy::run(&args[1..]),
+        Some("bench") => {
             eprintln!("xtask {}: not built yet (see the open issues)", args[0]);
             2
         }
