@@ -8,6 +8,7 @@
 //!   mounted ConfigMap directory.
 //! - [`worker`]: one pinned monoio runtime per core (io_uring or epoll), its listener, drain.
 //! - [`http`]: HTTP/1.1 framing over httparse, to the hardening list of field-notes §4.
+//! - [`listener`]: the accepted client connection (plain TCP; TLS with `[server.tls]`).
 //! - [`limit`]: GCRA rate limiting (nginx `limit_req` semantics) shared by all workers.
 //! - [`router`]: exact/prefix route matching and upstream path rewriting.
 //! - [`proxy`]: a client connection's loop and one request's exchange with the upstream.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod limit;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

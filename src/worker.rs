@@ -270,7 +270,12 @@ async fn run(
                 w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
                 let w2 = w.clone();
                 monoio::spawn(async move {
-                    crate::proxy::serve_connection(w2.clone(), stream, peer).await;
+                    crate::proxy::serve_connection(
+                        w2.clone(),
+                        crate::listener::ClientStream::Plain(stream),
+                        peer,
+                    )
+                    .await;
                     w2.active.set(w2.active.get() - 1);
                     w2.metrics
                         .active_connections

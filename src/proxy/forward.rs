@@ -11,8 +11,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::listener::ClientStream;
 use monoio::io::AsyncReadRent;
-use monoio::net::TcpStream;
 
 use super::headers::{self, ClientFraming, UpstreamFraming};
 use super::Outcome;
@@ -96,7 +96,7 @@ async fn send(
 
 /// Sends `buf` to the client, handing the buffer back for reuse.
 async fn send_client(
-    io: &mut TcpStream,
+    io: &mut ClientStream,
     buf: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<(), ProxyError> {
@@ -112,7 +112,7 @@ async fn send_client(
 pub async fn forward(
     w: &Rc<Worker>,
     req: &Request<'_>,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     crb: &mut ReadBuf,
     scratch: &mut Vec<u8>,
 ) -> Result<Outcome, Failure> {
@@ -364,7 +364,7 @@ pub async fn forward(
 }
 
 async fn send_continue(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     scratch: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<(), ProxyError> {
@@ -404,7 +404,7 @@ async fn read_response_head(
 }
 
 async fn copy_length_body(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     crb: &mut ReadBuf,
     up: &mut UpstreamStream,
     n: u64,
@@ -430,7 +430,7 @@ async fn copy_length_body(
 }
 
 async fn copy_chunked_request(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     crb: &mut ReadBuf,
     up: &mut UpstreamStream,
     max_body: u64,
@@ -502,7 +502,7 @@ fn reframe_chunks(
 struct ResponsePipe<'a, U> {
     up: &'a mut U,
     urb: &'a mut ReadBuf,
-    client: &'a mut TcpStream,
+    client: &'a mut ClientStream,
     out: &'a mut Vec<u8>,
     read_timeout: Duration,
     client_timeout: Duration,
@@ -633,7 +633,7 @@ impl TryFail {
 
 /// The client side of a request, lent to each try.
 struct TryCtx<'a> {
-    client: &'a mut TcpStream,
+    client: &'a mut ClientStream,
     crb: &'a mut ReadBuf,
     scratch: &'a mut Vec<u8>,
     up_head: &'a [u8],

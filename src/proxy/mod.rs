@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::listener::ClientStream;
 use monoio::io::AsyncWriteRent;
-use monoio::net::TcpStream;
 
 use crate::bufio::{self, ReadBuf, ReadError};
 use crate::error::{openai_error_body, ProxyError};
@@ -41,7 +41,7 @@ pub struct Outcome {
 
 /// Serves one accepted client connection until it closes, errs, idles out or the worker
 /// drains.
-pub async fn serve_connection(w: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let snap = w.snapshot();
     let mut rb = ReadBuf::new(4096, snap.config.server.max_header_bytes);
@@ -124,7 +124,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: TcpStream, peer: Socket
 async fn handle_request(
     w: &Rc<Worker>,
     snap: &crate::reload::Active,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     rb: &mut ReadBuf,
     head: &RequestHead,
     peer: SocketAddr,
@@ -342,7 +342,7 @@ fn record(
 
 /// Sends a gateway-made error in the OpenAI shape. Returns whether it was written.
 pub async fn send_error(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     e: &ProxyError,
     request_id: &str,
     keep_alive: bool,
@@ -391,7 +391,7 @@ pub async fn send_error(
 
 #[allow(clippy::too_many_arguments)]
 async fn respond_plain(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     status: u16,
     body: &[u8],
     head_only: bool,
