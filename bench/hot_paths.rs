@@ -107,6 +107,9 @@ fn metrics_observe(c: &mut Criterion) {
                 header: Some(Duration::from_micros(250)),
                 response: Some(Duration::from_micros(280)),
                 ttfb: None,
+                model: None,
+                client: None,
+                cache: None,
             };
             stats.observe(black_box(&obs));
         })

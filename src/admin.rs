@@ -161,7 +161,23 @@ fn config_json(shared: &Shared) -> String {
                     crate::config::PathMatch::Exact(p) => format!("exact {p}"),
                     crate::config::PathMatch::Prefix(p) => format!("prefix {p}"),
                 },
-                "upstream": cfg.upstreams.get(r.upstream).map(|u| u.name.clone()),
+                "upstream": r.upstream.and_then(|i| cfg.upstreams.get(i)).map(|u| u.name.clone()),
+                "route_by_model": r.route_by_model,
+                "cache_ttl_ms": r.cache_ttl.map(|d| d.as_millis() as u64),
+            })
+        })
+        .collect();
+    let models: Vec<_> = cfg
+        .models
+        .list
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "aliases": m.aliases,
+                "upstream": cfg.upstreams.get(m.upstream).map(|u| u.name.clone()),
+                "fallbacks": m.fallbacks.iter().filter_map(|&f| cfg.models.list.get(f)).map(|f| f.name.clone()).collect::<Vec<_>>(),
+                "priced": m.price.is_some(),
             })
         })
         .collect();
@@ -178,6 +194,8 @@ fn config_json(shared: &Shared) -> String {
         .collect();
     serde_json::json!({
         "generation": cur.generation,
+        "models": models,
+        "auth_clients": cfg.auth.as_ref().map(|a| a.clients.len()),
         "sha256": sha256_hex(&cur.sha256),
         "loaded_at": rfc3339(cur.loaded_at),
         "source": cur.source.display().to_string(),

@@ -91,6 +91,29 @@ pub enum ProxyError {
     /// The gateway is shutting down.
     #[error("gateway is shutting down")]
     Draining,
+    /// `[auth]` found no key, or an unknown one.
+    #[error("{}", match .0 {
+        crate::ai::auth::AuthError::Missing => "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.",
+        crate::ai::auth::AuthError::Unknown => "Incorrect API key provided.",
+    })]
+    Unauthorized(crate::ai::auth::AuthError),
+    /// A model-routed request's body is not a JSON object.
+    #[error("the request body is not valid JSON: {0}")]
+    BadJson(String),
+    /// A model-routed request names no model.
+    #[error("you must provide a model parameter")]
+    MissingModel,
+    /// The requested model is not configured (the message lists nothing else).
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    UnknownModel(String),
+    /// The client has spent its `tokens_per_minute`.
+    #[error("token limit of client `{client}` exceeded; retry after {retry_after_secs} s")]
+    TokensExhausted {
+        /// Client name.
+        client: String,
+        /// Seconds until the budget allows a request again (rounded up).
+        retry_after_secs: u64,
+    },
 }
 
 impl ProxyError {
@@ -131,6 +154,11 @@ impl ProxyError {
             ProxyError::ProviderQuota { .. } => (429, "rate_limit_error", "upstream_rate_limited"),
             ProxyError::NoHealthyEndpoint(_) => (503, "upstream_error", "no_healthy_upstream"),
             ProxyError::Draining => (503, "server_error", "shutting_down"),
+            ProxyError::Unauthorized(_) => (401, "invalid_request_error", "invalid_api_key"),
+            ProxyError::BadJson(_) => (400, "invalid_request_error", "invalid_json"),
+            ProxyError::MissingModel => (400, "invalid_request_error", "missing_model"),
+            ProxyError::UnknownModel(_) => (404, "invalid_request_error", "model_not_found"),
+            ProxyError::TokensExhausted { .. } => (429, "tokens", "rate_limit_exceeded"),
         }
     }
 
@@ -141,6 +169,9 @@ impl ProxyError {
                 retry_after_secs, ..
             }
             | ProxyError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ProxyError::TokensExhausted {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ProxyError::RouteBusy(_) | ProxyError::NoHealthyEndpoint(_) | ProxyError::Draining => {

@@ -1,6 +1,7 @@
 //! ringgate: an OpenAI-compatible AI API gateway for Kubernetes.
 //!
 //! Code map (one line a module; ARCHITECTURE.md tells the request's life):
+//! - [`ai`]: model routing, client keys, token usage and cost, the response cache.
 //! - [`app`]: start-up, signals, drain — what `main` calls.
 //! - [`config`]: `gateway.toml` read (raw), validated (every error, with key paths and
 //!   lines) and compiled. The only module that parses TOML.
@@ -20,6 +21,7 @@
 //! - [`clock`]: the process-wide monotonic clock shared state is stamped with.
 
 pub mod admin;
+pub mod ai;
 pub mod app;
 pub mod bufio;
 pub mod clock;

@@ -24,6 +24,12 @@ pub struct Config {
     pub limits: Vec<Arc<LimitSpec>>,
     /// Routes ready to match.
     pub routes: RouteTable,
+    /// `[models]`: routing by model name, fallbacks, prices.
+    pub models: super::ai::Models,
+    /// `[auth]`: client keys, when configured.
+    pub auth: Option<super::ai::Auth>,
+    /// `[cache]`: response cache bounds.
+    pub cache: super::ai::CacheSettings,
 }
 
 /// `[server]`, compiled.
@@ -182,6 +188,8 @@ pub enum LimitKey {
     ApiKey,
     /// A named request header (lowercase).
     Header(String),
+    /// The authenticated client's name (`[auth]`); the client IP when there is none.
+    Client,
 }
 
 /// A compiled `[limits.NAME]`.
@@ -229,12 +237,18 @@ pub struct Route {
     pub host: Option<String>,
     /// Replacement for the matched part of the path.
     pub rewrite: Option<String>,
-    /// Upstream the route sends to.
-    pub upstream: UpstreamId,
+    /// Upstream the route sends to; None when it is picked by model (`route_by_model`).
+    pub upstream: Option<UpstreamId>,
+    /// The upstream is chosen by the body's `"model"`; tokens and cost are counted.
+    pub route_by_model: bool,
+    /// With `[auth]`: requests need a client key.
+    pub auth: bool,
+    /// Non-streaming responses are cached this long (None: no caching).
+    pub cache_ttl: Option<Duration>,
     /// Rate limit applied, if any.
     pub limit: Option<LimitId>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
+    /// Connect timeout, when the route sets one (else the upstream's).
+    pub connect_timeout: Option<Duration>,
     /// Timeout between two writes upstream.
     pub send_timeout: Duration,
     /// Timeout between two reads from upstream.
@@ -250,6 +264,13 @@ pub struct Route {
     /// Requests in flight on this route (all workers). A reload starts a new count; requests
     /// still running on the old generation are counted there.
     pub in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Route {
+    /// The connect timeout for a try on `up`: the route's own, else the upstream's.
+    pub fn connect_timeout_for(&self, up: &Upstream) -> Duration {
+        self.connect_timeout.unwrap_or(up.connect_timeout)
+    }
 }
 
 /// How a route matches the path.

@@ -4,6 +4,7 @@
 //! Only this module parses TOML. [`load_bytes`] is the one entry point: it returns either a
 //! compiled config or every error found, each with its key path and line.
 
+pub mod ai;
 pub mod compiled;
 pub mod raw;
 pub mod validate;

@@ -29,6 +29,94 @@ pub struct RawConfig {
     /// Routes, matched exact before prefix, longest prefix first.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Models clients may ask for, by name: where each is served, its aliases, fallbacks and
+    /// prices. Routes with `route_by_model = true` pick their upstream here.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    /// Client API keys (optional): with it, routes answer 401 to requests without a known key.
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+    /// The response cache's bounds (used by routes with `cache_ttl_ms`).
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// One `[models.NAME]`: NAME is what clients send as `"model"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Name of the `[upstreams.NAME]` that serves it.
+    pub upstream: String,
+    /// The model name the provider expects, when it differs from NAME (the request body's
+    /// `"model"` is rewritten to it; nothing else in the body changes).
+    #[serde(default)]
+    pub provider_model: Option<String>,
+    /// Other names clients may use for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Other `[models.NAME]` entries (usually on other providers) tried in order, within the
+    /// route's retry budget, when this one fails with one of the route's `retry_on`
+    /// conditions before any response byte reached the client.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// US dollars per million prompt tokens that were not served from the provider's cache.
+    #[serde(default)]
+    pub prompt_usd_per_mtok: Option<f64>,
+    /// US dollars per million cached prompt tokens; defaults to `prompt_usd_per_mtok`.
+    #[serde(default)]
+    pub cached_prompt_usd_per_mtok: Option<f64>,
+    /// US dollars per million completion tokens.
+    #[serde(default)]
+    pub completion_usd_per_mtok: Option<f64>,
+}
+
+/// `[auth]`: client API keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// A file (a mounted Secret) of `NAME SHA256HEX` lines: each client's name and the
+    /// sha256 of its key. Plain keys never appear in the config. Re-read on every reload.
+    pub keys_file: String,
+    /// `[limits.NAME]` applied to each client, keyed by the client's name.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// Tokens (prompt + completion) each client may use per minute; none: unlimited.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Per-client overrides of `limit` and `tokens_per_minute`, by client name.
+    #[serde(default)]
+    pub clients: BTreeMap<String, RawClient>,
+}
+
+/// `[auth.clients.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// `[limits.NAME]` for this client instead of `auth.limit`.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// Tokens per minute for this client instead of `auth.tokens_per_minute`.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// `[cache]`: bounds of the exact-match response cache shared by all workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    /// Memory for cached responses (bodies and heads), in bytes.
+    pub max_bytes: u64,
+    /// Responses larger than this are not cached, in bytes.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
 }
 
 /// `[server]`.
@@ -227,8 +315,20 @@ pub struct RawRoute {
     /// Replacement for the matched prefix.
     #[serde(default)]
     pub rewrite: Option<String>,
-    /// Name of an `[upstreams.NAME]`.
-    pub upstream: String,
+    /// Name of an `[upstreams.NAME]`; not used (and optional) with `route_by_model`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Pick the upstream by the request body's `"model"` from `[models]` (a bounded read of
+    /// the JSON body, which is then forwarded unchanged unless the model maps to a
+    /// `provider_model`). Also turns on token and cost accounting for the route.
+    #[serde(default)]
+    pub route_by_model: bool,
+    /// With `[auth]`: whether this route requires a client key (default true).
+    #[serde(default = "default_true")]
+    pub auth: bool,
+    /// Cache non-streaming responses (exact match on route, model and body) for this long.
+    #[serde(default)]
+    pub cache_ttl_ms: Option<u64>,
     /// Name of a `[limits.NAME]`.
     #[serde(default)]
     pub limit: Option<String>,

@@ -161,14 +161,16 @@ fn line_of_path(doc: &toml_edit::Document<String>, text: &str, path: &str) -> Op
     best.map(|o| line_of_offset(text, o))
 }
 
-struct Errors<'a> {
+/// Collects errors with their lines while a config is validated.
+pub(super) struct Errors<'a> {
     list: Vec<ConfigError>,
     doc: Option<toml_edit::Document<String>>,
     text: &'a str,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    /// Records one error at `path`.
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
         let line = self
             .doc
@@ -261,6 +263,21 @@ pub fn validate_and_compile(
         limit_names.push(name.clone());
     }
 
+    let models = super::ai::compile_models(raw, &upstream_names, &mut errs);
+    let mut ai_files = Vec::new();
+    let auth = raw.auth.as_ref().and_then(|a| {
+        super::ai::compile_auth(
+            a,
+            base_dir,
+            secrets,
+            &limit_names,
+            &mut limits,
+            &mut ai_files,
+            &mut errs,
+        )
+    });
+    let cache = super::ai::compile_cache(&raw.cache, &mut errs);
+
     let mut routes = Vec::new();
     let mut seen_names = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -277,6 +294,7 @@ pub fn validate_and_compile(
             &upstream_names,
             &upstreams,
             &limit_names,
+            &models,
             &mut errs,
         ) {
             routes.push(route);
@@ -291,6 +309,9 @@ pub fn validate_and_compile(
             upstreams,
             limits,
             routes: RouteTable::new(routes),
+            models,
+            auth,
+            cache,
         })
     } else {
         Err(super::ConfigErrors(errs.list))
@@ -675,6 +696,7 @@ fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> Lim
     let key = match l.key.as_str() {
         "client_ip" => LimitKey::ClientIp,
         "api_key" => LimitKey::ApiKey,
+        "client" => LimitKey::Client,
         other => match other.strip_prefix("header:") {
             Some(h) if !h.is_empty() && h.bytes().all(is_tchar) => {
                 LimitKey::Header(h.to_ascii_lowercase())
@@ -682,7 +704,7 @@ fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> Lim
             _ => {
                 errs.push(
                     format!("{path}.key"),
-                    format!("`{other}` is not one of client_ip, api_key, header:NAME"),
+                    format!("`{other}` is not one of client_ip, api_key, client, header:NAME"),
                 );
                 LimitKey::ClientIp
             }
@@ -707,6 +729,7 @@ fn compile_route(
     upstream_names: &[String],
     upstreams: &[Arc<Upstream>],
     limit_names: &[String],
+    models: &super::ai::Models,
     errs: &mut Errors,
 ) -> Option<Route> {
     if r.name.is_empty() {
@@ -755,17 +778,45 @@ fn compile_route(
         }
         methods.insert(m.to_ascii_uppercase());
     }
-    let upstream = match upstream_names.iter().position(|n| *n == r.upstream) {
-        Some(i) => Some(i),
-        None => {
-            let known = upstream_names.join(", ");
+    let upstream = match (&r.upstream, r.route_by_model) {
+        (Some(name), false) => match upstream_names.iter().position(|n| n == name) {
+            Some(i) => Some(i),
+            None => {
+                let known = upstream_names.join(", ");
+                errs.push(
+                    format!("{path}.upstream"),
+                    format!("no upstream named `{name}` (defined: {known})"),
+                );
+                None
+            }
+        },
+        (None, false) => {
             errs.push(
                 format!("{path}.upstream"),
-                format!("no upstream named `{}` (defined: {known})", r.upstream),
+                "set `upstream`, or `route_by_model = true` to pick it from [models]",
             );
             None
         }
+        (Some(_), true) => {
+            errs.push(
+                format!("{path}.upstream"),
+                "a route_by_model route takes its upstream from [models]; remove `upstream`",
+            );
+            None
+        }
+        (None, true) => {
+            if models.is_empty() {
+                errs.push(
+                    format!("{path}.route_by_model"),
+                    "needs at least one [models.NAME] entry",
+                );
+            }
+            None
+        }
     };
+    let cache_ttl = r
+        .cache_ttl_ms
+        .map(|v| ms(&format!("{path}.cache_ttl_ms"), v, 1, 30 * 86_400_000, errs));
     let limit = match &r.limit {
         None => None,
         Some(l) => match limit_names.iter().position(|n| n == l) {
@@ -804,13 +855,10 @@ fn compile_route(
     if !(1..=10).contains(&r.tries) {
         errs.push(format!("{path}.tries"), "must be within 1..=10");
     }
-    let upstream_connect = upstream
-        .and_then(|i| upstreams.get(i))
-        .map_or(Duration::from_secs(10), |u| u.connect_timeout);
-    let connect_timeout = match r.connect_timeout_ms {
-        Some(v) => ms(&format!("{path}.connect_timeout_ms"), v, 1, 3_600_000, errs),
-        None => upstream_connect,
-    };
+    let _ = upstreams;
+    let connect_timeout = r
+        .connect_timeout_ms
+        .map(|v| ms(&format!("{path}.connect_timeout_ms"), v, 1, 3_600_000, errs));
     let send_timeout = ms(
         &format!("{path}.send_timeout_ms"),
         r.send_timeout_ms,
@@ -838,7 +886,10 @@ fn compile_route(
         methods: methods.into_iter().collect(),
         host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
         rewrite: r.rewrite.clone(),
-        upstream: upstream?,
+        upstream,
+        route_by_model: r.route_by_model,
+        auth: r.auth,
+        cache_ttl,
         limit,
         connect_timeout,
         send_timeout,

@@ -289,6 +289,72 @@ impl KeyedLimiter {
         self.insert(shard, hash, now_nanos)
     }
 
+    /// For budgets charged after the fact (tokens per minute): whether `key` may start a
+    /// request at `now_nanos`, without recording anything. Rejects while the key's debt
+    /// (charges beyond the rate) exceeds the burst tolerance.
+    pub fn peek(&self, key: &[u8], now_nanos: u64) -> Decision {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        let map = shard.read();
+        let now = shard.observe(now_nanos);
+        let tat = map
+            .tats
+            .get(&hash)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+            .max(now);
+        let ahead = tat - now;
+        if ahead > self.tolerance {
+            Decision::Reject {
+                retry_after: Duration::from_nanos(ahead - self.tolerance),
+                reset: Duration::from_nanos(ahead),
+            }
+        } else {
+            let remaining = (self.tolerance - ahead) / self.interval;
+            Decision::Allow {
+                remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                reset: Duration::from_nanos(ahead),
+            }
+        }
+    }
+
+    /// Charges `cost` units to `key` at `now_nanos` (tokens a response used). The charge
+    /// always lands, even past the tolerance: the debt then holds back the key's next
+    /// requests ([`peek`](Self::peek)) until the rate has paid it off.
+    pub fn charge(&self, key: &[u8], cost: u64, now_nanos: u64) {
+        if cost == 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        let add = cost.saturating_mul(self.interval).min(MAX_SPAN_NS);
+        let bump = |cell: &AtomicU64, now: u64| {
+            let cap = now.saturating_add(MAX_SPAN_NS);
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.max(now).saturating_add(add).min(cap))
+            });
+        };
+        {
+            let map = shard.read();
+            let now = shard.observe(now_nanos);
+            if let Some(cell) = map.tats.get(&hash) {
+                bump(cell, now);
+                return;
+            }
+        }
+        let mut map = shard.write();
+        let now = shard.observe(now_nanos);
+        if !map.tats.contains_key(&hash) {
+            if !self.reserve_slot() || map.tats.try_reserve(1).is_err() {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            map.tats.insert(hash, AtomicU64::new(0));
+        }
+        if let Some(cell) = map.tats.get(&hash) {
+            bump(cell, now);
+        }
+    }
+
     /// The parameters this limiter was built with.
     pub fn params(&self) -> &LimitParams {
         &self.params

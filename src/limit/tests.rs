@@ -537,3 +537,37 @@ fn shard_lock_word_and_clock_share_one_cache_line() {
     assert!(std::mem::size_of::<Shard>() <= 128);
     assert!(std::mem::size_of::<RwLock<ShardMap>>() + std::mem::size_of::<AtomicU64>() <= 64);
 }
+
+#[test]
+fn charged_budget_holds_back_until_paid() {
+    // 60 tokens per minute = 1 token/s, a minute's worth of burst.
+    let l = KeyedLimiter::new(
+        LimitParams {
+            rate_per_second: 1.0,
+            burst: 60,
+            nodelay: true,
+        },
+        100,
+    );
+    let s = 1_000_000_000u64;
+    let t0 = 1000 * s;
+    assert!(matches!(l.peek(b"team", t0), Decision::Allow { .. }));
+    l.charge(b"team", 50, t0);
+    assert!(
+        matches!(l.peek(b"team", t0), Decision::Allow { .. }),
+        "within the budget"
+    );
+    l.charge(b"team", 30, t0);
+    match l.peek(b"team", t0) {
+        Decision::Reject { retry_after, .. } => assert_eq!(retry_after.as_secs(), 20),
+        other => panic!("80 of 60 tokens spent must be refused, got {other:?}"),
+    }
+    assert!(
+        matches!(l.peek(b"other", t0), Decision::Allow { .. }),
+        "keys are separate"
+    );
+    assert!(
+        matches!(l.peek(b"team", t0 + 20 * s), Decision::Allow { .. }),
+        "paid off"
+    );
+}

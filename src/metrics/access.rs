@@ -34,6 +34,9 @@ pub fn access_log(o: &Observation<'_>, request_id: &str, path: &str, client_ip: 
         upstream_header_time = secs(o.header),
         upstream_response_time = secs(o.response),
         ttfb = secs(o.ttfb),
+        model = o.model.unwrap_or("-"),
+        client = o.client.unwrap_or("-"),
+        cache = o.cache.unwrap_or("-"),
         "access"
     );
 }

@@ -396,7 +396,133 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         u8::from(epoll),
     );
 
+    render_ai(&mut t, st);
     t.out
+}
+
+/// Token, cost, client, auth and cache families of the AI layer.
+fn render_ai(t: &mut Text, st: &Stats) {
+    t.family(
+        "ringgate_tokens_total",
+        "counter",
+        "Tokens by model and kind (cached_prompt is a part of prompt), from responses' usage",
+    );
+    for (model, m) in &st.models {
+        for (kind, n) in [
+            ("prompt", m.prompt),
+            ("completion", m.completion),
+            ("cached_prompt", m.cached_prompt),
+        ] {
+            t.sample(
+                "ringgate_tokens_total",
+                &[("model", model), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    t.family(
+        "ringgate_cost_usd_total",
+        "counter",
+        "US dollars spent by model, at the configured prices",
+    );
+    for (model, m) in &st.models {
+        t.sample("ringgate_cost_usd_total", &[("model", model)], m.cost_usd);
+    }
+    t.family(
+        "ringgate_model_requests_total",
+        "counter",
+        "Requests sent to an upstream by model (each fallback try counts for its model)",
+    );
+    for (model, m) in &st.models {
+        t.sample(
+            "ringgate_model_requests_total",
+            &[("model", model)],
+            m.requests,
+        );
+    }
+    t.family(
+        "ringgate_model_fallbacks_total",
+        "counter",
+        "Requests that left a model for its next fallback after a retryable failure",
+    );
+    for (model, m) in &st.models {
+        t.sample(
+            "ringgate_model_fallbacks_total",
+            &[("model", model)],
+            m.fallbacks,
+        );
+    }
+    t.family(
+        "ringgate_client_requests_total",
+        "counter",
+        "Requests sent upstream by authenticated client name",
+    );
+    for (client, c) in &st.clients {
+        t.sample(
+            "ringgate_client_requests_total",
+            &[("client", client)],
+            c.requests,
+        );
+    }
+    t.family(
+        "ringgate_client_tokens_total",
+        "counter",
+        "Tokens by authenticated client name and kind",
+    );
+    for (client, c) in &st.clients {
+        for (kind, n) in [
+            ("prompt", c.prompt),
+            ("completion", c.completion),
+            ("cached_prompt", c.cached_prompt),
+        ] {
+            t.sample(
+                "ringgate_client_tokens_total",
+                &[("client", client), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    t.family(
+        "ringgate_client_cost_usd_total",
+        "counter",
+        "US dollars by authenticated client name",
+    );
+    for (client, c) in &st.clients {
+        t.sample(
+            "ringgate_client_cost_usd_total",
+            &[("client", client)],
+            c.cost_usd,
+        );
+    }
+    t.family(
+        "ringgate_auth_failures_total",
+        "counter",
+        "Requests refused with 401 by reason (missing or unknown key)",
+    );
+    t.sample(
+        "ringgate_auth_failures_total",
+        &[("reason", "missing")],
+        st.auth_failures[0],
+    );
+    t.sample(
+        "ringgate_auth_failures_total",
+        &[("reason", "unknown")],
+        st.auth_failures[1],
+    );
+    t.family(
+        "ringgate_cache_requests_total",
+        "counter",
+        "Response cache lookups by route and result",
+    );
+    for (route, c) in &st.cache {
+        for (result, n) in ["hit", "miss", "bypass"].iter().zip(c) {
+            t.sample(
+                "ringgate_cache_requests_total",
+                &[("route", route), ("result", result)],
+                n,
+            );
+        }
+    }
 }
 
 fn render_config(out: &mut String, store: &ConfigStore) {
@@ -435,6 +561,30 @@ fn render_config(out: &mut String, store: &ConfigStore) {
         &[("result", "rejected")],
         store.rejected.load(Ordering::Relaxed),
     );
+    t.family(
+        "ringgate_cache_entries",
+        "gauge",
+        "Responses held by the response cache",
+    );
+    t.sample("ringgate_cache_entries", &[], cur.cache.len());
+    t.family(
+        "ringgate_cache_bytes",
+        "gauge",
+        "Bytes held by the response cache (bounded by cache.max_bytes)",
+    );
+    t.sample("ringgate_cache_bytes", &[], cur.cache.bytes());
+    t.family(
+        "ringgate_ratelimit_untracked_total",
+        "counter",
+        "New keys admitted without being tracked because a limit's key table was full",
+    );
+    for (spec, l) in cur.config.limits.iter().zip(cur.limiters.iter()) {
+        t.sample(
+            "ringgate_ratelimit_untracked_total",
+            &[("limit", &spec.name)],
+            l.overflowed(),
+        );
+    }
     *out = t.out;
 }
 

@@ -332,6 +332,47 @@ pub enum Merge {
     Aggregate,
 }
 
+/// Most client names tracked per worker; more share the [`OTHER`] entry.
+pub const MAX_CLIENTS: usize = 10_000;
+
+/// Tokens and dollars of one model (or one client).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct UsageStats {
+    /// Requests that reached an upstream for this model (or client).
+    pub requests: u64,
+    /// Prompt tokens (cached ones included).
+    pub prompt: u64,
+    /// The part of `prompt` the provider served from its prompt cache.
+    pub cached_prompt: u64,
+    /// Completion tokens.
+    pub completion: u64,
+    /// US dollars at the configured prices.
+    pub cost_usd: f64,
+    /// Requests that moved on to a fallback model after this one failed.
+    pub fallbacks: u64,
+}
+
+impl UsageStats {
+    fn merge(&mut self, o: &UsageStats) {
+        self.requests += o.requests;
+        self.prompt += o.prompt;
+        self.cached_prompt += o.cached_prompt;
+        self.completion += o.completion;
+        self.cost_usd += o.cost_usd;
+        self.fallbacks += o.fallbacks;
+    }
+
+    fn add(&mut self, u: &crate::ai::usage::Usage, cost: f64) {
+        self.prompt += u.prompt;
+        self.cached_prompt += u.cached_prompt.min(u.prompt);
+        self.completion += u.completion;
+        self.cost_usd += cost;
+    }
+}
+
+/// Cache lookups of one route: hits, misses, bypasses (`Cache-Control: no-cache`).
+pub type CacheCounts = [u64; 3];
+
 /// Route-, upstream- and limit-keyed stats (see the module header for its three uses).
 #[derive(Default, Clone)]
 pub struct Stats {
@@ -343,6 +384,14 @@ pub struct Stats {
     pub limits: BTreeMap<Arc<str>, u64>,
     /// Whether pool gauges were ever sampled per upstream.
     pub pool_sampled: bool,
+    /// Tokens and cost by model (`[models]` name).
+    pub models: BTreeMap<Arc<str>, UsageStats>,
+    /// Tokens and cost by client (`[auth]` name).
+    pub clients: BTreeMap<Arc<str>, UsageStats>,
+    /// Response cache lookups by route.
+    pub cache: BTreeMap<Arc<str>, CacheCounts>,
+    /// Requests refused by `[auth]`: key missing, key unknown.
+    pub auth_failures: [u64; 2],
 }
 
 impl std::fmt::Debug for Stats {
@@ -421,6 +470,26 @@ impl Stats {
             }
         }
         self.pool_sampled |= o.pool_sampled;
+        for (dst, src) in [
+            (&mut self.models, &o.models),
+            (&mut self.clients, &o.clients),
+        ] {
+            for (k, v) in src {
+                if let Some(d) = slot_arc(dst, k) {
+                    d.merge(v);
+                }
+            }
+        }
+        for (k, v) in &o.cache {
+            if let Some(d) = slot_arc(&mut self.cache, k) {
+                for (a, b) in d.iter_mut().zip(v) {
+                    *a += b;
+                }
+            }
+        }
+        for (a, b) in self.auth_failures.iter_mut().zip(o.auth_failures) {
+            *a += b;
+        }
     }
 
     /// Zeroes every count, keeping keys and histogram allocations.
@@ -437,6 +506,13 @@ impl Stats {
         for v in self.limits.values_mut() {
             *v = 0;
         }
+        for v in self.models.values_mut().chain(self.clients.values_mut()) {
+            *v = UsageStats::default();
+        }
+        for v in self.cache.values_mut() {
+            *v = [0; 3];
+        }
+        self.auth_failures = [0; 2];
     }
 
     /// Records one finished request.
@@ -494,6 +570,12 @@ pub struct Observation<'a> {
     pub response: Option<Duration>,
     /// For streamed responses: request start to the first body byte sent to the client.
     pub ttfb: Option<Duration>,
+    /// The `[models]` entry that answered, on model-routed routes.
+    pub model: Option<&'a str>,
+    /// The `[auth]` client's name (never its key).
+    pub client: Option<&'a str>,
+    /// The response cache's verdict (`HIT`, `MISS`, `BYPASS`).
+    pub cache: Option<&'a str>,
 }
 
 /// A worker's recorder: lives on the worker thread (it is `!Sync`), written per request
@@ -547,6 +629,61 @@ impl LocalStats {
                 }
             }
         });
+    }
+
+    /// Counts a request sent to `model` (and, when authenticated, by `client`).
+    pub fn note_model_request(&self, model: &str, client: Option<&str>) {
+        self.with(|d| {
+            if let Some(m) = slot(&mut d.models, model, MAX_ROUTES) {
+                m.requests += 1;
+            }
+            if let Some(c) = client.and_then(|c| slot(&mut d.clients, c, MAX_CLIENTS)) {
+                c.requests += 1;
+            }
+        });
+    }
+
+    /// Counts a fallback away from `model` after it failed.
+    pub fn note_fallback(&self, model: &str) {
+        self.with(|d| {
+            if let Some(m) = slot(&mut d.models, model, MAX_ROUTES) {
+                m.fallbacks += 1;
+            }
+        });
+    }
+
+    /// Adds one response's token usage and cost to `model` and `client`.
+    pub fn note_usage(
+        &self,
+        model: &str,
+        client: Option<&str>,
+        usage: &crate::ai::usage::Usage,
+        cost: f64,
+    ) {
+        self.with(|d| {
+            if let Some(m) = slot(&mut d.models, model, MAX_ROUTES) {
+                m.add(usage, cost);
+            }
+            if let Some(c) = client.and_then(|c| slot(&mut d.clients, c, MAX_CLIENTS)) {
+                c.add(usage, cost);
+            }
+        });
+    }
+
+    /// Counts a response cache lookup on `route`: 0 hit, 1 miss, 2 bypass.
+    pub fn note_cache(&self, route: &str, result: usize) {
+        self.with(|d| {
+            if let Some(c) = slot(&mut d.cache, route, MAX_ROUTES) {
+                if let Some(n) = c.get_mut(result) {
+                    *n += 1;
+                }
+            }
+        });
+    }
+
+    /// Counts a request refused by `[auth]`: `unknown` key, or none given.
+    pub fn note_auth_failure(&self, unknown: bool) {
+        self.with(|d| d.auth_failures[usize::from(unknown)] += 1);
     }
 
     /// Counts a request rejected by rate limit `limit`.

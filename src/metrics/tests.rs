@@ -21,6 +21,9 @@ fn obs<'a>(route: Option<&'a str>, status: u16, ms: u64) -> Observation<'a> {
         header: Some(Duration::from_millis(ms / 2)),
         response: Some(Duration::from_millis(ms - 1)),
         ttfb: (status == 200).then(|| Duration::from_millis(ms / 3)),
+        model: None,
+        client: None,
+        cache: None,
     }
 }
 

@@ -97,14 +97,21 @@ pub enum UpstreamFraming {
 }
 
 /// Writes the upstream request head into `out`.
+///
+/// With `[auth]`, the client's key is the gateway's, never the provider's: it is not
+/// forwarded. On model-routed routes `accept-encoding` is dropped so the response arrives
+/// uncompressed and its token usage can be read (compression pays little on loopback and
+/// in-cluster hops; the client's own hop can still be compressed by an ingress).
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     req: &Request<'_>,
+    up: &crate::config::Upstream,
     target: &str,
     framing: UpstreamFraming,
 ) {
-    let (head, up, server, peer, request_id) =
-        (req.head, req.upstream, req.server, req.peer, req.request_id);
+    let (head, server, peer, request_id) = (req.head, req.server, req.peer, req.request_id);
+    let strip_client_key = req.client.is_some();
+    let strip_encoding = req.route.route_by_model;
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -121,7 +128,11 @@ pub fn write_upstream_head(
             || n.eq_ignore_ascii_case("x-real-ip")
             || n.eq_ignore_ascii_case("x-forwarded-for")
             || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || (up.authorization.is_some() && n.eq_ignore_ascii_case("authorization"))
+            || ((up.authorization.is_some() || strip_client_key)
+                && n.eq_ignore_ascii_case("authorization"))
+            || (strip_client_key
+                && (n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("api-key")))
+            || (strip_encoding && n.eq_ignore_ascii_case("accept-encoding"))
         {
             continue;
         }
@@ -173,13 +184,36 @@ pub enum ClientFraming {
     Close,
 }
 
-/// Writes the client response head into `out`.
+/// The response's end-to-end header lines worth replaying from the cache: everything but
+/// hop-by-hop, framing, per-request ids and the upstream's own rate-limit state.
+pub fn cacheable_header_lines(resp: &ResponseHead, out: &mut Vec<u8>) {
+    for h in &resp.headers {
+        let n = h.name.as_str();
+        if is_hop_by_hop(n, &resp.connection_tokens)
+            || n.eq_ignore_ascii_case("content-length")
+            || n.eq_ignore_ascii_case("x-request-id")
+            || n.eq_ignore_ascii_case("date")
+            || n.eq_ignore_ascii_case("set-cookie")
+            || n.len() >= 12 && n[..12].eq_ignore_ascii_case("x-ratelimit-")
+        {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes the client response head into `out`; `extra` holds further header lines
+/// (`x-cache: MISS\r\n`).
 pub fn write_client_head(
     out: &mut Vec<u8>,
     resp: &ResponseHead,
     framing: ClientFraming,
     request_id: &str,
     keep_alive: bool,
+    extra: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(resp.status.to_string().as_bytes());
@@ -207,6 +241,7 @@ pub fn write_client_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
     if framing == ClientFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }

@@ -37,6 +37,12 @@ pub struct Outcome {
     pub response: Option<Duration>,
     /// For streamed responses: request start to the first body byte sent.
     pub ttfb: Option<Duration>,
+    /// The upstream that answered (the last try's).
+    pub upstream: Option<String>,
+    /// The `[models]` entry that answered (index), on model-routed routes.
+    pub model: Option<usize>,
+    /// The response cache's verdict: `HIT`, `MISS` or `BYPASS`.
+    pub cache: Option<&'static str>,
 }
 
 /// Serves one accepted client connection until it closes, errs, idles out or the worker
@@ -158,112 +164,236 @@ async fn handle_request(
         };
     }
 
-    let result: Result<(), ProxyError> = match check_target(&head.target) {
-        Err(e) => Err(e),
-        Ok(()) => {
-            let host = headers::host_without_port(head);
-            match cfg.routes.find(&head.method, host.as_deref(), path) {
-                None => Err(ProxyError::NoRoute {
+    let mut outcome = Outcome::default();
+    let mut route_name: Option<&str> = None;
+    let mut client_name: Option<&str> = None;
+    let result: Result<(), (ProxyError, bool)> = async {
+        check_target(&head.target).map_err(|e| (e, false))?;
+        if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
+            route_name = Some(MODELS_ROUTE);
+            if let Some(auth) = &cfg.auth {
+                let c = crate::ai::auth::authenticate(auth, head).map_err(|e| {
+                    w.stats
+                        .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
+                    (ProxyError::Unauthorized(e), false)
+                })?;
+                client_name = Some(&c.name);
+            }
+            return models_endpoint(w, cfg, head, client, &request_id, scratch, &mut outcome).await;
+        }
+        let host = headers::host_without_port(head);
+        let no_route = || {
+            (
+                ProxyError::NoRoute {
                     method: head.method.clone(),
                     path: path.to_string(),
-                }),
-                Some(route) => match cfg.upstreams.get(route.upstream) {
-                    None => Err(ProxyError::NoRoute {
-                        method: head.method.clone(),
-                        path: path.to_string(),
-                    }),
-                    Some(up) => {
-                        let limit = route.limit.and_then(|i| {
-                            Some((cfg.limits.get(i)?.as_ref(), snap.limiters.get(i)?.as_ref()))
-                        });
-                        let req = forward::Request {
-                            head,
-                            route,
-                            limit,
-                            upstream: up,
-                            server: &cfg.server,
-                            peer,
-                            request_id: &request_id,
-                            started: start,
-                        };
-                        let r = forward::forward(w, &req, client, rb, scratch).await;
-                        let fallback = Outcome {
-                            status: r
-                                .as_ref()
-                                .map_or_else(|(e, _)| e.classify().0, |o| o.status),
-                            ..Outcome::default()
-                        };
-                        record(
-                            w,
-                            head,
-                            &request_id,
-                            peer,
-                            &cfg.server,
-                            Some(&route.name),
-                            Some(&up.name),
-                            r.as_ref().unwrap_or(&fallback),
-                            start,
-                        );
-                        match r {
-                            Ok(o) => return o,
-                            Err((e, response_started)) => {
-                                if response_started {
-                                    // The status line is out: the only honest signal left
-                                    // is to cut the connection.
-                                    tracing::warn!(request_id = %request_id, error = %e, "upstream failed mid-response; closing client connection");
-                                    return Outcome {
-                                        keep_alive: false,
-                                        ..fallback
-                                    };
-                                }
-                                Err(e)
-                            }
-                        }
-                    }
                 },
+                false,
+            )
+        };
+        let route = cfg
+            .routes
+            .find(&head.method, host.as_deref(), path)
+            .ok_or_else(no_route)?;
+        route_name = Some(&route.name);
+        let upstream = match route.upstream {
+            Some(i) => Some(cfg.upstreams.get(i).ok_or_else(no_route)?.as_ref()),
+            None => None,
+        };
+        let authed = match (&cfg.auth, route.auth) {
+            (Some(auth), true) => {
+                let c = crate::ai::auth::authenticate(auth, head).map_err(|e| {
+                    w.stats
+                        .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
+                    (ProxyError::Unauthorized(e), false)
+                })?;
+                client_name = Some(&c.name);
+                Some(c)
             }
+            _ => None,
+        };
+        let limit = route
+            .limit
+            .and_then(|i| Some((cfg.limits.get(i)?.as_ref(), snap.limiters.get(i)?.as_ref())));
+        let req = forward::Request {
+            head,
+            route,
+            limit,
+            upstream,
+            config: cfg,
+            limiters: &snap.limiters,
+            client: authed,
+            cache: &snap.cache,
+            server: &cfg.server,
+            peer,
+            request_id: &request_id,
+            started: start,
+        };
+        forward::forward(w, &req, client, rb, scratch, &mut outcome).await
+    }
+    .await;
+
+    let (e, response_started) = match result {
+        Ok(()) => {
+            record(
+                w,
+                head,
+                &request_id,
+                peer,
+                cfg,
+                route_name,
+                client_name,
+                &outcome,
+                start,
+            );
+            return outcome;
         }
-    };
-    let Err(e) = result else {
-        return Outcome::default();
+        Err(f) => f,
     };
     let (status, _, _) = e.classify();
-    if !matches!(e, ProxyError::ClientIo(_)) && status >= 500 {
-        tracing::warn!(request_id = %request_id, error = %e, "request failed");
-    }
-    // Errors of the exchange (not routing) were logged and counted in the branch above.
-    if matches!(e, ProxyError::NoRoute { .. } | ProxyError::BadTarget(_)) {
-        let o = Outcome {
-            status,
-            ..Outcome::default()
-        };
+    if response_started {
+        // The status line is out: the only honest signal left is to cut the connection.
+        tracing::warn!(request_id = %request_id, error = %e, "upstream failed mid-response; closing client connection");
         record(
             w,
             head,
             &request_id,
             peer,
-            &cfg.server,
-            None,
-            None,
-            &o,
+            cfg,
+            route_name,
+            client_name,
+            &outcome,
             start,
         );
+        outcome.keep_alive = false;
+        return outcome;
     }
+    if !matches!(e, ProxyError::ClientIo(_)) && status >= 500 {
+        tracing::warn!(request_id = %request_id, error = %e, "request failed");
+    }
+    outcome.status = status;
+    record(
+        w,
+        head,
+        &request_id,
+        peer,
+        cfg,
+        route_name,
+        client_name,
+        &outcome,
+        start,
+    );
     if matches!(e, ProxyError::ClientIo(_)) {
         return Outcome::default();
     }
     // A malformed request closes the connection: what follows it cannot be trusted.
     let malformed = matches!(
         e,
-        ProxyError::ClientTimeout | ProxyError::BadTarget(_) | ProxyError::BadRequest(_)
+        ProxyError::ClientTimeout
+            | ProxyError::BadTarget(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::BadJson(_)
     );
-    let keep = head.keep_alive && !has_body && !w.drain.is_draining() && status < 500 && !malformed;
+    // A body that was read (model-routed routes read it before deciding) does not stop the
+    // connection from carrying the next request.
+    let body_left = has_body && outcome.bytes_in == 0;
+    let keep =
+        head.keep_alive && !body_left && !w.drain.is_draining() && status < 500 && !malformed;
     let sent = send_error(client, &e, &request_id, keep, scratch, client_timeout).await;
     Outcome {
         keep_alive: keep && sent,
         status,
         ..Outcome::default()
     }
+}
+
+/// The route label of requests the gateway answers itself from `[models]`.
+pub const MODELS_ROUTE: &str = "(models)";
+
+/// `GET /v1/models` and `GET /v1/models/{id}`, answered from `[models]` (names and aliases).
+#[allow(clippy::too_many_arguments)]
+async fn models_endpoint(
+    w: &Rc<Worker>,
+    cfg: &crate::config::Config,
+    head: &RequestHead,
+    client: &mut ClientStream,
+    request_id: &str,
+    scratch: &mut Vec<u8>,
+    outcome: &mut Outcome,
+) -> Result<(), (ProxyError, bool)> {
+    let path = head.path();
+    if head.method != "GET" && head.method != "HEAD" {
+        return Err((
+            ProxyError::NoRoute {
+                method: head.method.clone(),
+                path: path.to_string(),
+            },
+            false,
+        ));
+    }
+    let one;
+    let body: &[u8] = match path.strip_prefix("/v1/models/") {
+        None => &cfg.models.list_json,
+        Some(id) => {
+            let id = percent_decode(id);
+            one = cfg
+                .models
+                .one_json(&id)
+                .ok_or((ProxyError::UnknownModel(id), false))?;
+            &one
+        }
+    };
+    let keep_alive =
+        head.keep_alive && matches!(head.framing, BodyFraming::None) && !w.drain.is_draining();
+    let len = body.len().to_string();
+    let mut hdrs: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/json"),
+        ("content-length", len.as_bytes()),
+        ("x-request-id", request_id.as_bytes()),
+    ];
+    if !keep_alive {
+        hdrs.push(("connection", b"close"));
+    }
+    scratch.clear();
+    http::write_response_head(scratch, 200, "", &hdrs);
+    if head.method != "HEAD" {
+        scratch.extend_from_slice(body);
+    }
+    let buf = std::mem::take(scratch);
+    let (res, buf) = bufio::write_all(client, buf, cfg.server.idle_timeout).await;
+    if let Some(b) = buf {
+        *scratch = b;
+    }
+    res.map_err(|e| (ProxyError::ClientIo(e), true))?;
+    outcome.status = 200;
+    outcome.bytes_out = body.len() as u64;
+    outcome.keep_alive = keep_alive;
+    Ok(())
+}
+
+/// Decodes `%XX` escapes of a path segment (model ids may hold `/` or `:` escaped).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Only origin-form targets without dot segments are routed: a `..` that the upstream
@@ -314,16 +444,16 @@ fn record(
     head: &RequestHead,
     request_id: &str,
     peer: SocketAddr,
-    server: &crate::config::ServerSettings,
+    cfg: &crate::config::Config,
     route: Option<&str>,
-    upstream: Option<&str>,
+    client: Option<&str>,
     o: &Outcome,
     start: Instant,
 ) {
     let total = start.elapsed();
     let obs = crate::metrics::Observation {
         route,
-        upstream,
+        upstream: o.upstream.as_deref(),
         method: &head.method,
         status: o.status,
         bytes_in: o.bytes_in,
@@ -333,11 +463,17 @@ fn record(
         header: o.header,
         response: o.response,
         ttfb: o.ttfb,
+        model: o
+            .model
+            .and_then(|i| cfg.models.list.get(i))
+            .map(|m| m.name.as_str()),
+        client,
+        cache: o.cache,
     };
     w.stats.observe(&obs);
     w.metrics.note_request(o.status, total);
-    let client = headers::client_ip_of(head, peer, server);
-    crate::metrics::access_log(&obs, request_id, head.path(), client);
+    let client_ip = headers::client_ip_of(head, peer, &cfg.server);
+    crate::metrics::access_log(&obs, request_id, head.path(), client_ip);
 }
 
 /// Sends a gateway-made error in the OpenAI shape. Returns whether it was written.
@@ -370,6 +506,9 @@ pub async fn send_error(
         )),
         _ => None,
     };
+    if matches!(e, ProxyError::Unauthorized(_)) {
+        hdrs.push(("www-authenticate", b"Bearer"));
+    }
     if let Some((limit, reset)) = &limit_headers {
         hdrs.push(("x-ratelimit-limit-requests", limit.as_bytes()));
         hdrs.push(("x-ratelimit-remaining-requests", b"0"));

@@ -34,6 +34,8 @@ pub struct Active {
     /// The rate limiters of `config.limits`, same order. A reload hands over the limiter
     /// (and so every key's state) of each limit whose definition did not change.
     pub limiters: Vec<Arc<KeyedLimiter>>,
+    /// The response cache; a reload keeps it (and its entries) while `[cache]` is unchanged.
+    pub cache: Arc<crate::ai::cache::ResponseCache>,
 }
 
 /// The last rejected reload, for `/config` and logs.
@@ -74,6 +76,7 @@ impl ConfigStore {
         let limiters = Mutex::new(Vec::new());
         let active = Active {
             limiters: limiters_for(&limiters, &cfg),
+            cache: Arc::new(crate::ai::cache::ResponseCache::new(cfg.cache)),
             config: cfg,
             generation: 1,
             sha256: snap.sha256,
@@ -124,8 +127,14 @@ impl ConfigStore {
                 }
                 crate::upstream::dns::resolve_config(&cfg);
                 let generation = old.generation + 1;
+                let cache = if old.cache.settings() == cfg.cache {
+                    old.cache.clone()
+                } else {
+                    Arc::new(crate::ai::cache::ResponseCache::new(cfg.cache))
+                };
                 self.active.store(Arc::new(Active {
                     limiters: limiters_for(&self.limiters, &cfg),
+                    cache,
                     config: cfg,
                     generation,
                     sha256: snap.sha256,
