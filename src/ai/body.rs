@@ -106,9 +106,12 @@ fn skip_value(b: &[u8], mut i: usize) -> usize {
     }
 }
 
-/// The members of the object starting at `start` (its `{`): (name span incl. quotes, value
-/// span) each, and the index of its closing `}`. Assumes valid JSON.
-fn members(b: &[u8], start: usize) -> (Vec<(Range<usize>, Range<usize>)>, usize) {
+/// One object member: the name's span (quotes included) and the value's span.
+type Member = (Range<usize>, Range<usize>);
+
+/// The members of the object starting at `start` (its `{`) and the index of its closing
+/// `}`. Assumes valid JSON.
+fn members(b: &[u8], start: usize) -> (Vec<Member>, usize) {
     let mut out = Vec::new();
     let mut i = skip_ws(b, start + 1);
     loop {

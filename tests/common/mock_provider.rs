@@ -125,6 +125,7 @@ impl RecordedRequest {
 /// - `x-mock-retry-after: N`: add `Retry-After: N`.
 /// - `x-mock-fail-first: N` (with optional `x-mock-fail-key: K`): the status, drop, delay and
 ///   garbage knobs apply only to the first N requests with that key this mock sees.
+/// - `x-mock-cached-tokens: N`: chat usage reports N of the prompt tokens as cached.
 /// - `x-mock-header: name=value`: add that header to the response (repeatable via `,`-free
 ///   single use).
 pub struct MockProvider {
@@ -751,6 +752,7 @@ struct Knobs {
     early_100: bool,
     close: bool,
     retry_after: Option<String>,
+    cached_tokens: u64,
 }
 
 fn truthy(v: Option<&str>) -> bool {
@@ -771,6 +773,7 @@ impl Knobs {
             delay_ms: num(h("x-mock-delay-ms")).unwrap_or(0),
             chunks: num(h("x-mock-chunks")).map(|n| n.min(MAX_CHUNKS)),
             interval_ms: num(h("x-mock-chunk-interval-ms")).unwrap_or(0),
+            cached_tokens: num(h("x-mock-cached-tokens")).unwrap_or(0),
             gate: truthy(h("x-mock-gate")),
             drop: match h("x-mock-drop").map(str::trim) {
                 Some(v) if v.eq_ignore_ascii_case("before-response") => {
@@ -1337,7 +1340,7 @@ fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": n,
         "total_tokens": prompt_tokens + n,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": ctx.knobs.cached_tokens.min(prompt_tokens)},
     });
     let token = |i: u64| TOKENS[(i % TOKENS.len() as u64) as usize];
 
