@@ -116,8 +116,133 @@ fn metrics_observe(c: &mut Criterion) {
     });
 }
 
+fn head_reencode(c: &mut Criterion) {
+    let raw = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway.local\r\nauthorization: Bearer sk-xxxxxxxxxxxxxxxxxxxxxxxx\r\ncontent-type: application/json\r\ncontent-length: 96\r\nuser-agent: OpenAI/Python 1.54.0\r\naccept: application/json\r\nx-stainless-lang: python\r\n\r\n";
+    let limits = ringgate::http::HeadLimits {
+        max_header_bytes: 65536,
+        max_request_line: 16384,
+    };
+    let Ok(Some((head, _))) = ringgate::http::parse_request_head(raw, &limits) else {
+        return;
+    };
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("http_request_head_reencode", |b| {
+        b.iter(|| {
+            out.clear();
+            let hs: Vec<(&str, &[u8])> = head
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_slice()))
+                .collect();
+            ringgate::http::write_request_head(&mut out, &head.method, "/chat/completions", &hs);
+            out.len()
+        })
+    });
+}
+
+fn config_swap(c: &mut Criterion) {
+    let cfg = ringgate::config::load_bytes(many_routes(100).as_bytes(), Path::new("."))
+        .expect("valid config");
+    let cell = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+    let text = many_routes(100);
+    c.bench_function("config_parse_compile_swap_100_routes", |b| {
+        b.iter(|| {
+            if let Ok(next) = ringgate::config::load_bytes(text.as_bytes(), Path::new(".")) {
+                cell.store(std::sync::Arc::new(next));
+            }
+        })
+    });
+    // What a worker pays per request to see the current generation.
+    let mut cache = arc_swap::Cache::new(cell.clone());
+    c.bench_function("config_snapshot_load_per_request", |b| {
+        b.iter(|| black_box(cache.load().routes.len()))
+    });
+}
+
+fn histogram_record(c: &mut Criterion) {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("histogram bounds");
+    let mut i = 0u64;
+    c.bench_function("hdrhistogram_record", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(7919);
+            h.saturating_record(black_box(100 + i % 100_000));
+        })
+    });
+}
+
+/// A realistic OpenAI stream: 63 content chunks of ~200 bytes with `"usage":null`, then the
+/// usage-only chunk and `[DONE]`.
+fn sse_stream() -> Vec<u8> {
+    let mut s = Vec::new();
+    for i in 0..63 {
+        s.extend_from_slice(format!("data: {{\"id\":\"chatcmpl-abc123\",\"object\":\"chat.completion.chunk\",\"created\":1732406400,\"model\":\"gpt-4.1\",\"system_fingerprint\":\"fp_1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n").as_bytes());
+    }
+    s.extend_from_slice(b"data: {\"id\":\"chatcmpl-abc123\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":63,\"total_tokens\":183,\"prompt_tokens_details\":{\"cached_tokens\":64}}}\n\ndata: [DONE]\n\n");
+    s
+}
+
+fn usage_scan(c: &mut Criterion) {
+    let stream = sse_stream();
+    // Fed as the upstream sends it: one event per read.
+    let events: Vec<&[u8]> = stream
+        .split_inclusive(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|p| {
+            let start = p[0].as_ptr() as usize - stream.as_ptr() as usize;
+            let len: usize = p.iter().map(|l| l.len()).sum();
+            &stream[start..start + len]
+        })
+        .collect();
+    let mut out = Vec::with_capacity(stream.len());
+    for strip in [false, true] {
+        let name = if strip {
+            "sse_usage_scan_64_chunks_strip"
+        } else {
+            "sse_usage_scan_64_chunks_observe"
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                let mut sc = ringgate::ai::usage::SseScanner::new(strip);
+                for e in &events {
+                    sc.feed(black_box(e), &mut out);
+                }
+                sc.finish(&mut out);
+                sc.usage()
+            })
+        });
+    }
+    let mut json = br#"{"id":"chatcmpl-abc","object":"chat.completion","created":1,"model":"gpt-4.1","choices":[{"index":0,"message":{"role":"assistant","content":""#.to_vec();
+    json.extend(std::iter::repeat_n(b'x', 8000));
+    json.extend_from_slice(br#""},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2000,"total_tokens":2010}}"#);
+    c.bench_function("json_usage_scan_8k", |b| {
+        b.iter(|| {
+            let mut sc = ringgate::ai::usage::JsonUsageScanner::new();
+            sc.feed(black_box(&json));
+            sc.usage()
+        })
+    });
+    let body = br#"{"messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Write a haiku about io_uring and thread-per-core servers."}],"model":"gpt-4","temperature":0.7,"stream":true}"#;
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("request_body_inspect_and_rewrite", |b| {
+        b.iter(|| {
+            out.clear();
+            if let Ok(info) = ringgate::ai::body::inspect(black_box(body)) {
+                ringgate::ai::body::rewrite(body, &info, Some("gpt-4.1"), true, &mut out);
+            }
+            out.len()
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    head_reencode,
+    config_swap,
+    histogram_record,
+    usage_scan,
     metrics_observe,
     route_match,
     config_compile,
