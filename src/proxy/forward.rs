@@ -241,11 +241,11 @@ pub async fn forward(
                 .map_err(|e| (e, false))?,
         }
     }
-    outcome.bytes_in = match &body {
-        Body::Retained(b) => b.len() as u64,
-        Body::Length(n) => *n,
-        _ => 0,
-    };
+    // Only a body fully read counts here: the connection loop keeps a connection whose
+    // request failed only when nothing of that request is left on the wire.
+    if let Body::Retained(b) = &body {
+        outcome.bytes_in = b.len() as u64;
+    }
 
     // The places a try can go: the route's upstream, or the model's and its fallbacks'.
     let mut ai: Option<AiRequest> = None;
@@ -530,6 +530,9 @@ pub async fn forward(
         monoio::time::sleep(wait).await;
     };
     let up = cand.up;
+    if let Body::Length(n) = body {
+        outcome.bytes_in = n;
+    }
     outcome.upstream = Some(up.name.clone());
     outcome.model = cand.model.map(|(i, _)| i);
     let client = ctx.client;
