@@ -197,6 +197,16 @@ fn config_json(shared: &Shared) -> String {
         "models": models,
         "auth_clients": cfg.auth.as_ref().map(|a| a.clients.len()),
         "sha256": sha256_hex(&cur.sha256),
+        "inputs_sha256": sha256_hex(&cur.inputs_sha256),
+        "watched_files": cfg.watched_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "tls": cfg.server.tls.as_ref().map(|t| serde_json::json!({
+            "listen": t.listen.to_string(),
+            "certificates": t.certificates.iter().map(|c| serde_json::json!({
+                "server_names": c.server_names,
+                "cert_file": c.cert_file.display().to_string(),
+                "not_after": c.not_after,
+            })).collect::<Vec<_>>(),
+        })),
         "loaded_at": rfc3339(cur.loaded_at),
         "source": cur.source.display().to_string(),
         "data_target": cur.data_target,

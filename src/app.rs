@@ -86,9 +86,15 @@ pub fn run(path: &Path) -> i32 {
 
     // A second instance would silently share the port through SO_REUSEPORT: refuse to start
     // when anyone already listens there.
-    if let Err(e) = probe_listen(server.listen) {
-        eprintln!("cannot listen on {}: {e}", server.listen);
-        return 1;
+    let listens = worker::Listens {
+        plain: server.listen,
+        tls: server.tls.as_ref().map(|t| t.listen),
+    };
+    for addr in std::iter::once(listens.plain).chain(listens.tls) {
+        if let Err(e) = probe_listen(addr) {
+            eprintln!("cannot listen on {addr}: {e}");
+            return 1;
+        }
     }
     // Installed before any worker starts, so an early SIGTERM drains instead of killing.
     let mut signals = match signal_hook::iterator::Signals::new([
@@ -120,13 +126,16 @@ pub fn run(path: &Path) -> i32 {
     };
 
     let watch_store = store.clone();
-    let watcher = watch::spawn_watcher(
+    let inputs_store = store.clone();
+    let watcher = watch::spawn_watcher_with_inputs(
         file.clone(),
-        store.current().sha256,
+        store.current().inputs_sha256,
         watch::WatchOptions {
             debounce: reload.debounce,
             poll_interval: reload.poll_interval,
         },
+        // Secret files of the current generation: their mounts are watched too.
+        Box::new(move || inputs_store.current().config.watched_files.clone()),
         Box::new(move |snap| {
             let _ = watch_store.apply(snap);
         }),
@@ -166,14 +175,7 @@ pub fn run(path: &Path) -> i32 {
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     for (id, m) in registry.workers.iter().enumerate() {
-        match worker::spawn(
-            id,
-            shared.clone(),
-            m.clone(),
-            server.listen,
-            cores,
-            tx.clone(),
-        ) {
+        match worker::spawn(id, shared.clone(), m.clone(), listens, cores, tx.clone()) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 eprintln!("cannot start worker {id}: {e}");
@@ -185,7 +187,7 @@ pub fn run(path: &Path) -> i32 {
     let mut listener_fds = Vec::new();
     for _ in 0..handles.len() {
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(fd)) => listener_fds.push(fd),
+            Ok(Ok(fds)) => listener_fds.extend(fds),
             Ok(Err(e)) => {
                 eprintln!("{e}");
                 return 1;
@@ -196,7 +198,7 @@ pub fn run(path: &Path) -> i32 {
             }
         }
     }
-    tracing::info!(listen = %server.listen, admin = %admin_addr, workers = handles.len(), "ringgate serving");
+    tracing::info!(listen = %server.listen, tls_listen = ?listens.tls, admin = %admin_addr, workers = handles.len(), "ringgate serving");
 
     let sig = signals.forever().next();
     tracing::info!(signal = ?sig, grace_ms = server.shutdown_grace.as_millis() as u64, "draining");

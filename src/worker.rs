@@ -1,5 +1,6 @@
 //! Thread-per-core workers: each is a pinned OS thread running its own monoio runtime
-//! (io_uring, or epoll where io_uring is blocked), its own SO_REUSEPORT listener, its own
+//! (io_uring, or epoll where io_uring is blocked), its own SO_REUSEPORT listeners (plain, and
+//! TLS with `[server.tls]`; the accept loops are in [`crate::listener`]), its own
 //! upstream pool and counters. Nothing on the request path is shared with another worker
 //! except the config, read through arc-swap.
 
@@ -69,11 +70,42 @@ impl Worker {
         local.clone()
     }
 
+    /// Admits a new client connection within this worker's share of `max_connections`:
+    /// the guard counts it open until dropped. None (counted as refused) when full.
+    pub fn admit(self: &Rc<Self>) -> Option<ConnGuard> {
+        if self.active.get() >= self.max_connections {
+            self.metrics
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.active.set(self.active.get() + 1);
+        self.metrics
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
+        Some(ConnGuard { w: self.clone() })
+    }
+
     /// A new request id, unique per process: a per-worker random seed and a counter.
     pub fn new_request_id(&self) -> String {
         let n = self.id_counter.get().wrapping_add(1);
         self.id_counter.set(n);
         format!("{:016x}{:016x}", self.id_seed, n)
+    }
+}
+
+/// An open client connection, counted in [`Worker::admit`] until dropped.
+pub struct ConnGuard {
+    w: Rc<Worker>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.w.active.set(self.w.active.get().saturating_sub(1));
+        self.w
+            .metrics
+            .active_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -153,15 +185,25 @@ impl Drop for DrainWait<'_> {
     }
 }
 
-/// What a worker reports once its listener is bound (or failed to bind).
-pub type BindReport = Result<RawFd, String>;
+/// What a worker reports once its listeners are bound (their descriptors, which the main
+/// thread shuts down to start draining), or why binding failed.
+pub type BindReport = Result<Vec<RawFd>, String>;
+
+/// The addresses a worker listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Listens {
+    /// `server.listen` (plain HTTP).
+    pub plain: SocketAddr,
+    /// `server.tls.listen`, when `[server.tls]` was configured at start-up.
+    pub tls: Option<SocketAddr>,
+}
 
 /// Starts worker `id` on its own thread.
 pub fn spawn(
     id: usize,
     shared: Arc<Shared>,
     metrics: Arc<WorkerMetrics>,
-    listen: SocketAddr,
+    listen: Listens,
     cores: usize,
     bound: mpsc::Sender<BindReport>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -206,21 +248,34 @@ async fn run(
     id: usize,
     shared: Arc<Shared>,
     metrics: Arc<WorkerMetrics>,
-    listen: SocketAddr,
+    listen: Listens,
     bound: mpsc::Sender<BindReport>,
 ) {
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(4096);
-    let listener = match TcpListener::bind_with_config(listen, &opts) {
+    let bind = |addr: SocketAddr| {
+        TcpListener::bind_with_config(addr, &opts)
+            .map_err(|e| format!("worker {id}: cannot listen on {addr}: {e}"))
+    };
+    let listener = match bind(listen.plain) {
         Ok(l) => l,
         Err(e) => {
-            let _ = bound.send(Err(format!("worker {id}: cannot listen on {listen}: {e}")));
+            let _ = bound.send(Err(e));
             return;
         }
     };
-    let _ = bound.send(Ok(listener.as_raw_fd()));
+    let tls_listener = match listen.tls.map(bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    let mut fds = vec![listener.as_raw_fd()];
+    fds.extend(tls_listener.as_ref().map(|l| l.as_raw_fd()));
+    let _ = bound.send(Ok(fds));
     drop(bound);
 
     let cell = shared.store.cell();
@@ -256,43 +311,13 @@ async fn run(
 
     monoio::spawn(sweep_pools(w.clone()));
 
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if w.active.get() >= w.max_connections {
-                    w.metrics
-                        .refused_connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    drop(stream);
-                    continue;
-                }
-                w.active.set(w.active.get() + 1);
-                w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-                let w2 = w.clone();
-                monoio::spawn(async move {
-                    crate::proxy::serve_connection(
-                        w2.clone(),
-                        crate::listener::ClientStream::Plain(stream),
-                        peer,
-                    )
-                    .await;
-                    w2.active.set(w2.active.get() - 1);
-                    w2.metrics
-                        .active_connections
-                        .fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Err(e) => {
-                if shared.draining.load(Ordering::Relaxed) {
-                    break;
-                }
-                // EMFILE and friends: back off instead of spinning on the error.
-                tracing::warn!(worker = id, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+    // Both accept loops end when the main thread shuts their sockets down (SIGTERM).
+    let tls_task =
+        tls_listener.map(|l| monoio::spawn(crate::listener::tls::accept_tls(w.clone(), l)));
+    crate::listener::accept_plain(w.clone(), listener).await;
+    if let Some(t) = tls_task {
+        t.await;
     }
-    drop(listener);
     w.drain.start();
     let grace = w.snapshot().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;

@@ -30,6 +30,12 @@ pub struct Config {
     pub auth: Option<super::ai::Auth>,
     /// `[cache]`: response cache bounds.
     pub cache: super::ai::CacheSettings,
+    /// Every file outside `gateway.toml` this generation was compiled from (`api_key_file`,
+    /// `ca_file`, the `[auth]` keys file, `[server.tls]` certificates and keys). The watcher
+    /// watches their directories too and re-applies the config when any of them changes, so
+    /// a rotated Secret takes effect without a ConfigMap change. A new input read at compile
+    /// time belongs here: collect its path in `validate_and_compile`.
+    pub watched_files: Vec<std::path::PathBuf>,
 }
 
 /// `[server]`, compiled.
@@ -57,6 +63,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Bodies up to this size are kept for retries.
     pub max_retry_body_bytes: u64,
+    /// `[server.tls]`: the HTTPS listener and its certificates, when configured.
+    pub tls: Option<super::tls::ServerTls>,
 }
 
 impl ServerSettings {

@@ -7,6 +7,7 @@
 pub mod ai;
 pub mod compiled;
 pub mod raw;
+pub mod tls;
 pub mod validate;
 
 pub use compiled::*;

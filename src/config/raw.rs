@@ -146,6 +146,46 @@ pub struct RawServer {
     /// Request bodies up to this size are kept in memory so a failed try can be re-sent;
     /// larger bodies stream through and are never retried.
     pub max_retry_body_bytes: u64,
+    /// An HTTPS listener beside the plain one (optional). Its certificate and key files are
+    /// watched like the config: a rotated pair is served to new connections at once.
+    pub tls: Option<RawServerTls>,
+}
+
+/// `[server.tls]`: the TLS listener and its certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// HTTPS listen address, `host:port` (e.g. "0.0.0.0:8443"); like `server.listen`, a
+    /// change takes effect at the next restart.
+    pub listen: String,
+    /// PEM file with the default certificate chain (leaf first); relative to the config
+    /// directory, like `api_key_file`. Served when no `[[server.tls.sni]]` entry matches.
+    pub cert_file: String,
+    /// PEM file with the private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Time a client has to complete the TLS handshake; the connection is closed after it.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Further certificates, chosen by the name the client asks for (SNI).
+    #[serde(default)]
+    pub sni: Vec<RawSniCert>,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One `[[server.tls.sni]]` entry: a certificate served for some names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCert {
+    /// Names (`api.example.com`) or one-label wildcards (`*.example.com`) this certificate
+    /// is served for. Exact names win over wildcards; unmatched names get the default.
+    pub server_names: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
 }
 
 impl Default for RawServer {
@@ -162,6 +202,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 25_000,
             trusted_proxies: Vec::new(),
             max_retry_body_bytes: 65_536,
+            tls: None,
         }
     }
 }

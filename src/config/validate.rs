@@ -278,6 +278,30 @@ pub fn validate_and_compile(
     });
     let cache = super::ai::compile_cache(&raw.cache, &mut errs);
 
+    // Inputs read besides gateway.toml: their changes re-apply the config (reload::watch).
+    let mut watched_files = Vec::new();
+    for u in raw.upstreams.values() {
+        for f in [&u.api_key_file, &u.ca_file].into_iter().flatten() {
+            if !f.trim().is_empty() {
+                watched_files.push(base_dir.join(f));
+            }
+        }
+    }
+    watched_files.append(&mut ai_files);
+    let mut server = server;
+    if let Some(t) = &raw.server.tls {
+        server.tls = super::tls::compile_server_tls(
+            t,
+            base_dir,
+            secrets,
+            &[server.listen, admin_listen],
+            &mut watched_files,
+            &mut errs,
+        );
+    }
+    watched_files.sort();
+    watched_files.dedup();
+
     let mut routes = Vec::new();
     let mut seen_names = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -312,6 +336,7 @@ pub fn validate_and_compile(
             models,
             auth,
             cache,
+            watched_files,
         })
     } else {
         Err(super::ConfigErrors(errs.list))
@@ -386,6 +411,7 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
         ),
         trusted_proxies: trusted,
         max_retry_body_bytes: s.max_retry_body_bytes,
+        tls: None,
     }
 }
 

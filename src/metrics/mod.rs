@@ -75,6 +75,9 @@ pub struct WorkerMetrics {
     pub pool_idle: AtomicI64,
     driver: AtomicU8,
     retries: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_handshake_errors: AtomicU64,
+    tls_handshake_timeouts: AtomicU64,
     published: Mutex<Stats>,
 }
 
@@ -118,6 +121,29 @@ impl WorkerMetrics {
     /// superseded by [`LocalStats::note_retry`].
     pub fn note_retry(&self, _route: &str, _reason: &str) {
         add(&self.retries, 1);
+    }
+
+    /// Counts a completed TLS handshake on the client listener.
+    pub fn note_tls_handshake(&self) {
+        add(&self.tls_handshakes, 1);
+    }
+
+    /// Counts a failed client TLS handshake (`timeout`: it did not finish in time).
+    pub fn note_tls_handshake_failure(&self, timeout: bool) {
+        if timeout {
+            add(&self.tls_handshake_timeouts, 1);
+        } else {
+            add(&self.tls_handshake_errors, 1);
+        }
+    }
+
+    /// (completed handshakes, failed ones, timed-out ones) on the TLS listener.
+    pub fn tls_handshakes(&self) -> (u64, u64, u64) {
+        (
+            self.tls_handshakes.load(Ordering::Relaxed),
+            self.tls_handshake_errors.load(Ordering::Relaxed),
+            self.tls_handshake_timeouts.load(Ordering::Relaxed),
+        )
     }
 
     /// Records the driver this worker runs.

@@ -272,6 +272,33 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         sum(ws, |w| &w.refused_connections),
     );
 
+    t.family(
+        "ringgate_tls_handshakes_total",
+        "counter",
+        "Completed TLS handshakes on the client TLS listener",
+    );
+    let tls: Vec<(u64, u64, u64)> = ws.iter().map(|w| w.tls_handshakes()).collect();
+    t.sample(
+        "ringgate_tls_handshakes_total",
+        &[],
+        tls.iter().map(|x| x.0).sum::<u64>(),
+    );
+    t.family(
+        "ringgate_tls_handshake_failures_total",
+        "counter",
+        "Client TLS handshakes that failed (error) or did not finish within handshake_timeout_ms (timeout); each closed only its connection",
+    );
+    t.sample(
+        "ringgate_tls_handshake_failures_total",
+        &[("reason", "error")],
+        tls.iter().map(|x| x.1).sum::<u64>(),
+    );
+    t.sample(
+        "ringgate_tls_handshake_failures_total",
+        &[("reason", "timeout")],
+        tls.iter().map(|x| x.2).sum::<u64>(),
+    );
+
     // Upstreams.
     t.family(
         "ringgate_upstream_connects_total",
@@ -561,6 +588,38 @@ fn render_config(out: &mut String, store: &ConfigStore) {
         &[("result", "rejected")],
         store.rejected.load(Ordering::Relaxed),
     );
+    t.family(
+        "ringgate_tls_certificate_reloads_total",
+        "counter",
+        "Reloads that changed the [server.tls] certificates, by result (rejected: the old certificates keep serving)",
+    );
+    t.sample(
+        "ringgate_tls_certificate_reloads_total",
+        &[("result", "applied")],
+        store.tls_applied.load(Ordering::Relaxed),
+    );
+    t.sample(
+        "ringgate_tls_certificate_reloads_total",
+        &[("result", "rejected")],
+        store.tls_rejected.load(Ordering::Relaxed),
+    );
+    if let Some(tls) = &cur.config.server.tls {
+        t.family(
+            "ringgate_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of each served certificate's leaf, by SNI name ((default) for the default certificate)",
+        );
+        for c in &tls.certificates {
+            let Some(na) = c.not_after else { continue };
+            for name in &c.server_names {
+                t.sample(
+                    "ringgate_tls_certificate_expiry_timestamp_seconds",
+                    &[("server_name", name)],
+                    na,
+                );
+            }
+        }
+    }
     t.family(
         "ringgate_cache_entries",
         "gauge",

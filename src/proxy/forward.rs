@@ -50,6 +50,8 @@ pub struct Request<'a> {
     pub server: &'a ServerSettings,
     /// Client address.
     pub peer: std::net::SocketAddr,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
+    pub client_tls: bool,
     /// The request id sent both ways.
     pub request_id: &'a str,
     /// When the request's head was parsed (for time to first byte).

@@ -160,7 +160,12 @@ pub fn write_upstream_head(
         }
     }
     out.extend_from_slice(peer.ip().to_string().as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    // The scheme the client used to reach the gateway (the client's own value is dropped).
+    out.extend_from_slice(if req.client_tls {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     match framing {
         UpstreamFraming::None => {}
         UpstreamFraming::Length(n) => {
@@ -269,6 +274,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             trusted_proxies: trusted.iter().map(|s| s.parse().expect("cidr")).collect(),
             max_retry_body_bytes: 0,
+            tls: None,
         }
     }
 

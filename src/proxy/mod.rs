@@ -226,6 +226,7 @@ async fn handle_request(
             cache: &snap.cache,
             server: &cfg.server,
             peer,
+            client_tls: client.is_tls(),
             request_id: &request_id,
             started: start,
         };

@@ -25,6 +25,9 @@ pub struct Active {
     pub generation: u64,
     /// sha256 of the file's bytes.
     pub sha256: [u8; 32],
+    /// Digest of the file's bytes and of every file in `config.watched_files`
+    /// ([`watch::inputs_digest`]): a reload with the same digest changes nothing.
+    pub inputs_sha256: [u8; 32],
     /// When it was applied.
     pub loaded_at: SystemTime,
     /// The file it was read from.
@@ -63,6 +66,11 @@ pub struct ConfigStore {
     pub rejected: AtomicU64,
     /// Whether the last reload attempt succeeded.
     pub last_successful: AtomicBool,
+    /// Applied reloads that changed the `[server.tls]` certificates.
+    pub tls_applied: AtomicU64,
+    /// Rejected reloads with an error under `server.tls` (e.g. a key that does not match
+    /// its certificate): the previous certificates keep serving.
+    pub tls_rejected: AtomicU64,
 }
 
 impl ConfigStore {
@@ -72,6 +80,7 @@ impl ConfigStore {
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let cfg = config::load_bytes(&snap.bytes, &base_dir).map_err(|e| e.to_string())?;
+        let inputs_sha256 = watch::inputs_digest(&snap.bytes, &cfg.watched_files);
         crate::upstream::dns::resolve_config(&cfg);
         let limiters = Mutex::new(Vec::new());
         let active = Active {
@@ -80,6 +89,7 @@ impl ConfigStore {
             config: cfg,
             generation: 1,
             sha256: snap.sha256,
+            inputs_sha256,
             loaded_at: SystemTime::now(),
             source: snap.path,
             data_target: snap.data_target,
@@ -92,6 +102,8 @@ impl ConfigStore {
             applied: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             last_successful: AtomicBool::new(true),
+            tls_applied: AtomicU64::new(0),
+            tls_rejected: AtomicU64::new(0),
         })
     }
 
@@ -112,9 +124,15 @@ impl ConfigStore {
 
     /// Tries to make `snap` the new generation. On error the old one keeps serving and the
     /// rejection is recorded.
+    ///
+    /// Nothing happens when neither the config bytes nor any file the current generation
+    /// read (`watched_files`: keys, CAs, certificates) changed. The digest is taken before
+    /// compiling, so a file that changes during the compile makes the next check differ and
+    /// re-apply, never the reverse.
     pub fn apply(&self, snap: Snapshot) -> Result<u64, ConfigErrors> {
         let old = self.current();
-        if snap.sha256 == old.sha256 {
+        let pre = watch::inputs_digest(&snap.bytes, &old.config.watched_files);
+        if pre == old.inputs_sha256 {
             return Ok(old.generation);
         }
         match config::load_bytes(&snap.bytes, &self.base_dir) {
@@ -125,6 +143,12 @@ impl ConfigStore {
                 {
                     tracing::warn!("server.listen, server.workers and admin.listen take effect at the next restart; the rest of the new config applies now");
                 }
+                let inputs_sha256 = if cfg.watched_files == old.config.watched_files {
+                    pre
+                } else {
+                    watch::inputs_digest(&snap.bytes, &cfg.watched_files)
+                };
+                self.note_tls_change(&old.config, &cfg);
                 crate::upstream::dns::resolve_config(&cfg);
                 let generation = old.generation + 1;
                 let cache = if old.cache.settings() == cfg.cache {
@@ -138,6 +162,7 @@ impl ConfigStore {
                     config: cfg,
                     generation,
                     sha256: snap.sha256,
+                    inputs_sha256,
                     loaded_at: SystemTime::now(),
                     source: snap.path,
                     data_target: snap.data_target.clone(),
@@ -149,6 +174,12 @@ impl ConfigStore {
             }
             Err(errs) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+                if errs.0.iter().any(|e| e.path.starts_with("server.tls")) {
+                    self.tls_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "TLS certificates rejected; the previous certificates keep serving"
+                    );
+                }
                 self.last_successful.store(false, Ordering::Relaxed);
                 tracing::error!(sha256 = %watch::sha256_hex(&snap.sha256), errors = %errs, "config rejected; the previous config keeps serving");
                 if let Ok(mut g) = self.last_rejection.lock() {
@@ -160,6 +191,28 @@ impl ConfigStore {
                 }
                 Err(errs)
             }
+        }
+    }
+}
+
+impl ConfigStore {
+    /// Logs and counts what a reload does to the TLS listener: new certificates (applied to
+    /// new connections at once) and the restart-only changes.
+    fn note_tls_change(&self, old: &Config, new: &Config) {
+        match (&old.server.tls, &new.server.tls) {
+            (Some(o), Some(n)) => {
+                if o.listen != n.listen {
+                    tracing::warn!(old = %o.listen, new = %n.listen, "server.tls.listen takes effect at the next restart");
+                }
+                if o.fingerprint != n.fingerprint {
+                    self.tls_applied.fetch_add(1, Ordering::Relaxed);
+                    let names: Vec<_> = n.certificates.iter().flat_map(|c| c.server_names.iter()).collect();
+                    tracing::info!(?names, "TLS certificates applied; new connections get them");
+                }
+            }
+            (None, Some(_)) => tracing::warn!("[server.tls] was added: the TLS listener starts at the next restart"),
+            (Some(_), None) => tracing::warn!("[server.tls] was removed: the TLS listener keeps serving its last certificates until the next restart"),
+            (None, None) => {}
         }
     }
 }

@@ -15,6 +15,13 @@
 //! error or overflow) only as a hint, debounces, and re-reads the file through its visible path.
 //! A snapshot is delivered when its sha256 differs from the last one delivered. A periodic poll
 //! catches whatever inotify cannot report (lost events, a remounted or replaced directory).
+//!
+//! Secrets given as files (`api_key_file`, `ca_file`, the `[auth]` keys file, TLS
+//! certificates and keys) are mounted the same way (cert-manager and kubectl write Secrets
+//! that kubelet projects exactly like ConfigMaps). [`spawn_watcher_with_inputs`] also
+//! watches the directories of those files, and dedupes on [`inputs_digest`] — the config
+//! bytes *and* those files' bytes — so a rotated Secret re-applies the unchanged config while
+//! an unchanged set does not.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -62,6 +69,31 @@ pub fn sha256_hex(d: &[u8; 32]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// sha256 over the config bytes and, in order, each input file's path and bytes (or a marker
+/// when it cannot be read): what a generation was compiled from. With no input files this is
+/// exactly `sha256(config_bytes)`.
+pub fn inputs_digest(config_bytes: &[u8], files: &[PathBuf]) -> [u8; 32] {
+    if files.is_empty() {
+        return Sha256::digest(config_bytes).into();
+    }
+    let mut h = Sha256::new();
+    h.update(Sha256::digest(config_bytes));
+    for f in files {
+        let path = f.as_os_str().as_encoded_bytes();
+        h.update((path.len() as u64).to_le_bytes());
+        h.update(path);
+        match fs::read(f) {
+            Ok(b) => {
+                h.update([1]);
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(&b);
+            }
+            Err(_) => h.update([0]),
+        }
+    }
+    h.finalize().into()
 }
 
 /// The directory holding `file` (`.` for a bare file name).
@@ -203,6 +235,27 @@ pub fn spawn_watcher(
     opts: WatchOptions,
     on_change: Box<dyn FnMut(Snapshot) + Send>,
 ) -> io::Result<Watcher> {
+    spawn_watcher_with_inputs(file, initial_sha256, opts, Box::new(Vec::new), on_change)
+}
+
+/// The files a config read besides itself, asked again before every check (the set changes
+/// when a reload adds or removes a secret file).
+pub type InputFiles = Box<dyn Fn() -> Vec<PathBuf> + Send>;
+
+/// As [`spawn_watcher`], and also for the config's input files: `inputs()` names them (the
+/// current generation's `watched_files`); their parent directories are watched too (events
+/// there are hints like any other, a `..data` rename reads at once), the set is looked up
+/// again after every delivery and poll, and `on_change` is called when
+/// [`inputs_digest`] of the config bytes and those files differs from the last one delivered.
+/// `initial_digest` is the digest of the generation already loaded.
+pub fn spawn_watcher_with_inputs(
+    file: PathBuf,
+    initial_digest: [u8; 32],
+    opts: WatchOptions,
+    inputs: InputFiles,
+    on_change: Box<dyn FnMut(Snapshot) + Send>,
+) -> io::Result<Watcher> {
+    let initial_sha256 = initial_digest;
     let (tx, rx) = mpsc::channel();
     let (done_tx, done) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,12 +272,15 @@ pub fn spawn_watcher(
         stop: stop.clone(),
         on_change,
         last_sha: initial_sha256,
+        inputs,
+        input_watch: None,
         watch: None,
         watch_problem: None,
         read_problem: None,
     };
     // Establish the watch before returning, so no change made after this call is missed.
     state.ensure_watch();
+    state.ensure_input_watch();
     let thread = std::thread::Builder::new()
         .name("ringgate-watch".into())
         .spawn(move || {
@@ -245,6 +301,9 @@ struct ActiveWatch {
     identity: Option<(u64, u64)>,
 }
 
+/// A watched secret directory and its inode (None while it does not exist).
+type WatchedDir = (PathBuf, Option<(u64, u64)>);
+
 /// The watcher thread's state.
 struct Loop {
     dir: PathBuf,
@@ -254,7 +313,12 @@ struct Loop {
     rx: Receiver<Msg>,
     stop: Arc<AtomicBool>,
     on_change: Box<dyn FnMut(Snapshot) + Send>,
+    /// Digest ([`inputs_digest`]) of the last snapshot delivered.
     last_sha: [u8; 32],
+    /// The config's input files (secrets), asked before each check.
+    inputs: InputFiles,
+    /// The watch on the input files' directories: which directories (and their inodes).
+    input_watch: Option<(Vec<WatchedDir>, Option<RecommendedWatcher>)>,
     watch: Option<ActiveWatch>,
     /// The last watch problem logged at warn level, so a persisting one is not repeated.
     watch_problem: Option<String>,
@@ -278,6 +342,7 @@ impl Loop {
                 first_hint = None;
                 self.ensure_watch();
                 self.check();
+                self.ensure_input_watch();
                 next_poll = after(Instant::now(), self.opts.poll_interval);
                 continue;
             }
@@ -372,6 +437,67 @@ impl Loop {
         }
     }
 
+    /// Watches the directories of the input files (except the config's own, watched
+    /// already): rebuilt when the set of directories changes or one was replaced (a Secret
+    /// remounted), dropped when there are none. Directories that do not exist yet are left
+    /// to the poll.
+    fn ensure_input_watch(&mut self) {
+        let mut dirs: Vec<PathBuf> = (self.inputs)().iter().map(|f| parent_dir(f)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs.retain(|d| *d != self.dir);
+        let wanted: Vec<WatchedDir> = dirs
+            .into_iter()
+            .map(|d| {
+                let id = fs::metadata(&d)
+                    .ok()
+                    .filter(|m| m.is_dir())
+                    .and_then(|m| dir_identity(&m));
+                (d, id)
+            })
+            .collect();
+        if self
+            .input_watch
+            .as_ref()
+            .is_some_and(|(have, _)| *have == wanted)
+        {
+            return;
+        }
+        if wanted.is_empty() {
+            self.input_watch = None;
+            return;
+        }
+        let tx = self.tx.clone();
+        let made = notify::recommended_watcher(move |res: notify::Result<Event>| {
+            let _ = tx.send(Msg::Notify(res));
+        });
+        let watcher = match made {
+            Ok(mut w) => {
+                for (d, id) in &wanted {
+                    if id.is_none() {
+                        continue;
+                    }
+                    match w.watch(d, RecursiveMode::NonRecursive) {
+                        Ok(()) => tracing::debug!(dir = %d.display(), "watching secret directory"),
+                        Err(e) => report(
+                            &mut self.watch_problem,
+                            format!("cannot watch {} ({e}); relying on the poll", d.display()),
+                        ),
+                    }
+                }
+                Some(w)
+            }
+            Err(e) => {
+                report(
+                    &mut self.watch_problem,
+                    format!("cannot watch secret directories ({e}); relying on the poll"),
+                );
+                None
+            }
+        };
+        self.input_watch = Some((wanted, watcher));
+    }
+
     /// Re-reads the file and delivers it when it changed.
     fn check(&mut self) {
         let snap = match read_snapshot(&self.file) {
@@ -388,11 +514,12 @@ impl Loop {
             }
         };
         self.read_problem = None;
-        if snap.sha256 == self.last_sha {
+        let digest = inputs_digest(&snap.bytes, &(self.inputs)());
+        if digest == self.last_sha {
             return;
         }
         tracing::debug!(sha256 = %sha256_hex(&snap.sha256), data_target = ?snap.data_target, "config file changed");
-        self.last_sha = snap.sha256;
+        self.last_sha = digest;
         let on_change = &mut self.on_change;
         if catch_unwind(AssertUnwindSafe(|| on_change(snap))).is_err() {
             tracing::error!("config change handler panicked; the watcher goes on");

@@ -1,0 +1,131 @@
+//! The client side of a connection: the accept loops of a worker's listeners and
+//! [`ClientStream`], what the proxy reads requests from and writes responses to. One enum over
+//! every kind of accepted connection, so the proxy's code is written once and a branch per
+//! I/O call is the whole cost of supporting more than one kind.
+//!
+//! [`accept_plain`] serves `server.listen`; [`tls::accept_tls`] serves `server.tls.listen`
+//! (handshake under a deadline, then the same proxy loop). Both count against the worker's
+//! share of `max_connections` and both stop when the main thread shuts the listening sockets
+//! down at SIGTERM.
+
+pub mod tls;
+
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::{TcpListener, TcpStream};
+use monoio::BufResult;
+
+use crate::worker::Worker;
+
+/// An accepted client connection.
+pub enum ClientStream {
+    /// A connection on the plain HTTP listener (`server.listen`).
+    Plain(TcpStream),
+    /// A connection on the TLS listener (`server.tls.listen`), handshake done. Boxed: it
+    /// carries rustls' connection state and buffers.
+    Tls(Box<monoio_rustls::ServerTlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// Disables Nagle: responses are written whole or as stream chunks that must not wait.
+    /// TLS sockets had it set before their handshake (the TCP stream is inside rustls' now).
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.set_nodelay(on),
+            ClientStream::Tls(_) => Ok(()),
+        }
+    }
+
+    /// Whether the client connected over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+}
+
+/// A client that closes without `close_notify` is read as EOF, like a plain close: request
+/// framing already tells a complete request from a truncated one.
+fn tls_eof<T>(res: BufResult<usize, T>) -> BufResult<usize, T> {
+    match res {
+        (Err(e), b) if e.kind() == io::ErrorKind::UnexpectedEof => (Ok(0), b),
+        other => other,
+    }
+}
+
+/// Accepts plain connections on `listener` until the worker drains (the main thread shuts
+/// the socket down, which fails the pending accept), spawning one proxy task each.
+pub async fn accept_plain(w: Rc<Worker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Some(guard) = w.admit() else {
+                    drop(stream);
+                    continue;
+                };
+                let w2 = w.clone();
+                monoio::spawn(async move {
+                    crate::proxy::serve_connection(w2, ClientStream::Plain(stream), peer).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                if w.shared.draining.load(Ordering::Relaxed) {
+                    break;
+                }
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(worker = w.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+impl AsyncReadRent for ClientStream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.read(buf).await,
+            ClientStream::Tls(s) => tls_eof(s.read(buf).await),
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.readv(buf).await,
+            ClientStream::Tls(s) => tls_eof(s.readv(buf).await),
+        }
+    }
+}
+
+impl AsyncWriteRent for ClientStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.write(buf).await,
+            ClientStream::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.writev(buf).await,
+            ClientStream::Tls(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.flush().await,
+            ClientStream::Tls(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.shutdown().await,
+            ClientStream::Tls(s) => s.shutdown().await,
+        }
+    }
+}
