@@ -102,7 +102,8 @@ fn path_at_offset(table: &toml_edit::Table, offset: usize, prefix: String) -> Op
                 if let Some(p) = path_at_offset(t, offset, here.clone()) {
                     return Some(p);
                 }
-                if contains(key_span, offset) {
+                // The table's own span: a missing required key is reported there.
+                if contains(key_span, offset) || contains(t.span(), offset) {
                     return Some(here);
                 }
             }
