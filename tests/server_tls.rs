@@ -82,6 +82,9 @@ fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
+/// (status, headers with lowercase names, body).
+type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A keep-alive HTTPS client connection (blocking rustls over std TCP).
@@ -133,7 +136,7 @@ impl HttpsConn {
     }
 
     /// Sends a GET and reads the response: (status, headers, body).
-    fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    fn get(&mut self, path: &str) -> std::io::Result<Reply> {
         let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n");
         self.tls.write_all(req.as_bytes())?;
         self.tls.flush()?;
