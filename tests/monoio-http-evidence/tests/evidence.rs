@@ -8,7 +8,7 @@
 //! failure messages are the evidence. Run them with:
 //!
 //! ```text
-//! cargo test --test monoio_http_evidence -- --ignored
+//! cargo test --manifest-path tests/monoio-http-evidence/Cargo.toml -- --ignored
 //! ```
 //!
 //! Every wait is bounded; every socket is loopback. ringgate's own framing passes the
