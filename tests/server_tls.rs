@@ -235,6 +235,34 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// `promtool check metrics` accepts `text` (skipped when promtool is not installed).
+fn promtool_accepts(text: &str) {
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed; skipped");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn secret_volume(tag: &str) -> (PathBuf, ProjectedVolume) {
     let dir = temp_dir(tag);
     let vol = ProjectedVolume::new(&dir.join("tls")).expect("volume");
@@ -320,6 +348,7 @@ fn https_requests_keep_alive_and_sni_picks_the_certificate() {
             .metric("ringgate_tls_certificate_expiry_timestamp_seconds{server_name=\"a.example\"}")
             .expect("expiry gauge");
         assert!(expiry > 1.0e9, "notAfter {expiry}");
+        promtool_accepts(&gw.admin_get("/metrics").text());
     }
     let _ = std::fs::remove_dir_all(dir);
 }
