@@ -5,8 +5,7 @@
 //! saved so a live reload happens the way it does in a pod. `--once` stops after the first
 //! request (used by CI so the demo cannot rot).
 
-#[path = "../../tests/common/kubelet.rs"]
-mod kubelet;
+use crate::kubelet;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

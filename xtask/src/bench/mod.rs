@@ -1,0 +1,559 @@
+//! `cargo xtask bench`: ringgate side by side with nginx and with no proxy at all, on this
+//! machine, in one run (../shared/design/performance.md).
+//!
+//! Scenarios, in order:
+//! 1. throughput: closed-loop keep-alive POSTs of a chat completion through direct / nginx
+//!    (the seed article's location) / ringgate (the same route), rounds alternating the order,
+//!    then the three paths again at one fixed request rate for latency at the same load;
+//! 2. SSE: 50 events 20 ms apart from an in-process upstream; TTFB and the delay between an
+//!    event leaving the upstream and reaching the client;
+//! 3. reload under load: the config directory re-projected kubelet-style while the load runs;
+//!    failed requests and the time from the `..data` rename to the first request the new
+//!    route serves;
+//! 4. memory: RSS of each proxy holding many idle keep-alive client connections.
+//!
+//! The proxy under test runs on one core, the client and the upstream on the other. Writes
+//! target/bench/report.md, target/bench/latency.svg and target/bench/results.json.
+
+/// A progress line: `bench [  12.3 s] what happened`, on stdout as it happens.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        $crate::bench::progress_line(format!($($arg)*))
+    };
+}
+
+mod load;
+mod nginx;
+mod reload;
+mod report;
+mod sse;
+mod sys;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use load::{LoadResult, LoadSpec};
+use sys::{Children, Cores};
+
+/// Settings of one bench run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub connections: usize,
+    pub sse_streams: usize,
+    pub sse_rounds: usize,
+    pub reloads: usize,
+    pub idle_connections: usize,
+}
+
+impl Settings {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let quick = args.iter().any(|a| a == "--quick");
+        let mut s = if quick {
+            Settings {
+                quick,
+                rounds: 1,
+                warmup: Duration::from_millis(500),
+                duration: Duration::from_secs(2),
+                connections: 32,
+                sse_streams: 4,
+                sse_rounds: 1,
+                reloads: 10,
+                idle_connections: 1000,
+            }
+        } else {
+            Settings {
+                quick,
+                rounds: 5,
+                warmup: Duration::from_secs(2),
+                duration: Duration::from_secs(10),
+                connections: 64,
+                sse_streams: 8,
+                sse_rounds: 3,
+                reloads: 100,
+                idle_connections: 10_000,
+            }
+        };
+        let mut i = 0;
+        while i < args.len() {
+            let value = || {
+                args.get(i + 1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| format!("{} needs a number", args[i]))
+            };
+            match args[i].as_str() {
+                "--quick" => {}
+                "--rounds" => s.rounds = value()?.max(1) as usize,
+                "--duration" => s.duration = Duration::from_secs(value()?.max(1)),
+                "--warmup" => s.warmup = Duration::from_secs(value()?),
+                "--connections" => s.connections = value()?.max(1) as usize,
+                "--reloads" => s.reloads = value()?.max(1) as usize,
+                "--idle-connections" => s.idle_connections = value()? as usize,
+                other => return Err(format!("unknown option {other}\n{USAGE}")),
+            }
+            i += if args[i] == "--quick" { 1 } else { 2 };
+        }
+        Ok(s)
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N] [--reloads N] [--idle-connections N]";
+
+/// The three paths of scenario 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path3 {
+    Direct,
+    Nginx,
+    Ringgate,
+}
+
+impl Path3 {
+    pub const ALL: [Path3; 3] = [Path3::Direct, Path3::Nginx, Path3::Ringgate];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path3::Direct => "direct",
+            Path3::Nginx => "nginx",
+            Path3::Ringgate => "ringgate",
+        }
+    }
+}
+
+/// One closed-loop run of one path, with the proxy's CPU time over the window.
+pub struct Run {
+    pub path: Path3,
+    pub result: LoadResult,
+    /// CPU seconds the proxy process tree used during the run (None for direct).
+    pub proxy_cpu: Option<f64>,
+}
+
+/// Everything the report is made of.
+pub struct Results {
+    pub settings: Settings,
+    pub cores: Cores,
+    pub setup: Vec<String>,
+    pub runs: Vec<Run>,
+    pub same_load_rate: f64,
+    pub same_load: Vec<Run>,
+    pub sse: Vec<sse::SseResult>,
+    pub reload: Option<reload::ReloadResult>,
+    pub memory: Vec<(Path3, u64, u64, usize)>,
+}
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Prints one progress line with the time since the bench started.
+pub fn progress_line(msg: String) {
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    println!("bench [{t:6.1} s] {msg}");
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Runs the bench; returns the exit code (non-zero only when the harness itself failed).
+pub fn run(args: &[String]) -> i32 {
+    // `cargo xtask` builds without optimizations; a debug load client would be the bottleneck
+    // it is meant to measure around. Re-run this command from a release build.
+    if cfg!(debug_assertions) {
+        progress!("building the load client with optimizations (cargo run --release -p xtask) ...");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args(["run", "--release", "--quiet", "-p", "xtask", "--", "bench"])
+            .args(args)
+            .status();
+        return match status {
+            Ok(s) => s.code().unwrap_or(1),
+            Err(e) => {
+                eprintln!("bench: cargo run --release: {e}");
+                1
+            }
+        };
+    }
+    let settings = match Settings::parse(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return 2;
+        }
+    };
+    match run_all(settings) {
+        Ok(path) => {
+            progress!("report written to {}", path.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            1
+        }
+    }
+}
+
+fn run_all(settings: Settings) -> Result<PathBuf, String> {
+    let started = Instant::now();
+    let cores = Cores::detect();
+    let mut setup = Vec::new();
+    if cores.proxy == cores.client {
+        setup.push("only one CPU: proxy, client and upstream share core 0 (ratios still compare like with like)".to_string());
+    }
+    sys::raise_nofile();
+    // The client (this thread and everything it spawns) lives on the client core.
+    sys::pin_current_thread(cores.client)
+        .map_err(|e| format!("pinning to core {}: {e}", cores.client))?;
+
+    progress!("building ringgate (release) ...");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "ringgate",
+            "--bin",
+            "ringgate",
+        ])
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let ringgate_bin = target_dir().join("release/ringgate");
+    let (nginx_bin, how) = sys::find_or_install_nginx()?;
+    progress!("nginx: {how}");
+    setup.push(format!("nginx: {how} ({})", sys::nginx_version(&nginx_bin)));
+    setup.push("load client: the xtask's own closed-loop HTTP/1.1 client (monoio, hdrhistogram), same for every path".into());
+
+    let out_dir = target_dir().join("bench");
+    let work = out_dir.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let nginx = nginx::Nginx::new(&nginx_bin, &work.join("nginx"))?;
+
+    let mut results = Results {
+        settings: settings.clone(),
+        cores,
+        setup,
+        runs: Vec::new(),
+        same_load_rate: 0.0,
+        same_load: Vec::new(),
+        sse: Vec::new(),
+        reload: None,
+        memory: Vec::new(),
+    };
+
+    // ---- scenario 1: throughput and latency --------------------------------------------
+    let mut children = Children::default();
+    let up_port = sys::free_port().map_err(|e| e.to_string())?;
+    nginx.start_upstream(&mut children, "upstream", up_port, cores.client)?;
+    let nginx_port = sys::free_port().map_err(|e| e.to_string())?;
+    nginx.start_proxy(&mut children, "proxy", nginx_port, up_port, cores.proxy)?;
+    let rg = RinggateProc::start(
+        &mut children,
+        &ringgate_bin,
+        &work.join("ringgate"),
+        up_port,
+        cores.proxy,
+        &settings,
+    )?;
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let targets = [
+        (Path3::Direct, addr(up_port), None),
+        (Path3::Nginx, addr(nginx_port), children.pid("proxy")),
+        (Path3::Ringgate, rg.addr, children.pid("ringgate")),
+    ];
+    for (p, a, _) in &targets {
+        let probe = if *p == Path3::Direct { "/" } else { "/health" };
+        sys::wait_http(*a, probe).map_err(|e| {
+            format!(
+                "{} not ready: {e}\n{}",
+                p.name(),
+                nginx.error_log(if *p == Path3::Nginx {
+                    "proxy"
+                } else {
+                    "upstream"
+                })
+            )
+        })?;
+    }
+    let request = Rc::new(load::chat_request("bench"));
+    let total = settings.rounds * 3;
+    let mut n = 0;
+    for round in 0..settings.rounds {
+        for k in 0..3 {
+            let (path, a, pid) = targets[(round + k) % 3];
+            n += 1;
+            children.check_alive()?;
+            let run = measure(path, a, pid, &request, &settings, None)?;
+            progress!(
+                "[1/4 throughput {n}/{total}] round {} {:<8} {:>9.0} req/s  p50 {}  p99 {}  errors {}",
+                round + 1,
+                path.name(),
+                run.result.rps(),
+                report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
+                report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
+                run.result.errors.describe()
+            );
+            results.runs.push(run);
+        }
+    }
+    // Same load for every path: 60% of the slowest proxy's median, so nobody is saturated.
+    let median_of = |p: Path3| {
+        report::median(
+            results
+                .runs
+                .iter()
+                .filter(|r| r.path == p)
+                .map(|r| r.result.rps())
+                .collect(),
+        )
+    };
+    let rate = (median_of(Path3::Nginx).min(median_of(Path3::Ringgate)) * 0.6).max(100.0);
+    results.same_load_rate = rate;
+    for (k, (path, a, pid)) in targets.iter().enumerate() {
+        children.check_alive()?;
+        let run = measure(*path, *a, *pid, &request, &settings, Some(rate))?;
+        progress!(
+            "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}",
+            k + 1,
+            path.name(),
+            rate,
+            report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
+            report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
+            report::fmt_ns(run.result.hist.value_at_quantile(0.999)),
+            run.result.errors.describe()
+        );
+        results.same_load.push(run);
+    }
+
+    // ---- scenario 4 (run now, while the proxies are up): idle connections -------------
+    if settings.idle_connections > 0 {
+        for (path, a, pid) in &targets[1..] {
+            let Some(pid) = pid else { continue };
+            let before = sys::rss_kib_tree(*pid);
+            let (held, problem) = hold_idle(*a, settings.idle_connections);
+            let after = sys::rss_kib_tree(*pid);
+            progress!(
+                "[4/4 memory] {:<8} RSS {} KiB idle -> {} KiB with {} idle keep-alive connections{}",
+                path.name(),
+                before,
+                after,
+                held.len(),
+                problem.as_deref().map(|p| format!(" (stopped early: {p})")).unwrap_or_default()
+            );
+            results.memory.push((*path, before, after, held.len()));
+        }
+    }
+    drop(children);
+
+    // ---- scenario 2: SSE ------------------------------------------------------------------
+    results.sse = sse::run(&nginx, &ringgate_bin, &work, cores, &settings)?;
+
+    // ---- scenario 3: reload under load ----------------------------------------------------
+    results.reload = Some(reload::run(
+        &nginx,
+        &ringgate_bin,
+        &work,
+        cores,
+        &settings,
+        &request,
+    )?);
+
+    results.setup.push(format!(
+        "total bench time {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    report::write(&out_dir, &results)
+}
+
+/// One run of `path`: closed loop, or paced at `rate` req/s in total when given.
+fn measure(
+    path: Path3,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    request: &Rc<Vec<u8>>,
+    s: &Settings,
+    rate: Option<f64>,
+) -> Result<Run, String> {
+    let spec = LoadSpec {
+        addr,
+        request: request.clone(),
+        connections: s.connections,
+        warmup: s.warmup,
+        duration: s.duration,
+        rate,
+        stop: None,
+    };
+    let cpu_before = pid.map(sys::cpu_seconds_tree);
+    let result = load::run(&spec)?;
+    let proxy_cpu = pid
+        .zip(cpu_before)
+        .map(|(p, b)| sys::cpu_seconds_tree(p) - b);
+    Ok(Run {
+        path,
+        result,
+        proxy_cpu,
+    })
+}
+
+/// Opens `n` connections to `addr`, makes each a kept-alive connection with one
+/// `GET /health`, and returns them (held open by the caller) with the reason it stopped
+/// early, if it did.
+fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<std::net::TcpStream>, Option<String>) {
+    use std::io::{Read, Write};
+    let mut held = Vec::with_capacity(n);
+    let mut buf = [0u8; 1024];
+    let mut problem = None;
+    for _ in 0..n {
+        let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => s,
+            Err(e) => {
+                problem = Some(format!("connect: {e}"));
+                break;
+            }
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if let Err(e) = s.write_all(b"GET /health HTTP/1.1\r\nhost: bench\r\n\r\n") {
+            problem = Some(format!("write: {e}"));
+            break;
+        }
+        let mut got = Vec::new();
+        let outcome = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Err("closed".to_string()),
+                Err(e) => break Err(format!("read: {e}")),
+                Ok(k) => {
+                    got.extend_from_slice(&buf[..k]);
+                    match load::complete_response(&got) {
+                        Ok(Some((200, true, _))) => break Ok(()),
+                        Ok(Some((status, keep_alive, _))) => {
+                            break Err(format!("status {status}, keep-alive {keep_alive}"))
+                        }
+                        Ok(None) => {}
+                        Err(()) => break Err("unparsable response".into()),
+                    }
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            problem = Some(e);
+            break;
+        }
+        held.push(s);
+    }
+    // Let the proxy settle its per-connection state after the last request.
+    std::thread::sleep(Duration::from_millis(300));
+    (held, problem)
+}
+
+/// A ringgate process with the bench's config.
+pub struct RinggateProc {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl RinggateProc {
+    /// The bench's ringgate config: one worker, the chat route equivalent to nginx's location,
+    /// and a `/probe/{probe}` route the reload scenario moves.
+    pub fn config(port: u16, admin: u16, upstream_port: u16, probe: usize) -> String {
+        format!(
+            r#"# Written by cargo xtask bench: the seed's chat location, one worker.
+[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+max_connections = 20000
+idle_timeout_ms = 300000
+shutdown_grace_ms = 1000
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[upstreams.holy_sheep_chat]
+url = "http://127.0.0.1:{upstream_port}"
+keepalive = 64
+keepalive_timeout_ms = 60000
+keepalive_requests = 10000000
+connect_timeout_ms = 10000
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+rewrite = "/chat/completions"
+upstream = "holy_sheep_chat"
+send_timeout_ms = 300000
+read_timeout_ms = 300000
+retry_on = ["error", "timeout", "http_502", "http_503", "http_504"]
+tries = 3
+retry_budget_ms = 30000
+
+[[routes]]
+name = "probe"
+exact = "/probe/{probe}"
+rewrite = "/probe"
+upstream = "holy_sheep_chat"
+"#
+        )
+    }
+
+    /// Starts ringgate (named `ringgate` among `children`) with its config projected into
+    /// `dir` as kubelet projects a ConfigMap.
+    pub fn start(
+        children: &mut Children,
+        bin: &Path,
+        dir: &Path,
+        upstream_port: u16,
+        core: usize,
+        _s: &Settings,
+    ) -> Result<Self, String> {
+        let port = sys::free_port().map_err(|e| e.to_string())?;
+        let admin = sys::free_port().map_err(|e| e.to_string())?;
+        // Mounted the way a pod gets it: a kubelet-projected ConfigMap directory.
+        let volume = crate::kubelet::ProjectedVolume::new(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        volume
+            .project_one(
+                "gateway.toml",
+                Self::config(port, admin, upstream_port, 0).as_bytes(),
+            )
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Self::spawn(children, bin, dir, port, admin, core)
+    }
+
+    /// Spawns ringgate on `config` (a file or a projected directory).
+    pub fn spawn(
+        children: &mut Children,
+        bin: &Path,
+        config: &Path,
+        port: u16,
+        admin: u16,
+        core: usize,
+    ) -> Result<Self, String> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(config)
+            .env("RINGGATE_LOG", "warn")
+            .stdout(Stdio::null());
+        sys::pin_command(&mut cmd, core);
+        let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        children.push("ringgate", child);
+        let me = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        };
+        sys::wait_http(me.addr, "/health")?;
+        Ok(me)
+    }
+}
