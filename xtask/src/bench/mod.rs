@@ -413,7 +413,7 @@ fn measure(
 /// `GET /health`, and returns them (held open by the caller) with the reason it stopped
 /// early, if it did.
 fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<std::net::TcpStream>, Option<String>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut held = Vec::with_capacity(n);
     let mut buf = [0u8; 1024];
     let mut problem = None;
@@ -432,7 +432,7 @@ fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<std::net::TcpStream>, Option<St
         }
         let mut got = Vec::new();
         let outcome = loop {
-            match s.read(&mut buf) {
+            match sys::read_retry(&mut s, &mut buf) {
                 Ok(0) => break Err("closed".to_string()),
                 Err(e) => break Err(format!("read: {e}")),
                 Ok(k) => {

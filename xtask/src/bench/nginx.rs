@@ -45,7 +45,7 @@ impl Nginx {
         let d = d.display();
         let main = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             worker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\n"
+             events {{ worker_connections 32768; }}\n"
         );
         let mut http = format!(
             "access_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n"

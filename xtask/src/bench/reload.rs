@@ -4,7 +4,7 @@
 //! served by the new route.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::rc::Rc;
@@ -189,7 +189,7 @@ fn probe_once(conn: &mut Option<TcpStream>, addr: SocketAddr, path: &str) -> Opt
         let mut got = Vec::new();
         let mut tmp = [0u8; 4096];
         loop {
-            let n = s.read(&mut tmp).ok()?;
+            let n = sys::read_retry(s, &mut tmp).ok()?;
             if n == 0 {
                 return None;
             }

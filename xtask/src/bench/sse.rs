@@ -3,7 +3,7 @@
 //! note when each event arrived. Same clock, so the difference is what the path added.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,7 +83,7 @@ fn serve(mut s: TcpStream, sent: SentLog) {
             if let Some(r) = parse_request(&buf) {
                 break r;
             }
-            match s.read(&mut tmp) {
+            match sys::read_retry(&mut s, &mut tmp) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&tmp[..n]),
             }
@@ -164,7 +164,7 @@ fn one_stream(addr: SocketAddr, id: u64) -> Result<(Duration, Vec<Option<Instant
     let mut arrivals = vec![None; EVENTS];
     let mut first = None;
     loop {
-        let n = s.read(&mut tmp).map_err(|e| format!("read: {e}"))?;
+        let n = sys::read_retry(&mut s, &mut tmp).map_err(|e| format!("read: {e}"))?;
         let now = Instant::now();
         if n == 0 {
             return Err("connection closed before [DONE]".into());

@@ -279,3 +279,13 @@ pub fn nginx_version(bin: &Path) -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
         .unwrap_or_else(|| "nginx (unknown version)".into())
 }
+
+/// `read(2)` that retries when a signal interrupted it (std's `read` does not).
+pub fn read_retry(s: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
