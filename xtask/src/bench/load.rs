@@ -30,6 +30,49 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// Ends the measured window early when set.
     pub stop: Option<Arc<AtomicBool>>,
+    /// HTTPS: the client config and the name to send as SNI.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// A client connection, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn open(spec: &LoadSpec) -> Result<Conn, ()> {
+        let tcp = TcpStream::connect(spec.addr).await.map_err(|_| ())?;
+        let _ = tcp.set_nodelay(true);
+        match &spec.tls {
+            None => Ok(Conn::Plain(tcp)),
+            Some((config, name)) => monoio_rustls::TlsConnector::from(config.clone())
+                .connect(name.clone(), tcp)
+                .await
+                .map(|s| Conn::Tls(Box::new(s)))
+                .map_err(|_| ()),
+        }
+    }
+
+    async fn write_all(&mut self, b: Rc<Vec<u8>>) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.write_all(b).await.0.map(|_| ()),
+            Conn::Tls(s) => s.write_all(b).await.0.map(|_| ()),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        buf: monoio::buf::SliceMut<Vec<u8>>,
+    ) -> (std::io::Result<usize>, monoio::buf::SliceMut<Vec<u8>>) {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+        }
+    }
 }
 
 /// Failures by kind; any of them counts as a failed request.
@@ -176,7 +219,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
 }
 
 async fn connection(shared: Rc<Shared>, k: usize) {
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Conn> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     // Paced mode: this connection's sends are due every `interval`, staggered by `k`.
     let interval = shared
@@ -188,13 +231,12 @@ async fn connection(shared: Rc<Shared>, k: usize) {
     while shared.phase.get() != Phase::Stop {
         let s = match stream.as_mut() {
             Some(s) => s,
-            None => match TcpStream::connect(shared.spec.addr).await {
+            None => match Conn::open(&shared.spec).await {
                 Ok(s) => {
-                    let _ = s.set_nodelay(true);
                     buf.clear();
                     stream.insert(s)
                 }
-                Err(_) => {
+                Err(()) => {
                     shared.error(|e| e.connect += 1);
                     monoio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -217,7 +259,7 @@ async fn connection(shared: Rc<Shared>, k: usize) {
             }
             _ => Instant::now(),
         };
-        let (res, _) = s.write_all(shared.spec.request.clone()).await;
+        let res = s.write_all(shared.spec.request.clone()).await;
         if res.is_err() {
             shared.error(|e| e.io += 1);
             stream = None;
@@ -258,7 +300,7 @@ async fn connection(shared: Rc<Shared>, k: usize) {
 
 /// Reads one response into `buf` (which may hold bytes already read); leaves any bytes after
 /// it in `buf`. Returns (status, whether the connection stays open).
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool), ()> {
+async fn read_response(s: &mut Conn, buf: &mut Vec<u8>) -> Result<(u16, bool), ()> {
     loop {
         if let Some((status, keep_alive, total)) = complete_response(buf)? {
             buf.drain(..total);

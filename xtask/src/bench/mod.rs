@@ -28,11 +28,13 @@ mod reload;
 mod report;
 mod sse;
 mod sys;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use load::{LoadResult, LoadSpec};
@@ -128,6 +130,8 @@ impl Path3 {
 /// One closed-loop run of one path, with the proxy's CPU time over the window.
 pub struct Run {
     pub path: Path3,
+    /// Over TLS (the proxy terminates HTTPS; the upstream leg stays plain).
+    pub https: bool,
     pub result: LoadResult,
     /// CPU seconds the proxy process tree used during the run (None for direct).
     pub proxy_cpu: Option<f64>,
@@ -260,22 +264,46 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
     let up_port = sys::free_port().map_err(|e| e.to_string())?;
     nginx.start_upstream(&mut children, "upstream", up_port, cores.client)?;
     let nginx_port = sys::free_port().map_err(|e| e.to_string())?;
-    nginx.start_proxy(&mut children, "proxy", nginx_port, up_port, cores.proxy)?;
+    let nginx_tls_port = sys::free_port().map_err(|e| e.to_string())?;
+    let certs = tls::generate()?;
+    nginx.start_proxy(
+        &mut children,
+        "proxy",
+        nginx_port,
+        up_port,
+        cores.proxy,
+        Some((nginx_tls_port, &certs)),
+    )?;
     let rg = RinggateProc::start(
         &mut children,
         &ringgate_bin,
         &work.join("ringgate"),
         up_port,
         cores.proxy,
-        &settings,
+        Some(&certs),
     )?;
+    let rg_tls = rg
+        .tls_addr
+        .ok_or("ringgate started without its TLS listener")?;
     let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let targets = [
+    let tls_client = Some((certs.client.clone(), certs.server_name.clone()));
+    let plain = [
         (Path3::Direct, addr(up_port), None),
         (Path3::Nginx, addr(nginx_port), children.pid("proxy")),
         (Path3::Ringgate, rg.addr, children.pid("ringgate")),
     ];
-    for (p, a, _) in &targets {
+    // Every path of the rotation: the three plain ones, then both proxies over HTTPS.
+    let targets = [
+        (plain[0], false),
+        (plain[1], false),
+        (plain[2], false),
+        (
+            (Path3::Nginx, addr(nginx_tls_port), children.pid("proxy")),
+            true,
+        ),
+        ((Path3::Ringgate, rg_tls, children.pid("ringgate")), true),
+    ];
+    for (p, a, _) in &plain {
         let probe = if *p == Path3::Direct { "/" } else { "/health" };
         sys::wait_http(*a, probe).map_err(|e| {
             format!(
@@ -290,18 +318,19 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         })?;
     }
     let request = Rc::new(load::chat_request("bench"));
-    let total = settings.rounds * 3;
+    let total = settings.rounds * targets.len();
     let mut n = 0;
     for round in 0..settings.rounds {
-        for k in 0..3 {
-            let (path, a, pid) = targets[(round + k) % 3];
+        for k in 0..targets.len() {
+            let ((path, a, pid), https) = targets[(round + k) % targets.len()];
             n += 1;
             children.check_alive()?;
-            let run = measure(path, a, pid, &request, &settings, None)?;
+            let tls = if https { tls_client.clone() } else { None };
+            let run = measure(path, https, a, pid, &request, &settings, None, tls)?;
             progress!(
-                "[1/4 throughput {n}/{total}] round {} {:<8} {:>9.0} req/s  p50 {}  p99 {}  errors {}",
+                "[1/4 throughput {n}/{total}] round {} {:<14} {:>9.0} req/s  p50 {}  p99 {}  errors {}",
                 round + 1,
-                path.name(),
+                format!("{}{}", path.name(), if https { " https" } else { "" }),
                 run.result.rps(),
                 report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
                 report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
@@ -316,16 +345,25 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
             results
                 .runs
                 .iter()
-                .filter(|r| r.path == p)
+                .filter(|r| r.path == p && !r.https)
                 .map(|r| r.result.rps())
                 .collect(),
         )
     };
     let rate = (median_of(Path3::Nginx).min(median_of(Path3::Ringgate)) * 0.6).max(100.0);
     results.same_load_rate = rate;
-    for (k, (path, a, pid)) in targets.iter().enumerate() {
+    for (k, (path, a, pid)) in plain.iter().enumerate() {
         children.check_alive()?;
-        let run = measure(*path, *a, *pid, &request, &settings, Some(rate))?;
+        let run = measure(
+            *path,
+            false,
+            *a,
+            *pid,
+            &request,
+            &settings,
+            Some(rate),
+            None,
+        )?;
         progress!(
             "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}",
             k + 1,
@@ -341,7 +379,7 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
 
     // ---- scenario 4 (run now, while the proxies are up): idle connections -------------
     if settings.idle_connections > 0 {
-        for (path, a, pid) in &targets[1..] {
+        for (path, a, pid) in &plain[1..] {
             let Some(pid) = pid else { continue };
             let before = sys::rss_kib_tree(*pid);
             let (held, problem) = hold_idle(*a, settings.idle_connections);
@@ -380,13 +418,19 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
 }
 
 /// One run of `path`: closed loop, or paced at `rate` req/s in total when given.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     path: Path3,
+    https: bool,
     addr: SocketAddr,
     pid: Option<u32>,
     request: &Rc<Vec<u8>>,
     s: &Settings,
     rate: Option<f64>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 ) -> Result<Run, String> {
     let spec = LoadSpec {
         addr,
@@ -396,6 +440,7 @@ fn measure(
         duration: s.duration,
         rate,
         stop: None,
+        tls,
     };
     let cpu_before = pid.map(sys::cpu_seconds_tree);
     let result = load::run(&spec)?;
@@ -404,6 +449,7 @@ fn measure(
         .map(|(p, b)| sys::cpu_seconds_tree(p) - b);
     Ok(Run {
         path,
+        https,
         result,
         proxy_cpu,
     })
@@ -462,13 +508,28 @@ fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<std::net::TcpStream>, Option<St
 /// A ringgate process with the bench's config.
 pub struct RinggateProc {
     pub addr: SocketAddr,
+    /// The `[server.tls]` listener, when started with certificates.
+    pub tls_addr: Option<SocketAddr>,
     pub admin: SocketAddr,
 }
 
 impl RinggateProc {
     /// The bench's ringgate config: one worker, the chat route equivalent to nginx's location,
     /// and a `/probe/{probe}` route the reload scenario moves.
-    pub fn config(port: u16, admin: u16, upstream_port: u16, probe: usize) -> String {
+    pub fn config(
+        port: u16,
+        admin: u16,
+        upstream_port: u16,
+        probe: usize,
+        tls_port: Option<u16>,
+    ) -> String {
+        let tls = tls_port
+            .map(|p| {
+                format!(
+                    "\n[server.tls]\nlisten = \"127.0.0.1:{p}\"\ncert_file = \"tls.crt\"\nkey_file = \"tls.key\"\n"
+                )
+            })
+            .unwrap_or_default();
         format!(
             r#"# Written by cargo xtask bench: the seed's chat location, one worker.
 [server]
@@ -504,7 +565,7 @@ name = "probe"
 exact = "/probe/{probe}"
 rewrite = "/probe"
 upstream = "holy_sheep_chat"
-"#
+{tls}"#
         )
     }
 
@@ -516,20 +577,33 @@ upstream = "holy_sheep_chat"
         dir: &Path,
         upstream_port: u16,
         core: usize,
-        _s: &Settings,
+        tls: Option<&tls::BenchTls>,
     ) -> Result<Self, String> {
         let port = sys::free_port().map_err(|e| e.to_string())?;
         let admin = sys::free_port().map_err(|e| e.to_string())?;
-        // Mounted the way a pod gets it: a kubelet-projected ConfigMap directory.
+        let tls_port = match tls {
+            Some(_) => Some(sys::free_port().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        // Mounted the way a pod gets it: a kubelet-projected ConfigMap directory (with the
+        // certificate pair beside it, as a projected Secret would put it).
         let volume = crate::kubelet::ProjectedVolume::new(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut files = std::collections::BTreeMap::new();
+        files.insert(
+            "gateway.toml".to_string(),
+            Self::config(port, admin, upstream_port, 0, tls_port).into_bytes(),
+        );
+        if let Some(t) = tls {
+            files.insert("tls.crt".to_string(), t.cert_pem.clone().into_bytes());
+            files.insert("tls.key".to_string(), t.key_pem.clone().into_bytes());
+        }
         volume
-            .project_one(
-                "gateway.toml",
-                Self::config(port, admin, upstream_port, 0).as_bytes(),
-            )
+            .project(&files)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        Self::spawn(children, bin, dir, port, admin, core)
+        let mut me = Self::spawn(children, bin, dir, port, admin, core)?;
+        me.tls_addr = tls_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        Ok(me)
     }
 
     /// Spawns ringgate on `config` (a file or a projected directory).
@@ -551,6 +625,7 @@ upstream = "holy_sheep_chat"
         children.push("ringgate", child);
         let me = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls_addr: None,
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
         };
         sys::wait_http(me.addr, "/health")?;

@@ -115,11 +115,25 @@ impl Nginx {
         port: u16,
         upstream_port: u16,
         core: usize,
+        tls: Option<(u16, &super::tls::BenchTls)>,
     ) -> Result<(), String> {
+        // HTTPS beside plain HTTP in the same server{}, as the seed's Service exposes 80 and 443.
+        let mut tls_lines = String::new();
+        if let Some((tls_port, certs)) = tls {
+            let d = self.dir.join(name);
+            std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+            for (file, pem) in [("tls.crt", &certs.cert_pem), ("tls.key", &certs.key_pem)] {
+                std::fs::write(d.join(file), pem).map_err(|e| format!("{file}: {e}"))?;
+            }
+            tls_lines = format!(
+                "  listen 127.0.0.1:{tls_port} ssl backlog=4096;\n  ssl_certificate {0}/tls.crt;\n  ssl_certificate_key {0}/tls.key;\n",
+                d.display()
+            );
+        }
         let body = format!(
             "upstream holy_sheep_chat {{\n  server 127.0.0.1:{upstream_port};\n  keepalive 64;\n  \
                keepalive_timeout 60s;\n  keepalive_requests 10000000;\n}}\n\
-             server {{\n  listen 127.0.0.1:{port} backlog=4096;\n  server_name _;\n  \
+             server {{\n  listen 127.0.0.1:{port} backlog=4096;\n{tls_lines}  server_name _;\n  \
                keepalive_requests 10000000;\n  keepalive_timeout 300s;\n\
                location = /health {{\n    return 200 'OK';\n  }}\n\
                location /v1/chat/completions {{\n\

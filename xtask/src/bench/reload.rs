@@ -58,7 +58,7 @@ pub fn run(
         let mut files = BTreeMap::new();
         files.insert(
             "gateway.toml".to_string(),
-            RinggateProc::config(port, admin, up_port, gen).into_bytes(),
+            RinggateProc::config(port, admin, up_port, gen, None).into_bytes(),
         );
         volume
             .project_with_hook(&files, hook)
@@ -93,6 +93,7 @@ pub fn run(
             duration: Duration::from_secs(600),
             rate: None,
             stop: Some(stop2),
+            tls: None,
         })
     });
     std::thread::sleep(s.warmup + Duration::from_millis(200));

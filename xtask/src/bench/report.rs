@@ -43,8 +43,25 @@ fn min_max(v: &[f64]) -> (f64, f64) {
         })
 }
 
+/// The plain-HTTP runs of `p`.
 fn runs_of(runs: &[Run], p: Path3) -> Vec<&Run> {
-    runs.iter().filter(|r| r.path == p).collect()
+    runs.iter().filter(|r| r.path == p && !r.https).collect()
+}
+
+/// The HTTPS runs of `p`.
+fn https_runs_of(runs: &[Run], p: Path3) -> Vec<&Run> {
+    runs.iter().filter(|r| r.path == p && r.https).collect()
+}
+
+fn cpu_per_request_us(runs: &[&Run]) -> f64 {
+    median(
+        runs.iter()
+            .filter_map(|x| {
+                x.proxy_cpu
+                    .map(|c| c * 1e6 / x.result.all_completed.max(1) as f64)
+            })
+            .collect(),
+    )
 }
 
 fn q_median(runs: &[&Run], q: f64) -> u64 {
@@ -135,14 +152,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         let (lo, hi) = min_max(&rps);
         med[p as usize] = median(rps.clone());
         let errors: u64 = runs.iter().map(|x| x.result.errors.total()).sum();
-        let cpu = median(
-            runs.iter()
-                .filter_map(|x| {
-                    x.proxy_cpu
-                        .map(|c| c * 1e6 / x.result.all_completed.max(1) as f64)
-                })
-                .collect(),
-        );
+        let cpu = cpu_per_request_us(&runs);
         let _ = writeln!(
             md,
             "| {} | {:.0} | {:.0} – {:.0} | {} | {} | {} | {} | {} |",
@@ -162,6 +172,34 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         );
     }
     let _ = writeln!(md, "\nLatency columns are the median over rounds of each round's percentile. Proxy CPU = user+system time of the proxy's processes / requests it served (warm-up included on both sides).");
+
+    // --- HTTPS
+    let _ = writeln!(md, "\n## 1a. HTTPS against plain HTTP (same rounds, same client; TLS terminated by the proxy, one handshake per connection)\n");
+    let _ = writeln!(md, "| proxy | plain req/s | HTTPS req/s | HTTPS / plain | HTTPS p50 | HTTPS p99 | HTTPS errors | CPU per request plain → HTTPS |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for p in [Path3::Nginx, Path3::Ringgate] {
+        let plain = runs_of(&r.runs, p);
+        let tls = https_runs_of(&r.runs, p);
+        if tls.is_empty() {
+            continue;
+        }
+        let pr = median(plain.iter().map(|x| x.result.rps()).collect());
+        let tr = median(tls.iter().map(|x| x.result.rps()).collect());
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.1} → {:.1} µs |",
+            p.name(),
+            pr,
+            tr,
+            ratio(tr, pr),
+            fmt_ns(q_median(&tls, 0.5)),
+            fmt_ns(q_median(&tls, 0.99)),
+            tls.iter().map(|x| x.result.errors.total()).sum::<u64>(),
+            cpu_per_request_us(&plain),
+            cpu_per_request_us(&tls)
+        );
+    }
+    let _ = writeln!(md, "\nThe client is the same rustls (ring provider) client for both proxies; ringgate terminates with rustls (ring), nginx with OpenSSL.");
 
     // --- same load
     let _ = writeln!(

@@ -265,6 +265,7 @@ pub fn run(
         nginx_port,
         upstream.port,
         cores.proxy,
+        None,
     )?;
     let rg = RinggateProc::start(
         &mut children,
@@ -272,7 +273,7 @@ pub fn run(
         &work.join("ringgate-sse"),
         upstream.port,
         cores.proxy,
-        s,
+        None,
     )?;
     let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
     sys::wait_http(nginx_addr, "/health").map_err(|e| {
