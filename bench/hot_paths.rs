@@ -129,11 +129,7 @@ fn head_reencode(c: &mut Criterion) {
     c.bench_function("http_request_head_reencode", |b| {
         b.iter(|| {
             out.clear();
-            let hs: Vec<(&str, &[u8])> = head
-                .headers
-                .iter()
-                .map(|h| (h.name.as_str(), h.value.as_slice()))
-                .collect();
+            let hs: Vec<(&str, &[u8])> = head.headers.iter().map(|h| (h.name, h.value)).collect();
             ringgate::http::write_request_head(&mut out, &head.method, "/chat/completions", &hs);
             out.len()
         })

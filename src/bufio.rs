@@ -39,6 +39,26 @@ impl ReadBuf {
         }
     }
 
+    /// A buffer reusing `buf`'s allocation (its contents are dropped), bounded by `max`.
+    pub fn from_vec(mut buf: Vec<u8>, max: usize) -> Self {
+        buf.clear();
+        Self { buf, pos: 0, max }
+    }
+
+    /// The allocation back, for reuse.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// When nothing is buffered and the allocation grew past `above` bytes (a large
+    /// request), starts over with `to` bytes so an idle connection does not keep it.
+    pub fn shrink_if_idle(&mut self, to: usize, above: usize) {
+        if self.is_empty() && self.buf.capacity() > above {
+            self.buf = Vec::with_capacity(to.min(self.max));
+            self.pos = 0;
+        }
+    }
+
     /// The unconsumed bytes.
     pub fn data(&self) -> &[u8] {
         &self.buf[self.pos..]

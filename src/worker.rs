@@ -50,13 +50,42 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// This worker's per-route/upstream/limit statistics, published once a second.
     pub stats: crate::metrics::LocalStats,
+    /// Spare I/O buffers, so a request does not allocate (and free) its upstream read
+    /// buffer: worker-local, so taking one is a `Vec::pop`, no lock.
+    spare_buffers: RefCell<Vec<Vec<u8>>>,
     active: Cell<usize>,
     max_connections: usize,
     id_seed: u64,
     id_counter: Cell<u64>,
 }
 
+/// Spare buffers a worker keeps at most, and the largest one it keeps.
+const MAX_SPARE_BUFFERS: usize = 256;
+const MAX_SPARE_BUFFER_BYTES: usize = 64 * 1024;
+
 impl Worker {
+    /// An empty buffer with at least `capacity` bytes of room, from the spares when one fits.
+    pub fn take_buffer(&self, capacity: usize) -> Vec<u8> {
+        let mut spare = self.spare_buffers.borrow_mut();
+        match spare.pop() {
+            Some(b) if b.capacity() >= capacity => b,
+            Some(b) => {
+                spare.push(b);
+                Vec::with_capacity(capacity)
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Gives a buffer back for reuse (dropped when the spares are full or it grew large).
+    pub fn give_buffer(&self, mut b: Vec<u8>) {
+        let mut spare = self.spare_buffers.borrow_mut();
+        if spare.len() < MAX_SPARE_BUFFERS && b.capacity() <= MAX_SPARE_BUFFER_BYTES {
+            b.clear();
+            spare.push(b);
+        }
+    }
+
     /// The current config generation as a worker-local handle: cloning it is a non-atomic
     /// increment, and the shared `ArcSwap` is only touched when a new generation appears.
     #[allow(clippy::redundant_allocation)]
@@ -90,7 +119,15 @@ impl Worker {
     pub fn new_request_id(&self) -> String {
         let n = self.id_counter.get().wrapping_add(1);
         self.id_counter.set(n);
-        format!("{:016x}{:016x}", self.id_seed, n)
+        // Hex by hand: `format!` costs a formatter pass per request for a fixed-width id.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for v in [self.id_seed, n] {
+            for shift in (0..16).rev() {
+                id.push(HEX[((v >> (shift * 4)) & 0xf) as usize] as char);
+            }
+        }
+        id
     }
 }
 
@@ -303,6 +340,7 @@ async fn run(
         drain: DrainSignal::default(),
         stats: crate::metrics::LocalStats::new(metrics.clone()),
         metrics,
+        spare_buffers: RefCell::new(Vec::new()),
         active: Cell::new(0),
         max_connections,
         id_seed: seed,

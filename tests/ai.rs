@@ -508,6 +508,18 @@ fn token_budget_refuses_once_spent() {
     );
 }
 
+/// Waits (bounded: 5 s) until the shared response cache holds at least `n` entries.
+fn wait_for_cache_entries(gw: &Gateway, n: usize) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if gw.metric("ringgate_cache_entries").unwrap_or(0.0) >= n as f64 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the cache never held {n} entries");
+}
+
 #[test]
 fn response_cache_hits_misses_bypasses_and_expires() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
@@ -516,6 +528,9 @@ fn response_cache_hits_misses_bypasses_and_expires() {
     let n0 = a.request_count();
     let r1 = chat(&gw, HELLO, "");
     assert_eq!(r1.header("x-cache"), Some("MISS"));
+    // The entry is stored once the last byte went to the client, so a request racing in on
+    // the other worker may still miss; a real client's next request is not that fast.
+    wait_for_cache_entries(&gw, 1);
     let r2 = chat(&gw, HELLO, "");
     assert_eq!(r2.header("x-cache"), Some("HIT"));
     assert_eq!(r2.body, r1.body, "the cached body is the first one");

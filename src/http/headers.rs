@@ -7,19 +7,110 @@
 
 use super::HttpError;
 
-/// One header field, owned, in received order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+/// One header field as received, borrowed from its head's [`Headers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
     /// Field name exactly as received (case preserved for re-emission).
-    pub name: String,
+    pub name: &'a str,
     /// Field value with surrounding whitespace removed; may hold obs-text bytes.
-    pub value: Vec<u8>,
+    pub value: &'a [u8],
 }
 
-impl Header {
+impl Header<'_> {
     /// Case-insensitive comparison of the field name.
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// A head's header fields in received order, owned. Names and values live in one buffer,
+/// so a head costs two allocations however many fields it has (an owned `String` and
+/// `Vec` per field was the request path's largest allocation count).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    bytes: Vec<u8>,
+    /// Per field: (name start, name end = value start, value end) in `bytes`.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl Headers {
+    /// Room for `fields` fields holding `bytes` bytes of names and values together.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Appends a field.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        // Heads are bounded by max_header_bytes (far below 4 GiB), so u32 offsets suffice.
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(name.as_bytes());
+        let mid = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(value);
+        self.spans.push((start, mid, self.bytes.len() as u32));
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The `i`-th field in received order.
+    pub fn get(&self, i: usize) -> Option<Header<'_>> {
+        let &(a, m, e) = self.spans.get(i)?;
+        let (a, m, e) = (a as usize, m as usize, e as usize);
+        Some(Header {
+            // SAFETY: names enter only through `push(&str, ..)`, which copies a whole `str`
+            // to `a..m`; the bytes are never changed afterwards. (Validating again on every
+            // lookup showed up at 2.5% of the proxy's cycles.)
+            name: unsafe { std::str::from_utf8_unchecked(&self.bytes[a..m]) },
+            value: &self.bytes[m..e],
+        })
+    }
+
+    /// The fields in received order.
+    pub fn iter(&self) -> HeadersIter<'_> {
+        HeadersIter {
+            headers: self,
+            next: 0,
+        }
+    }
+}
+
+/// Iterator over [`Headers`].
+pub struct HeadersIter<'a> {
+    headers: &'a Headers,
+    next: usize,
+}
+
+impl<'a> Iterator for HeadersIter<'a> {
+    type Item = Header<'a>;
+
+    fn next(&mut self) -> Option<Header<'a>> {
+        let h = self.headers.get(self.next)?;
+        self.next += 1;
+        Some(h)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.headers.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = Header<'a>;
+    type IntoIter = HeadersIter<'a>;
+
+    fn into_iter(self) -> HeadersIter<'a> {
+        self.iter()
     }
 }
 

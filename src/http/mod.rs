@@ -19,7 +19,7 @@ pub use chunked::{
     encode_chunk, encode_chunk_header, ChunkEvent, ChunkedDecoder, CHUNK_END, LAST_CHUNK,
 };
 pub use error::HttpError;
-pub use headers::{is_hop_by_hop, Header};
+pub use headers::{is_hop_by_hop, Header, Headers, HeadersIter};
 pub use request::{parse_request_head, RequestHead};
 pub use response::{parse_response_head, response_framing, ResponseHead};
 

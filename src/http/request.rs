@@ -12,7 +12,7 @@ use super::headers::{
 use super::scan::{
     classify_header_error, reject_bare_lf, skip_empty_lines, start_line_len, version_error,
 };
-use super::{BodyFraming, HeadLimits, Header, HttpError, MAX_HEADERS};
+use super::{BodyFraming, HeadLimits, Headers, HttpError, MAX_HEADERS};
 
 /// A parsed request head, owned so the read buffer can be reused at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct RequestHead {
     /// HTTP/1.x minor version: 0 or 1.
     pub minor_version: u8,
     /// All header fields in received order, hop-by-hop ones included.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// How the request body is delimited: `None`, `Length` or `Chunked`.
     pub framing: BodyFraming,
     /// Whether the client wants the connection kept open after this exchange.
@@ -38,10 +38,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// Value of the first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.is(name))
-            .map(|h| h.value.as_slice())
+        self.headers.iter().find(|h| h.is(name)).map(|h| h.value)
     }
 
     /// The target without its `?query`.
@@ -112,7 +109,7 @@ pub fn parse_request_head(
     let mut hosts = 0u32;
     let mut connection_tokens = Vec::new();
     let mut expect_continue = false;
-    let mut headers = Vec::with_capacity(req.headers.len());
+    let mut headers = Headers::with_capacity(req.headers.len(), head_len);
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -137,10 +134,7 @@ pub fn parse_request_head(
                 }
             }
         }
-        headers.push(Header {
-            name: name.to_owned(),
-            value: h.value.to_vec(),
-        });
+        headers.push(name, h.value);
     }
 
     if hosts > 1 {
@@ -633,7 +627,7 @@ mod tests {
         assert_eq!(head.path(), "/p/q");
         assert_eq!(head.query(), None);
         assert_eq!(head.headers.len(), 3);
-        assert_eq!(head.headers[1].name, "X-Key");
+        assert_eq!(head.headers.get(1).map(|h| h.name), Some("X-Key"));
         let (head, _) = parse(b"GET /p? HTTP/1.1\r\nHost: a\r\n\r\n")
             .ok()
             .flatten()

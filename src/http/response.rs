@@ -6,7 +6,7 @@
 
 use super::headers::{fold_content_length, keep_alive, push_connection_tokens, TransferCodings};
 use super::scan::{classify_header_error, skip_empty_lines, version_error};
-use super::{BodyFraming, Header, HttpError, MAX_HEADERS};
+use super::{BodyFraming, Headers, HttpError, MAX_HEADERS};
 
 /// A parsed response head, owned so the read buffer can be reused at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct ResponseHead {
     /// HTTP/1.x minor version: 0 or 1.
     pub minor_version: u8,
     /// All header fields in received order, hop-by-hop ones included.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Lowercased tokens of all Connection headers, for hop-by-hop stripping.
     pub connection_tokens: Vec<String>,
     /// Whether the upstream offers to keep the connection open. A
@@ -29,10 +29,7 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Value of the first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.is(name))
-            .map(|h| h.value.as_slice())
+        self.headers.iter().find(|h| h.is(name)).map(|h| h.value)
     }
 }
 
@@ -77,15 +74,12 @@ pub fn parse_response_head(
     }
 
     let mut connection_tokens = Vec::new();
-    let mut headers = Vec::with_capacity(resp.headers.len());
+    let mut headers = Headers::with_capacity(resp.headers.len(), head_len);
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             push_connection_tokens(h.value, &mut connection_tokens);
         }
-        headers.push(Header {
-            name: h.name.to_owned(),
-            value: h.value.to_vec(),
-        });
+        headers.push(h.name, h.value);
     }
     let head = ResponseHead {
         status,
@@ -138,9 +132,9 @@ pub fn response_framing(
     let mut te = TransferCodings::default();
     for h in &head.headers {
         if h.is("content-length") {
-            fold_content_length(&h.value, &mut content_length)?;
+            fold_content_length(h.value, &mut content_length)?;
         } else if h.is("transfer-encoding") {
-            te.add(&h.value);
+            te.add(h.value);
         }
     }
     if te.present {

@@ -658,6 +658,7 @@ pub async fn forward(
     if reusable {
         w.pool.borrow_mut().put(up, ep, conn);
     }
+    w.give_buffer(urb.into_vec());
     w.metrics.note_upstream_timing(t_connect, t_header);
     outcome.keep_alive = keep_alive;
     Ok(())
@@ -779,8 +780,8 @@ fn cache_directives(head: &RequestHead) -> CacheDirectives {
     for h in head.headers.iter().filter(|h| {
         h.name.eq_ignore_ascii_case("cache-control") || h.name.eq_ignore_ascii_case("pragma")
     }) {
-        d.no_cache |= contains_token(&h.value, b"no-cache");
-        d.no_store |= contains_token(&h.value, b"no-store");
+        d.no_cache |= contains_token(h.value, b"no-cache");
+        d.no_store |= contains_token(h.value, b"no-store");
     }
     d
 }
@@ -1335,7 +1336,7 @@ async fn try_once(
             body_consumed: true,
         });
     }
-    let mut urb = ReadBuf::new(8192, MAX_RESPONSE_HEAD);
+    let mut urb = ReadBuf::from_vec(w.take_buffer(8192), MAX_RESPONSE_HEAD);
     match read_response_head(&mut conn.stream, &mut urb, route.read_timeout).await {
         Ok(resp) => Ok(Exchange {
             conn,

@@ -2,6 +2,7 @@
 //! stripped, re-framed, `Host`, `x-request-id`, `X-Real-IP`, `X-Forwarded-For`, the
 //! upstream key) and what the client receives back.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use super::forward::Request;
@@ -73,7 +74,7 @@ fn joined_xff(head: &RequestHead) -> Option<String> {
     let mut out: Option<String> = None;
     for h in &head.headers {
         if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-            let v = String::from_utf8_lossy(&h.value);
+            let v = String::from_utf8_lossy(h.value);
             match &mut out {
                 Some(s) => {
                     s.push_str(", ");
@@ -84,6 +85,39 @@ fn joined_xff(head: &RequestHead) -> Option<String> {
         }
     }
     out
+}
+
+/// Appends `n` in decimal (the formatter machinery is measurable at this rate).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends an IP address as text; IPv4 by hand, IPv6 through its `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (k, octet) in v4.octets().into_iter().enumerate() {
+                if k > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        // io::Write for Vec<u8> cannot fail.
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// How the request body is framed upstream.
@@ -119,7 +153,7 @@ pub fn write_upstream_head(
     out.extend_from_slice(up.host_header.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in &head.headers {
-        let n = h.name.as_str();
+        let n = h.name;
         if is_hop_by_hop(n, &head.connection_tokens)
             || n.eq_ignore_ascii_case("host")
             || n.eq_ignore_ascii_case("content-length")
@@ -138,7 +172,7 @@ pub fn write_upstream_head(
         }
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
+        out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
     if let Some(auth) = &up.authorization {
@@ -151,7 +185,7 @@ pub fn write_upstream_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\nx-real-ip: ");
-    out.extend_from_slice(real.to_string().as_bytes());
+    push_ip(out, real);
     out.extend_from_slice(b"\r\nx-forwarded-for: ");
     if server.is_trusted(peer.ip()) {
         if let Some(x) = &xff {
@@ -159,7 +193,7 @@ pub fn write_upstream_head(
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(peer.ip().to_string().as_bytes());
+    push_ip(out, peer.ip());
     // The scheme the client used to reach the gateway (the client's own value is dropped).
     out.extend_from_slice(if req.client_tls {
         b"\r\nx-forwarded-proto: https\r\n"
@@ -170,7 +204,7 @@ pub fn write_upstream_head(
         UpstreamFraming::None => {}
         UpstreamFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         UpstreamFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -193,7 +227,7 @@ pub enum ClientFraming {
 /// hop-by-hop, framing, per-request ids and the upstream's own rate-limit state.
 pub fn cacheable_header_lines(resp: &ResponseHead, out: &mut Vec<u8>) {
     for h in &resp.headers {
-        let n = h.name.as_str();
+        let n = h.name;
         if is_hop_by_hop(n, &resp.connection_tokens)
             || n.eq_ignore_ascii_case("content-length")
             || n.eq_ignore_ascii_case("x-request-id")
@@ -205,7 +239,7 @@ pub fn cacheable_header_lines(resp: &ResponseHead, out: &mut Vec<u8>) {
         }
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
+        out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -221,7 +255,7 @@ pub fn write_client_head(
     extra: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.status.to_string().as_bytes());
+    push_decimal(out, u64::from(resp.status));
     out.push(b' ');
     let reason = if resp.reason.is_empty() {
         crate::http::reason_phrase(resp.status)
@@ -231,7 +265,7 @@ pub fn write_client_head(
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in &resp.headers {
-        let n = h.name.as_str();
+        let n = h.name;
         if is_hop_by_hop(n, &resp.connection_tokens) || n.eq_ignore_ascii_case("x-request-id") {
             continue;
         }
@@ -240,7 +274,7 @@ pub fn write_client_head(
         }
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
+        out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-request-id: ");
@@ -259,6 +293,28 @@ pub fn write_client_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_would() {
+        for n in [0u64, 7, 10, 99, 100, 65_535, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}").into_bytes());
+        }
+    }
     use std::time::Duration;
 
     fn server(trusted: &[&str]) -> ServerSettings {

@@ -45,21 +45,32 @@ pub struct Outcome {
     pub cache: Option<&'static str>,
 }
 
+/// Read buffer a client connection starts with and returns to after a large request:
+/// most request heads (and small JSON bodies) fit, and it is what an idle keep-alive
+/// connection costs besides its task.
+const IDLE_READ_BUFFER: usize = 2048;
+
 /// Serves one accepted client connection until it closes, errs, idles out or the worker
 /// drains.
 pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let snap = w.snapshot();
-    let mut rb = ReadBuf::new(4096, snap.config.server.max_header_bytes);
-    drop(snap);
-    let mut scratch = Vec::with_capacity(4096);
+    let max_header_bytes = w.snapshot().config.server.max_header_bytes;
+    let mut rb = ReadBuf::new(IDLE_READ_BUFFER, max_header_bytes);
+    // The response-writing buffer is the worker's while a request runs, not the
+    // connection's: an idle keep-alive connection holds only `rb` and its task.
+    let mut scratch = Vec::new();
     loop {
-        // A request sees one config snapshot from its first byte to its last.
-        let snap = w.snapshot();
-        let server = &snap.config.server;
-        rb.set_max(server.max_header_bytes);
         if rb.is_empty() {
-            let idle = server.idle_timeout;
+            // Idle: no config snapshot held (an old generation is not kept alive by idle
+            // clients) and only a small read buffer posted.
+            let (idle, max_header_bytes) = {
+                let snap = w.snapshot();
+                (
+                    snap.config.server.idle_timeout,
+                    snap.config.server.max_header_bytes,
+                )
+            };
+            rb.set_max(max_header_bytes);
             let got = monoio::select! {
                 r = rb.fill(&mut stream, idle) => Some(r),
                 _ = w.drain.wait() => None,
@@ -73,6 +84,10 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
                 _ => return,
             }
         }
+        // A request sees one config snapshot from its first byte to its last.
+        let snap = w.snapshot();
+        let server = &snap.config.server;
+        rb.set_max(server.max_header_bytes);
         let deadline = Instant::now() + server.header_read_timeout;
         let limits = HeadLimits {
             max_header_bytes: server.max_header_bytes,
@@ -117,8 +132,21 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             }
         };
         rb.consume(head_len);
-        let outcome =
-            handle_request(&w, &snap, &mut stream, &mut rb, &head, peer, &mut scratch).await;
+        scratch = w.take_buffer(4096);
+        // Boxed: the request's state machine is several KiB; inline, every idle keep-alive
+        // connection's task would carry it between requests.
+        let outcome = Box::pin(handle_request(
+            &w,
+            &snap,
+            &mut stream,
+            &mut rb,
+            &head,
+            peer,
+            &mut scratch,
+        ))
+        .await;
+        w.give_buffer(std::mem::take(&mut scratch));
+        rb.shrink_if_idle(IDLE_READ_BUFFER, 4 * IDLE_READ_BUFFER);
         if !outcome.keep_alive || w.drain.is_draining() {
             let _ = stream.shutdown().await;
             return;
