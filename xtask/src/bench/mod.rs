@@ -135,6 +135,9 @@ pub struct Run {
     pub result: LoadResult,
     /// CPU seconds the proxy process tree used during the run (None for direct).
     pub proxy_cpu: Option<f64>,
+    /// Share of the proxy core's time stolen by the hypervisor or spent in iowait during the
+    /// run (0..1).
+    pub steal: f64,
 }
 
 /// Everything the report is made of.
@@ -328,13 +331,14 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
             let tls = if https { tls_client.clone() } else { None };
             let run = measure(path, https, a, pid, &request, &settings, None, tls)?;
             progress!(
-                "[1/4 throughput {n}/{total}] round {} {:<14} {:>9.0} req/s  p50 {}  p99 {}  errors {}",
+                "[1/4 throughput {n}/{total}] round {} {:<14} {:>9.0} req/s  p50 {}  p99 {}  errors {}  lost {:.0}%",
                 round + 1,
                 format!("{}{}", path.name(), if https { " https" } else { "" }),
                 run.result.rps(),
                 report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
                 report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
-                run.result.errors.describe()
+                run.result.errors.describe(),
+                run.steal * 100.0
             );
             results.runs.push(run);
         }
@@ -365,14 +369,15 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
             None,
         )?;
         progress!(
-            "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}",
+            "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}  lost {:.0}%",
             k + 1,
             path.name(),
             rate,
             report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
             report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
             report::fmt_ns(run.result.hist.value_at_quantile(0.999)),
-            run.result.errors.describe()
+            run.result.errors.describe(),
+            run.steal * 100.0
         );
         results.same_load.push(run);
     }
@@ -443,13 +448,18 @@ fn measure(
         tls,
     };
     let cpu_before = pid.map(sys::cpu_seconds_tree);
+    let steal_before = sys::steal_ticks(sys::PROXY_CORE);
     let result = load::run(&spec)?;
     let proxy_cpu = pid
         .zip(cpu_before)
         .map(|(p, b)| sys::cpu_seconds_tree(p) - b);
+    let steal_after = sys::steal_ticks(sys::PROXY_CORE);
+    let steal = (steal_after.0 - steal_before.0) as f64
+        / (steal_after.1.saturating_sub(steal_before.1)).max(1) as f64;
     Ok(Run {
         path,
         https,
+        steal,
         result,
         proxy_cpu,
     })

@@ -72,6 +72,16 @@ fn q_median(runs: &[&Run], q: f64) -> u64 {
     ) as u64
 }
 
+/// The proxy core's time lost to the host during a run; "–" for direct (the core is idle
+/// then, and an idle vCPU's time shows up as steal/iowait).
+fn lost(x: &Run) -> String {
+    if x.path == Path3::Direct {
+        "–".into()
+    } else {
+        format!("{:.0}%", x.steal * 100.0)
+    }
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -171,6 +181,33 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
             }
         );
     }
+    let steals: Vec<f64> = r
+        .runs
+        .iter()
+        .filter(|x| x.path != Path3::Direct)
+        .map(|x| x.steal * 100.0)
+        .collect();
+    let (slo, shi) = min_max(&steals);
+    let _ = writeln!(
+        md,
+        "\nThe proxy core's time lost to the host during the runs (hypervisor steal + iowait, from /proc/stat): {slo:.0}% – {shi:.0}% (median {:.0}%). A run with a high share is slow whatever the path, which is why paths alternate and medians are reported. Per run:\n",
+        median(steals.clone())
+    );
+    let _ = writeln!(md, "| round | path | req/s | p99 | lost to the host |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|");
+    let per_round = r.runs.len() / r.settings.rounds.max(1);
+    for (i, x) in r.runs.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {}{} | {:.0} | {} | {} |",
+            i / per_round.max(1) + 1,
+            x.path.name(),
+            if x.https { " https" } else { "" },
+            x.result.rps(),
+            fmt_ns(x.result.hist.value_at_quantile(0.99)),
+            lost(x)
+        );
+    }
     let _ = writeln!(md, "\nLatency columns are the median over rounds of each round's percentile. Proxy CPU = user+system time of the proxy's processes / requests it served (warm-up included on both sides).");
 
     // --- HTTPS
@@ -209,9 +246,9 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     );
     let _ = writeln!(
         md,
-        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors |"
+        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors | proxy core lost to the host |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let direct_p99 = r
         .same_load
         .iter()
@@ -223,7 +260,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         p99[run.path as usize] = h.value_at_quantile(0.99);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run.path.name(),
             fmt_ns(h.value_at_quantile(0.5)),
             fmt_ns(h.value_at_quantile(0.9)),
@@ -235,7 +272,8 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
             } else {
                 fmt_ns(h.value_at_quantile(0.99).saturating_sub(direct_p99))
             },
-            run.result.errors.describe()
+            run.result.errors.describe(),
+            lost(run)
         );
     }
     let _ = writeln!(md, "\nPlot: [latency.svg](latency.svg) (latency by percentile, this load). A request sent late because the one before it was slow is timed from when it was due.");

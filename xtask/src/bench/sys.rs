@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The core the proxy under test is pinned to.
+pub const PROXY_CORE: usize = 0;
+
 /// The two cores the bench uses: the proxy gets `proxy`, the client and upstream share `client`
 /// (performance.md: both proxies get the same share of the machine).
 #[derive(Debug, Clone, Copy)]
@@ -288,4 +291,26 @@ pub fn read_retry(s: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result
             other => return other,
         }
     }
+}
+
+/// CPU time counters of one core from /proc/stat: (steal + iowait, total) in ticks. Steal
+/// is time the hypervisor gave this VM's CPU to someone else, iowait time it sat blocked on
+/// the host's disk: on a shared host they are the noise.
+pub fn steal_ticks(core: usize) -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let prefix = format!("cpu{core} ");
+    let Some(line) = stat.lines().find(|l| l.starts_with(&prefix)) else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest counts are inside user).
+    let total: u64 = f.iter().take(8).sum();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    (get(7) + get(4), total)
 }
