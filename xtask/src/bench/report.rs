@@ -246,9 +246,9 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     );
     let _ = writeln!(
         md,
-        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors | proxy core lost to the host |"
+        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors | sends > 2 ms late | proxy core lost to the host |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let direct_p99 = r
         .same_load
         .iter()
@@ -260,7 +260,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         p99[run.path as usize] = h.value_at_quantile(0.99);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} |",
             run.path.name(),
             fmt_ns(h.value_at_quantile(0.5)),
             fmt_ns(h.value_at_quantile(0.9)),
@@ -273,10 +273,12 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
                 fmt_ns(h.value_at_quantile(0.99).saturating_sub(direct_p99))
             },
             run.result.errors.describe(),
+            run.result.late_sends,
+            run.result.completed,
             lost(run)
         );
     }
-    let _ = writeln!(md, "\nPlot: [latency.svg](latency.svg) (latency by percentile, this load). A request sent late because the one before it was slow is timed from when it was due.");
+    let _ = writeln!(md, "\nPlot: [latency.svg](latency.svg) (latency by percentile, this load). Latency is timed from each request's actual send; a send that fell over 2 ms behind the pace (its connection's previous response was late) is counted in its own column, so a stall cannot hide.");
 
     // --- SSE
     let _ = writeln!(
