@@ -135,9 +135,11 @@ pub struct Run {
     pub result: LoadResult,
     /// CPU seconds the proxy process tree used during the run (None for direct).
     pub proxy_cpu: Option<f64>,
-    /// Share of the proxy core's time stolen by the hypervisor or spent in iowait during the
-    /// run (0..1).
+    /// Share of the proxy core's time the hypervisor gave to someone else during the run.
     pub steal: f64,
+    /// How busy the client core (load client + upstream) was: near 1.0, req/s measures the
+    /// client side, not the proxy.
+    pub client_busy: f64,
 }
 
 /// Everything the report is made of.
@@ -331,14 +333,15 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
             let tls = if https { tls_client.clone() } else { None };
             let run = measure(path, https, a, pid, &request, &settings, None, tls)?;
             progress!(
-                "[1/4 throughput {n}/{total}] round {} {:<14} {:>9.0} req/s  p50 {}  p99 {}  errors {}  lost {:.0}%",
+                "[1/4 throughput {n}/{total}] round {} {:<14} {:>9.0} req/s  p50 {}  p99 {}  errors {}  steal {:.0}%  client core {:.0}%",
                 round + 1,
                 format!("{}{}", path.name(), if https { " https" } else { "" }),
                 run.result.rps(),
                 report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
                 report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
                 run.result.errors.describe(),
-                run.steal * 100.0
+                run.steal * 100.0,
+                run.client_busy * 100.0
             );
             results.runs.push(run);
         }
@@ -369,7 +372,7 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
             None,
         )?;
         progress!(
-            "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}  lost {:.0}%",
+            "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}  steal {:.0}%",
             k + 1,
             path.name(),
             rate,
@@ -448,18 +451,19 @@ fn measure(
         tls,
     };
     let cpu_before = pid.map(sys::cpu_seconds_tree);
-    let steal_before = sys::steal_ticks(sys::PROXY_CORE);
+    let proxy_before = sys::core_ticks(sys::PROXY_CORE);
+    let client_before = sys::core_ticks(sys::CLIENT_CORE);
     let result = load::run(&spec)?;
     let proxy_cpu = pid
         .zip(cpu_before)
         .map(|(p, b)| sys::cpu_seconds_tree(p) - b);
-    let steal_after = sys::steal_ticks(sys::PROXY_CORE);
-    let steal = (steal_after.0 - steal_before.0) as f64
-        / (steal_after.1.saturating_sub(steal_before.1)).max(1) as f64;
+    let (_, steal) = sys::core_ticks(sys::PROXY_CORE).since(&proxy_before);
+    let (client_busy, _) = sys::core_ticks(sys::CLIENT_CORE).since(&client_before);
     Ok(Run {
         path,
         https,
         steal,
+        client_busy,
         result,
         proxy_cpu,
     })

@@ -72,8 +72,8 @@ fn q_median(runs: &[&Run], q: f64) -> u64 {
     ) as u64
 }
 
-/// The proxy core's time lost to the host during a run; "–" for direct (the core is idle
-/// then, and an idle vCPU's time shows up as steal/iowait).
+/// The proxy core's time stolen by the hypervisor during a run; "–" for direct (the core
+/// is idle then, and an idle vCPU's time can show up as steal).
 fn lost(x: &Run) -> String {
     if x.path == Path3::Direct {
         "–".into()
@@ -188,24 +188,40 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         .map(|x| x.steal * 100.0)
         .collect();
     let (slo, shi) = min_max(&steals);
+    let busy: Vec<f64> = r
+        .runs
+        .iter()
+        .filter(|x| x.path != Path3::Direct)
+        .map(|x| x.client_busy * 100.0)
+        .collect();
     let _ = writeln!(
         md,
-        "\nThe proxy core's time lost to the host during the runs (hypervisor steal + iowait, from /proc/stat): {slo:.0}% – {shi:.0}% (median {:.0}%). A run with a high share is slow whatever the path, which is why paths alternate and medians are reported. Per run:\n",
-        median(steals.clone())
+        "\nThe proxy core's time stolen by the hypervisor during the proxy runs: {slo:.0}% – {shi:.0}% \
+         (median {:.0}%); a run with a high share is slow whatever the path, which is why paths \
+         alternate and medians are reported. The client core (load client + upstream) was busy \
+         {:.0}% (median) during the proxy runs: near 100%, requests/s is capped by the client side and \
+         the proxies' CPU per request is the better comparison (section \"capacity\" below). Per run:\n",
+        median(steals.clone()),
+        median(busy)
     );
-    let _ = writeln!(md, "| round | path | req/s | p99 | lost to the host |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|");
+    let _ = writeln!(md, "| round | path | req/s | p99 | proxy CPU per request | proxy core stolen | client core busy |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|");
     let per_round = r.runs.len() / r.settings.rounds.max(1);
     for (i, x) in r.runs.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | {}{} | {:.0} | {} | {} |",
+            "| {} | {}{} | {:.0} | {} | {} | {} | {:.0}% |",
             i / per_round.max(1) + 1,
             x.path.name(),
             if x.https { " https" } else { "" },
             x.result.rps(),
             fmt_ns(x.result.hist.value_at_quantile(0.99)),
-            lost(x)
+            x.proxy_cpu.map_or("–".into(), |c| format!(
+                "{:.1} µs",
+                c * 1e6 / x.result.all_completed.max(1) as f64
+            )),
+            lost(x),
+            x.client_busy * 100.0
         );
     }
     let _ = writeln!(md, "\nLatency columns are the median over rounds of each round's percentile. Proxy CPU = user+system time of the proxy's processes / requests it served (warm-up included on both sides).");
@@ -246,7 +262,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     );
     let _ = writeln!(
         md,
-        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors | sends > 2 ms late | proxy core lost to the host |"
+        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors | sends > 2 ms late | proxy core stolen |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let direct_p99 = r
@@ -375,6 +391,20 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     let _ = writeln!(md, "| target | measured | |");
     let _ = writeln!(md, "|---|---|---|");
     let _ = writeln!(md, "| throughput ringgate ≥ 1.2 × nginx | {rn:.2} × (per round {rn_lo:.2} – {rn_hi:.2}) | {} |", mark(rn >= 1.2));
+    let (cn, cg) = (
+        cpu_per_request_us(&runs_of(&r.runs, Path3::Nginx)),
+        cpu_per_request_us(&runs_of(&r.runs, Path3::Ringgate)),
+    );
+    let _ = writeln!(
+        md,
+        "| capacity (requests one busy core serves = 1 s / CPU per request): ringgate ≥ 1.2 × nginx | {:.2} × ({:.0} vs {:.0} req/s per core; {:.1} vs {:.1} µs) | {} |",
+        ratio(cn, cg),
+        ratio(1e6, cg),
+        ratio(1e6, cn),
+        cg,
+        cn,
+        mark(ratio(cn, cg) >= 1.2)
+    );
     let _ = writeln!(md, "| throughput ringgate ≥ 0.85 × direct | {rd:.2} × (per round {rd_lo:.2} – {rd_hi:.2}) | {} |", mark(rd >= 0.85));
     let _ = writeln!(
         md,

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// The core the proxy under test is pinned to.
 pub const PROXY_CORE: usize = 0;
+/// The core the load client and the upstream share (on a machine with two or more).
+pub const CLIENT_CORE: usize = 1;
 
 /// The two cores the bench uses: the proxy gets `proxy`, the client and upstream share `client`
 /// (performance.md: both proxies get the same share of the machine).
@@ -293,24 +295,46 @@ pub fn read_retry(s: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result
     }
 }
 
-/// CPU time counters of one core from /proc/stat: (steal + iowait, total) in ticks. Steal
-/// is time the hypervisor gave this VM's CPU to someone else, iowait time it sat blocked on
-/// the host's disk: on a shared host they are the noise.
-pub fn steal_ticks(core: usize) -> (u64, u64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return (0, 0);
-    };
+/// One core's CPU time counters from /proc/stat, in ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoreTicks {
+    /// Idle and iowait: the core had nothing to run.
+    pub idle: u64,
+    /// Steal: the hypervisor ran someone else on it.
+    pub steal: u64,
+    pub total: u64,
+}
+
+impl CoreTicks {
+    /// Share of `self - before` that was (busy, stolen).
+    pub fn since(&self, before: &CoreTicks) -> (f64, f64) {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        let steal = self.steal.saturating_sub(before.steal) as f64;
+        ((total - idle - steal).max(0.0) / total, steal / total)
+    }
+}
+
+/// The counters of `core` (zeros when /proc/stat is unreadable).
+pub fn core_ticks(core: usize) -> CoreTicks {
     let prefix = format!("cpu{core} ");
-    let Some(line) = stat.lines().find(|l| l.starts_with(&prefix)) else {
-        return (0, 0);
+    let Some(line) = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+        stat.lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_string)
+    }) else {
+        return CoreTicks::default();
     };
     let f: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal (guest counts are inside user).
-    let total: u64 = f.iter().take(8).sum();
     let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    (get(7) + get(4), total)
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    CoreTicks {
+        idle: get(3) + get(4),
+        steal: get(7),
+        total: (0..8).map(get).sum(),
+    }
 }
