@@ -359,30 +359,28 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
     };
     let rate = (median_of(Path3::Nginx).min(median_of(Path3::Ringgate)) * 0.6).max(100.0);
     results.same_load_rate = rate;
-    for (k, (path, a, pid)) in plain.iter().enumerate() {
-        children.check_alive()?;
-        let run = measure(
-            *path,
-            false,
-            *a,
-            *pid,
-            &request,
-            &settings,
-            Some(rate),
-            None,
-        )?;
-        progress!(
-            "[1/4 same load {}/3] {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}  steal {:.0}%",
-            k + 1,
-            path.name(),
-            rate,
-            report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
-            report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
-            report::fmt_ns(run.result.hist.value_at_quantile(0.999)),
-            run.result.errors.describe(),
-            run.steal * 100.0
-        );
-        results.same_load.push(run);
+    // In rounds too, order rotated: one paced run per path is at the mercy of the host.
+    let total = settings.rounds * plain.len();
+    let mut n = 0;
+    for round in 0..settings.rounds {
+        for k in 0..plain.len() {
+            let (path, a, pid) = plain[(round + k) % plain.len()];
+            n += 1;
+            children.check_alive()?;
+            let run = measure(path, false, a, pid, &request, &settings, Some(rate), None)?;
+            progress!(
+                "[1/4 same load {n}/{total}] round {} {:<8} at {:.0} req/s: p50 {}  p99 {}  p99.9 {}  errors {}  steal {:.0}%",
+                round + 1,
+                path.name(),
+                rate,
+                report::fmt_ns(run.result.hist.value_at_quantile(0.5)),
+                report::fmt_ns(run.result.hist.value_at_quantile(0.99)),
+                report::fmt_ns(run.result.hist.value_at_quantile(0.999)),
+                run.result.errors.describe(),
+                run.steal * 100.0
+            );
+            results.same_load.push(run);
+        }
     }
 
     // ---- scenario 4 (run now, while the proxies are up): idle connections -------------

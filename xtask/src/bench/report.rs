@@ -82,6 +82,15 @@ fn lost(x: &Run) -> String {
     }
 }
 
+/// All the runs' latencies in one histogram.
+fn merged(runs: &[&Run]) -> Histogram<u64> {
+    let mut h = super::load::new_hist();
+    for x in runs {
+        let _ = h.add(&x.result.hist);
+    }
+    h
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -262,38 +271,66 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     );
     let _ = writeln!(
         md,
-        "| path | p50 | p90 | p99 | p99.9 | max | added p99 vs direct | errors | sends > 2 ms late | proxy core stolen |"
+        "| path | p50 | p90 | p99 (rounds' range) | p99.9 | max | added p99 vs direct | errors | sends > 2 ms late | proxy core stolen (median) |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let direct_p99 = r
-        .same_load
-        .iter()
-        .find(|x| x.path == Path3::Direct)
-        .map_or(0, |x| x.result.hist.value_at_quantile(0.99));
+    let p99_rounds = |p: Path3| -> Vec<f64> {
+        r.same_load
+            .iter()
+            .filter(|x| x.path == p)
+            .map(|x| x.result.hist.value_at_quantile(0.99) as f64)
+            .collect()
+    };
+    let direct_p99 = median(p99_rounds(Path3::Direct)) as u64;
     let mut p99 = [0u64; 3];
-    for run in &r.same_load {
-        let h = &run.result.hist;
-        p99[run.path as usize] = h.value_at_quantile(0.99);
+    for p in Path3::ALL {
+        let runs: Vec<&Run> = r.same_load.iter().filter(|x| x.path == p).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let h = merged(&runs);
+        let (lo, hi) = min_max(&p99_rounds(p));
+        p99[p as usize] = median(p99_rounds(p)) as u64;
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} |",
-            run.path.name(),
+            "| {} | {} | {} | {} ({} – {}) | {} | {} | {} | {} | {} of {} | {} |",
+            p.name(),
             fmt_ns(h.value_at_quantile(0.5)),
             fmt_ns(h.value_at_quantile(0.9)),
-            fmt_ns(h.value_at_quantile(0.99)),
+            fmt_ns(p99[p as usize]),
+            fmt_ns(lo as u64),
+            fmt_ns(hi as u64),
             fmt_ns(h.value_at_quantile(0.999)),
             fmt_ns(h.max()),
-            if run.path == Path3::Direct {
+            if p == Path3::Direct {
                 "–".into()
             } else {
-                fmt_ns(h.value_at_quantile(0.99).saturating_sub(direct_p99))
+                fmt_ns(p99[p as usize].saturating_sub(direct_p99))
             },
-            run.result.errors.describe(),
-            run.result.late_sends,
-            run.result.completed,
-            lost(run)
+            runs.iter().map(|x| x.result.errors.total()).sum::<u64>(),
+            runs.iter().map(|x| x.result.late_sends).sum::<u64>(),
+            runs.iter().map(|x| x.result.completed).sum::<u64>(),
+            if p == Path3::Direct {
+                "–".into()
+            } else {
+                format!(
+                    "{:.0}%",
+                    median(runs.iter().map(|x| x.steal * 100.0).collect())
+                )
+            }
         );
     }
+    let won = (0..r.settings.rounds)
+        .filter(|&i| {
+            let at = |p: Path3| p99_rounds(p).get(i).copied();
+            matches!((at(Path3::Ringgate), at(Path3::Nginx)), (Some(g), Some(n)) if g <= n)
+        })
+        .count();
+    let _ = writeln!(
+        md,
+        "\nPercentiles over all rounds' requests together, except p99: the median of the rounds' p99 (and their range). ringgate's p99 was ≤ nginx's in {won} of {} rounds.",
+        r.settings.rounds
+    );
     let _ = writeln!(md, "\nPlot: [latency.svg](latency.svg) (latency by percentile, this load). Latency is timed from each request's actual send; a send that fell over 2 ms behind the pace (its connection's previous response was late) is counted in its own column, so a stall cannot hide.");
 
     // --- SSE
@@ -517,11 +554,16 @@ fn svg(r: &Results) -> String {
     let pw = w - l - rt;
     let ph = h - t - b;
     let colors = ["#6b7280", "#059669", "#d97706"];
-    let series: Vec<(Path3, &Histogram<u64>)> = r
-        .same_load
+    let merged_by_path: Vec<(Path3, Histogram<u64>)> = Path3::ALL
         .iter()
-        .map(|x| (x.path, &x.result.hist))
+        .map(|&p| {
+            let runs: Vec<&Run> = r.same_load.iter().filter(|x| x.path == p).collect();
+            (p, merged(&runs))
+        })
+        .filter(|(_, h)| !h.is_empty())
         .collect();
+    let series: Vec<(Path3, &Histogram<u64>)> =
+        merged_by_path.iter().map(|(p, h)| (*p, h)).collect();
     let qs: Vec<f64> = (0..=80).map(|i| i as f64 * 0.05).collect(); // log10(1/(1-q)) from 0 to 4
     let ymax_ns = series
         .iter()
@@ -611,7 +653,7 @@ fn json(r: &Results, med: [f64; 3], rn: f64, rd: f64) -> String {
         "ratio_ringgate_nginx": rn,
         "ratio_ringgate_direct": rd,
         "same_load_rate": r.same_load_rate,
-        "same_load_p99_ns": r.same_load.iter().map(|x| (x.path.name(), x.result.hist.value_at_quantile(0.99))).collect::<std::collections::BTreeMap<_, _>>(),
+        "same_load_p99_ns_median": Path3::ALL.iter().map(|&p| (p.name(), median(r.same_load.iter().filter(|x| x.path == p).map(|x| x.result.hist.value_at_quantile(0.99) as f64).collect()))).collect::<std::collections::BTreeMap<_, _>>(),
         "errors": r.runs.iter().map(|x| x.result.errors.total()).sum::<u64>(),
         "reload_failed_requests": r.reload.as_ref().map(|x| x.errors.total() + x.probe_failures),
         "reload_to_serving_p50_ns": r.reload.as_ref().map(|x| x.to_serving.value_at_quantile(0.5)),
