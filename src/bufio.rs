@@ -123,6 +123,12 @@ impl ReadBuf {
         }
     }
 
+    /// Appends bytes as if read (unit tests of the parsers that consume from a `ReadBuf`).
+    #[cfg(test)]
+    pub fn extend_for_test(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Takes up to `n` unconsumed bytes out as a slice range of `data()` starting at 0.
     pub fn available(&self, n: u64) -> usize {
         (self.len() as u64).min(n) as usize

@@ -51,6 +51,11 @@ impl RouteTable {
         self.routes.iter()
     }
 
+    /// All routes, mutable (a new generation takes over runtime state before it is published).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Route> {
+        self.routes.iter_mut()
+    }
+
     /// The route for a request; `host` is the Host header without its port, lowercase.
     pub fn find(&self, method: &str, host: Option<&str>, path: &str) -> Option<&Route> {
         let accepts = |r: &&Route| {
@@ -137,6 +142,7 @@ mod tests {
             route_by_model: false,
             auth: true,
             cache_ttl: None,
+            cache_shared: false,
             limit: None,
             connect_timeout: None,
             send_timeout: Duration::from_secs(1),

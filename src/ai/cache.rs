@@ -1,6 +1,7 @@
 //! The exact-match response cache of routes with `cache_ttl_ms`: non-streaming responses
-//! keyed by route, model and the sha256 of the request body, bounded in bytes, shared by all
-//! workers (a hit on one core serves a request on another).
+//! keyed by the sha256 of everything the answer may depend on ([`KeyParts`]: route, method,
+//! rewritten path and query, model, the client's identity, body), bounded in bytes, shared by
+//! all workers (a hit on one core serves a request on another).
 //!
 //! It is the one structure besides the rate limiter that workers share on the request path:
 //! quick_cache's sharded locks are held for a hash lookup and an `Arc` clone, and only
@@ -38,14 +39,64 @@ impl CachedResponse {
     }
 }
 
-/// What the cache key is made of; hashed, so keys are 32 bytes whatever the body size.
-pub fn key(route: &str, model: &str, body: &[u8]) -> [u8; 32] {
+/// The cache's verdict on one request, as `x-cache`, metrics and the access log show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Answered from the cache.
+    Hit = 0,
+    /// Looked up and not found: the answer is stored if it qualifies.
+    Miss = 1,
+    /// Not looked up (`Cache-Control: no-cache` or `no-store`).
+    Bypass = 2,
+}
+
+impl CacheStatus {
+    /// The `x-cache` value and metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// Everything a cached answer may depend on. Two requests share an entry only when every
+/// part is equal.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    /// Route name.
+    pub route: &'a str,
+    /// Request method.
+    pub method: &'a str,
+    /// Path after the route's rewrite, with the query.
+    pub target: &'a str,
+    /// Model name ("" on plain routes).
+    pub model: &'a str,
+    /// Who asks: the `[auth]` client's name, or the credentials the client sent; None on
+    /// routes that share answers between clients.
+    pub identity: Option<&'a [u8]>,
+    /// The request body.
+    pub body: &'a [u8],
+}
+
+/// The key of `parts`; hashed, so keys are 32 bytes whatever the body size. Every part is
+/// length-prefixed, so no byte can move from one part to the next with the same key.
+pub fn key(parts: &KeyParts<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [route.as_bytes(), model.as_bytes()] {
+    let identity = parts.identity.unwrap_or_default();
+    for part in [
+        parts.route.as_bytes(),
+        parts.method.as_bytes(),
+        parts.target.as_bytes(),
+        parts.model.as_bytes(),
+        &[u8::from(parts.identity.is_some())][..],
+        identity,
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    h.update(body);
+    h.update(parts.body);
     h.finalize().into()
 }
 
@@ -137,13 +188,78 @@ mod tests {
     }
 
     #[test]
-    fn keys_separate_route_model_and_body() {
-        let k = key("chat", "gpt", b"{}");
-        assert_ne!(k, key("chat2", "gpt", b"{}"));
-        assert_ne!(k, key("chat", "gpt2", b"{}"));
-        assert_ne!(k, key("chat", "gpt", b"{ }"));
-        // Length-prefixed parts: moving a byte between route and model changes the key.
-        assert_ne!(key("ab", "c", b""), key("a", "bc", b""));
+    fn every_part_separates_keys() {
+        let base = KeyParts {
+            route: "chat",
+            method: "POST",
+            target: "/v1/chat/completions",
+            model: "gpt",
+            identity: Some(b"team-a"),
+            body: b"{}",
+        };
+        let k = key(&base);
+        let variants = [
+            KeyParts {
+                route: "chat2",
+                ..base
+            },
+            KeyParts {
+                method: "GET",
+                ..base
+            },
+            KeyParts {
+                target: "/v1/chat/completions?x=1",
+                ..base
+            },
+            KeyParts {
+                model: "gpt2",
+                ..base
+            },
+            KeyParts {
+                identity: Some(b"team-b"),
+                ..base
+            },
+            KeyParts {
+                identity: None,
+                ..base
+            },
+            KeyParts {
+                identity: Some(b""),
+                body: b"{}",
+                ..base
+            },
+            KeyParts {
+                body: b"{ }",
+                ..base
+            },
+        ];
+        let mut seen = std::collections::HashSet::from([k]);
+        for v in &variants {
+            assert!(seen.insert(key(v)), "{v:?} collides");
+        }
+        // Length-prefixed parts: moving a byte between parts changes the key.
+        let a = KeyParts {
+            route: "ab",
+            model: "c",
+            ..base
+        };
+        let b = KeyParts {
+            route: "a",
+            model: "bc",
+            ..base
+        };
+        assert_ne!(key(&a), key(&b));
+        let a = KeyParts {
+            target: "/files/A",
+            identity: None,
+            body: b"",
+            ..base
+        };
+        let b = KeyParts {
+            target: "/files/B",
+            ..a
+        };
+        assert_ne!(key(&a), key(&b), "GET /files/A and /files/B share an entry");
     }
 
     #[test]

@@ -38,6 +38,39 @@ pub struct Config {
     pub watched_files: Vec<std::path::PathBuf>,
 }
 
+impl Config {
+    /// Takes over the runtime state that must outlive a reload from `old`, the generation
+    /// this one replaces: a route's in-flight count (same name, both with `max_in_flight`;
+    /// the requests still running on `old` keep counting against the new limit) and an
+    /// upstream's provider-quota shedding (same name and URL: a provider that said "out of
+    /// quota until T" is still shed after an unrelated reload or a key rotation).
+    ///
+    /// Called on a freshly compiled config, before it is published: its upstreams are not
+    /// shared yet, so `Arc::get_mut` cannot fail.
+    pub fn inherit_runtime_state(&mut self, old: &Config) {
+        for route in self.routes.iter_mut() {
+            if route.max_in_flight.is_none() {
+                continue;
+            }
+            if let Some(prev) = old
+                .routes
+                .iter()
+                .find(|r| r.name == route.name && r.max_in_flight.is_some())
+            {
+                route.in_flight = prev.in_flight.clone();
+            }
+        }
+        for up in &mut self.upstreams {
+            let Some(up) = Arc::get_mut(up) else {
+                continue;
+            };
+            if let Some(prev) = old.upstreams.iter().find(|p| p.same_provider(up)) {
+                up.shed_until = prev.shed_until.clone();
+            }
+        }
+    }
+}
+
 /// `[server]`, compiled.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -117,6 +150,18 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl Upstream {
+    /// Whether `other` is the same provider account's endpoint set: same name, scheme, host
+    /// and path (keys, timeouts and pools may differ).
+    pub fn same_provider(&self, other: &Upstream) -> bool {
+        self.name == other.name
+            && self.scheme == other.scheme
+            && self.host_header == other.host_header
+            && self.base_path == other.base_path
+            && self.endpoints == other.endpoints
+    }
+}
+
 impl Endpoint {
     /// `host:port`, with IPv6 literals bracketed.
     pub fn authority(&self) -> String {
@@ -170,8 +215,9 @@ pub struct Upstream {
     pub shed_below_remaining_tokens: Option<u64>,
     /// Until when (ns on [`crate::clock::monotonic_nanos`]'s clock) new requests are shed
     /// because the provider said it is nearly out of quota; 0 when not shedding. Shared by
-    /// all workers: written only when a provider's headers cross the floor.
-    pub shed_until: std::sync::atomic::AtomicU64,
+    /// all workers: written only when a provider's headers cross the floor. A reload hands
+    /// it to the next generation's upstream of the same name and URL.
+    pub shed_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Hash of everything that defines this upstream; a reload keeps the pools of upstreams
     /// whose fingerprint did not change.
     pub fingerprint: u64,
@@ -253,6 +299,8 @@ pub struct Route {
     pub auth: bool,
     /// Non-streaming responses are cached this long (None: no caching).
     pub cache_ttl: Option<Duration>,
+    /// Cached answers are shared between clients (the key leaves their identity out).
+    pub cache_shared: bool,
     /// Rate limit applied, if any.
     pub limit: Option<LimitId>,
     /// Connect timeout, when the route sets one (else the upstream's).
@@ -269,9 +317,11 @@ pub struct Route {
     pub retry_budget: Duration,
     /// Process-wide in-flight cap (None: unlimited).
     pub max_in_flight: Option<usize>,
-    /// Requests in flight on this route (all workers). A reload starts a new count; requests
-    /// still running on the old generation are counted there.
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Requests in flight on this route (all workers), counted only with `max_in_flight`.
+    /// A reload hands the counter to the next generation's route of the same name (see
+    /// [`Config::inherit_runtime_state`]), so requests still running on the old generation
+    /// keep counting against the limit.
+    pub in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Route {

@@ -367,9 +367,15 @@ pub struct RawRoute {
     /// With `[auth]`: whether this route requires a client key (default true).
     #[serde(default = "default_true")]
     pub auth: bool,
-    /// Cache non-streaming responses (exact match on route, model and body) for this long.
+    /// Cache non-streaming responses (exact match on method, rewritten path and query, model,
+    /// body and the client's identity) for this long.
     #[serde(default)]
     pub cache_ttl_ms: Option<u64>,
+    /// Share cached answers between clients: leave the client's identity (its `[auth]` name
+    /// or the API key it sent) out of the cache key. Only for answers that depend on nothing
+    /// but the request (default false).
+    #[serde(default)]
+    pub cache_shared: bool,
     /// Name of a `[limits.NAME]`.
     #[serde(default)]
     pub limit: Option<String>,

@@ -617,7 +617,7 @@ fn compile_upstream(
         fail_timeout,
         shed_below_remaining_requests: u.shed_below_remaining_requests,
         shed_below_remaining_tokens: u.shed_below_remaining_tokens,
-        shed_until: std::sync::atomic::AtomicU64::new(0),
+        shed_until: std::sync::Arc::default(),
         scheme,
         host_header,
         base_path: base_path.to_string(),
@@ -917,6 +917,7 @@ fn compile_route(
         route_by_model: r.route_by_model,
         auth: r.auth,
         cache_ttl,
+        cache_shared: r.cache_shared,
         limit,
         connect_timeout,
         send_timeout,
@@ -925,7 +926,7 @@ fn compile_route(
         tries: r.tries,
         retry_budget,
         max_in_flight: r.max_in_flight,
-        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        in_flight: std::sync::Arc::default(),
     })
 }
 

@@ -670,11 +670,11 @@ impl LocalStats {
         });
     }
 
-    /// Counts a response cache lookup on `route`: 0 hit, 1 miss, 2 bypass.
-    pub fn note_cache(&self, route: &str, result: usize) {
+    /// Counts a response cache verdict on `route`.
+    pub fn note_cache(&self, route: &str, result: crate::ai::cache::CacheStatus) {
         self.with(|d| {
             if let Some(c) = slot(&mut d.cache, route, MAX_ROUTES) {
-                if let Some(n) = c.get_mut(result) {
+                if let Some(n) = c.get_mut(result as usize) {
                     *n += 1;
                 }
             }

@@ -1,10 +1,23 @@
 //! The life of a client connection: read a request head within the slowloris deadline,
-//! route it, forward it ([`forward`]), and loop for the next request on the same
-//! connection. Requests on one connection are handled strictly in order, so pipelined
-//! requests are answered in order and never interleave.
+//! route it, forward it ([`forward`], over the stage modules below), and loop for the next
+//! request on the same connection. Requests on one connection are handled strictly in
+//! order, so pipelined requests are answered in order and never interleave.
 
+pub mod admission;
+pub mod attempt;
+pub mod cache;
+pub mod candidates;
+pub mod failure;
 pub mod forward;
 pub mod headers;
+pub mod io;
+pub mod pipe;
+pub mod quota;
+pub mod request_body;
+pub mod retry;
+pub mod tap;
+
+use failure::Failure;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -41,8 +54,8 @@ pub struct Outcome {
     pub upstream: Option<String>,
     /// The `[models]` entry that answered (index), on model-routed routes.
     pub model: Option<usize>,
-    /// The response cache's verdict: `HIT`, `MISS` or `BYPASS`.
-    pub cache: Option<&'static str>,
+    /// The response cache's verdict, on cached routes.
+    pub cache: Option<crate::ai::cache::CacheStatus>,
 }
 
 /// Read buffer a client connection starts with and returns to after a large request:
@@ -195,29 +208,24 @@ async fn handle_request(
     let mut outcome = Outcome::default();
     let mut route_name: Option<&str> = None;
     let mut client_name: Option<&str> = None;
-    let result: Result<(), (ProxyError, bool)> = async {
-        check_target(&head.target).map_err(|e| (e, false))?;
+    let result: Result<(), Failure> = async {
+        check_target(&head.target)?;
         if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
             route_name = Some(MODELS_ROUTE);
             if let Some(auth) = &cfg.auth {
                 let c = crate::ai::auth::authenticate(auth, head).map_err(|e| {
                     w.stats
                         .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
-                    (ProxyError::Unauthorized(e), false)
+                    ProxyError::Unauthorized(e)
                 })?;
                 client_name = Some(&c.name);
             }
             return models_endpoint(w, cfg, head, client, &request_id, scratch, &mut outcome).await;
         }
         let host = headers::host_without_port(head);
-        let no_route = || {
-            (
-                ProxyError::NoRoute {
-                    method: head.method.clone(),
-                    path: path.to_string(),
-                },
-                false,
-            )
+        let no_route = || ProxyError::NoRoute {
+            method: head.method.clone(),
+            path: path.to_string(),
         };
         let route = cfg
             .routes
@@ -233,7 +241,7 @@ async fn handle_request(
                 let c = crate::ai::auth::authenticate(auth, head).map_err(|e| {
                     w.stats
                         .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
-                    (ProxyError::Unauthorized(e), false)
+                    ProxyError::Unauthorized(e)
                 })?;
                 client_name = Some(&c.name);
                 Some(c)
@@ -262,7 +270,10 @@ async fn handle_request(
     }
     .await;
 
-    let (e, response_started) = match result {
+    let (e, response_started) = match result.map_err(|f| {
+        let started = f.response_started();
+        (f.error, started)
+    }) {
         Ok(()) => {
             record(
                 w,
@@ -349,16 +360,14 @@ async fn models_endpoint(
     request_id: &str,
     scratch: &mut Vec<u8>,
     outcome: &mut Outcome,
-) -> Result<(), (ProxyError, bool)> {
+) -> Result<(), Failure> {
     let path = head.path();
     if head.method != "GET" && head.method != "HEAD" {
-        return Err((
-            ProxyError::NoRoute {
-                method: head.method.clone(),
-                path: path.to_string(),
-            },
-            false,
-        ));
+        return Err(ProxyError::NoRoute {
+            method: head.method.clone(),
+            path: path.to_string(),
+        }
+        .into());
     }
     let one;
     let body: &[u8] = match path.strip_prefix("/v1/models/") {
@@ -368,7 +377,7 @@ async fn models_endpoint(
             one = cfg
                 .models
                 .one_json(&id)
-                .ok_or((ProxyError::UnknownModel(id), false))?;
+                .ok_or(ProxyError::UnknownModel(id))?;
             &one
         }
     };
@@ -393,7 +402,7 @@ async fn models_endpoint(
     if let Some(b) = buf {
         *scratch = b;
     }
-    res.map_err(|e| (ProxyError::ClientIo(e), true))?;
+    res.map_err(|e| Failure::response(ProxyError::ClientIo(e)))?;
     outcome.status = 200;
     outcome.bytes_out = body.len() as u64;
     outcome.keep_alive = keep_alive;
@@ -497,7 +506,7 @@ fn record(
             .and_then(|i| cfg.models.list.get(i))
             .map(|m| m.name.as_str()),
         client,
-        cache: o.cache,
+        cache: o.cache.map(crate::ai::cache::CacheStatus::label),
     };
     w.stats.observe(&obs);
     w.metrics.note_request(o.status, total);

@@ -136,7 +136,8 @@ impl ConfigStore {
             return Ok(old.generation);
         }
         match config::load_bytes(&snap.bytes, &self.base_dir) {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
+                cfg.inherit_runtime_state(&old.config);
                 if cfg.server.listen != old.config.server.listen
                     || cfg.server.workers != old.config.server.workers
                     || cfg.admin_listen != old.config.admin_listen

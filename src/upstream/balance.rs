@@ -85,17 +85,16 @@ impl UpstreamState {
         &self.endpoints
     }
 
-    /// Marks a request to `ep` as started.
-    pub fn start(&self, ep: usize) {
+    /// Counts a request to `ep` in flight until the returned slot is dropped: the caller
+    /// holds it until the response body is finished, so a long stream weighs on
+    /// `least_request` and `p2c_ewma` for as long as it runs.
+    pub fn enter(self: &Rc<Self>, ep: usize) -> EndpointSlot {
         if let Some(e) = self.endpoints.get(ep) {
             e.inflight.set(e.inflight.get() + 1);
         }
-    }
-
-    /// Marks a request to `ep` as finished.
-    pub fn finish(&self, ep: usize) {
-        if let Some(e) = self.endpoints.get(ep) {
-            e.inflight.set(e.inflight.get().saturating_sub(1));
+        EndpointSlot {
+            state: self.clone(),
+            ep,
         }
     }
 
@@ -142,6 +141,33 @@ impl UpstreamState {
             return true;
         }
         false
+    }
+}
+
+/// One request in flight to an endpoint, as the balancer counts it; released on drop.
+#[derive(Debug)]
+pub struct EndpointSlot {
+    state: Rc<UpstreamState>,
+    ep: usize,
+}
+
+impl EndpointSlot {
+    /// The endpoint's index.
+    pub fn endpoint(&self) -> usize {
+        self.ep
+    }
+
+    /// The upstream's state this slot counts in.
+    pub fn state(&self) -> &UpstreamState {
+        &self.state
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        if let Some(e) = self.state.endpoints.get(self.ep) {
+            e.inflight.set(e.inflight.get().saturating_sub(1));
+        }
     }
 }
 

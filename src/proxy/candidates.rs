@@ -1,0 +1,212 @@
+//! Candidates: the places a request may go, in order. A plain route has one, its upstream;
+//! a `route_by_model` route reads the body's `model` and goes to that model's upstream, then
+//! to each of its `fallbacks`. For each candidate the body is rewritten where it must be
+//! (`provider_model`, the `include_usage` the gateway adds) and the upstream head rebuilt.
+
+use super::forward::Request;
+use super::headers::{self, UpstreamFraming};
+use super::request_body::RequestBody;
+use crate::ai::body::RequestInfo;
+use crate::config::ai::{Model, Models};
+use crate::config::Upstream;
+use crate::error::ProxyError;
+
+/// One place a try can go: an upstream and, on model-routed routes, the model it serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// Where the request goes.
+    pub upstream: &'a Upstream,
+    /// The `[models]` entry (index and definition), on model-routed routes.
+    pub model: Option<(usize, &'a Model)>,
+}
+
+impl Candidate<'_> {
+    /// The model's name, or "".
+    pub fn model_name(&self) -> &str {
+        self.model.map_or("", |(_, m)| m.name.as_str())
+    }
+}
+
+/// What the AI layer learned of a model-routed request's body.
+#[derive(Debug)]
+pub struct AiRequest {
+    /// The body as the client sent it (each candidate's body is derived from it).
+    pub original: Vec<u8>,
+    /// Where `model`, `stream` and `stream_options` are in it.
+    pub info: RequestInfo,
+    /// The gateway added `include_usage`, so the usage-only chunk must not reach the client.
+    pub strip_usage_chunk: bool,
+}
+
+impl AiRequest {
+    /// Whether the client asked for a stream.
+    pub fn streaming(&self) -> bool {
+        self.info.stream
+    }
+}
+
+/// The candidates of a model-routed request whose body is `body`: the model named in it,
+/// then its fallbacks (those whose upstream exists). Errors are the client's: not JSON, no
+/// model, an unknown model.
+pub fn by_model<'c>(
+    models: &'c Models,
+    upstreams: &'c [std::sync::Arc<Upstream>],
+    body: Vec<u8>,
+) -> Result<(Vec<Candidate<'c>>, AiRequest), ProxyError> {
+    let info = crate::ai::body::inspect(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+    let name = info.model.as_deref().ok_or(ProxyError::MissingModel)?;
+    let Some(&first) = models.by_name.get(name) else {
+        return Err(ProxyError::UnknownModel(name.to_string()));
+    };
+    let fallbacks = models.list.get(first).map_or(&[][..], |m| &m.fallbacks[..]);
+    let candidates = std::iter::once(first)
+        .chain(fallbacks.iter().copied())
+        .filter_map(|idx| {
+            let m = models.list.get(idx)?;
+            let upstream = upstreams.get(m.upstream)?;
+            Some(Candidate {
+                upstream,
+                model: Some((idx, m)),
+            })
+        })
+        .collect();
+    let strip_usage_chunk = info.stream && info.include_usage != Some(true);
+    Ok((
+        candidates,
+        AiRequest {
+            original: body,
+            info,
+            strip_usage_chunk,
+        },
+    ))
+}
+
+/// The request as one candidate's upstream receives it: the head (and, for model-routed
+/// requests, the body in `RequestBody::Retained`). Buffers are reused across candidates.
+pub struct UpstreamRequest {
+    /// The head bytes to send.
+    pub head: Vec<u8>,
+    /// The request target (reused buffer).
+    target: String,
+}
+
+impl UpstreamRequest {
+    /// Empty buffers sized for `req`.
+    pub fn new(req: &Request<'_>) -> Self {
+        Self {
+            head: Vec::with_capacity(512 + req.head.headers.len() * 48),
+            target: String::with_capacity(req.head.target.len() + 64),
+        }
+    }
+
+    /// Builds the head (and, for model-routed requests, the body) for `cand`.
+    pub fn prepare(
+        &mut self,
+        req: &Request<'_>,
+        cand: Candidate<'_>,
+        ai: Option<&AiRequest>,
+        body: &mut RequestBody,
+    ) {
+        let up = cand.upstream;
+        if let (Some(a), RequestBody::Retained(b)) = (ai, &mut *body) {
+            b.clear();
+            let provider_model = cand.model.and_then(|(_, m)| m.provider_model.as_deref());
+            crate::ai::body::rewrite(&a.original, &a.info, provider_model, a.strip_usage_chunk, b);
+        }
+        let head = req.head;
+        self.target.clear();
+        crate::router::upstream_target(
+            req.route,
+            &up.base_path,
+            head.path(),
+            head.query(),
+            &mut self.target,
+        );
+        let framing = match &*body {
+            RequestBody::None => {
+                if matches!(head.method.as_str(), "POST" | "PUT" | "PATCH") {
+                    UpstreamFraming::Length(0)
+                } else {
+                    UpstreamFraming::None
+                }
+            }
+            RequestBody::Retained(b) => UpstreamFraming::Length(b.len() as u64),
+            RequestBody::Streamed(n) => UpstreamFraming::Length(*n),
+            RequestBody::StreamedChunked => UpstreamFraming::Chunked,
+        };
+        self.head.clear();
+        headers::write_upstream_head(&mut self.head, req, up, &self.target, framing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[upstreams.a]
+url = "http://127.0.0.1:9"
+[upstreams.b]
+url = "http://127.0.0.1:10"
+[models.big]
+upstream = "a"
+fallbacks = ["small", "other"]
+[models.small]
+upstream = "b"
+provider_model = "small-v2"
+[models.other]
+upstream = "a"
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+route_by_model = true
+"#;
+
+    fn config() -> crate::config::Config {
+        crate::config::load_bytes(CONFIG.as_bytes(), std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+
+    #[test]
+    fn model_then_fallbacks_in_order() {
+        let cfg = config();
+        let body = br#"{"model":"big","messages":[],"stream":true}"#.to_vec();
+        let (cands, ai) = by_model(&cfg.models, &cfg.upstreams, body).expect("routable");
+        let names: Vec<(&str, &str)> = cands
+            .iter()
+            .map(|c| (c.model_name(), c.upstream.name.as_str()))
+            .collect();
+        assert_eq!(names, [("big", "a"), ("small", "b"), ("other", "a")]);
+        assert!(ai.streaming());
+        assert!(ai.strip_usage_chunk, "the gateway asks for usage itself");
+        let (cands, ai) = by_model(
+            &cfg.models,
+            &cfg.upstreams,
+            br#"{"model":"small"}"#.to_vec(),
+        )
+        .expect("routable");
+        assert_eq!(
+            cands.len(),
+            1,
+            "fallbacks are not transitive from the fallback"
+        );
+        assert!(!ai.streaming() && !ai.strip_usage_chunk);
+    }
+
+    #[test]
+    fn client_errors() {
+        let cfg = config();
+        let cases: [(&[u8], &str); 4] = [
+            (b"not json", "invalid_json"),
+            (b"[1,2]", "invalid_json"),
+            (br#"{"messages":[]}"#, "missing_model"),
+            (br#"{"model":"gpt-9"}"#, "model_not_found"),
+        ];
+        for (body, code) in cases {
+            let err = by_model(&cfg.models, &cfg.upstreams, body.to_vec())
+                .err()
+                .unwrap_or_else(|| panic!("{} routed", String::from_utf8_lossy(body)));
+            assert_eq!(err.classify().2, code, "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

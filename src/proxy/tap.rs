@@ -1,0 +1,158 @@
+//! The tap: what the gateway reads from a response body while it streams through — token
+//! usage (a JSON body or an SSE stream), and a copy of the body when it is to be cached —
+//! and the accounting of that usage once the body ends (or breaks: what was used was used).
+
+use super::candidates::{AiRequest, Candidate};
+use super::forward::Request;
+use crate::ai::usage::{JsonUsageScanner, SseScanner};
+use crate::http::ResponseHead;
+use crate::worker::Worker;
+
+/// What is read from a response body on its way through. In `filter` mode the SSE scanner
+/// decides what is forwarded (it removes the usage chunk the gateway asked for).
+#[derive(Default)]
+pub struct Tap {
+    json: Option<JsonUsageScanner>,
+    sse: Option<SseScanner>,
+    /// The SSE scanner's output replaces the payload.
+    pub filter: bool,
+    capture: Option<Vec<u8>>,
+    capture_max: usize,
+    /// The filtered bytes of the last `observe` or `finish` (reused across reads).
+    pub filtered: Vec<u8>,
+}
+
+/// Whether a response is an event stream.
+pub fn is_event_stream(resp: &ResponseHead) -> bool {
+    resp.header("content-type")
+        .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"))
+}
+
+impl Tap {
+    /// The tap for `resp`: usage is read from 2xx bodies of model-routed requests that are
+    /// not content-encoded.
+    pub fn for_response(ai: Option<&AiRequest>, resp: &ResponseHead) -> Tap {
+        let mut tap = Tap::default();
+        let Some(ai) = ai else {
+            return tap;
+        };
+        let identity = resp
+            .header("content-encoding")
+            .is_none_or(|v| v.eq_ignore_ascii_case(b"identity"));
+        if !(200..300).contains(&resp.status) || !identity {
+            return tap;
+        }
+        if is_event_stream(resp) {
+            tap.sse = Some(SseScanner::new(ai.strip_usage_chunk));
+            tap.filter = ai.strip_usage_chunk;
+        } else {
+            tap.json = Some(JsonUsageScanner::new());
+        }
+        tap
+    }
+
+    /// Also keeps a copy of the body, up to `max` bytes (past it the copy is dropped).
+    pub fn capture(&mut self, max: u64) {
+        self.capture = Some(Vec::new());
+        self.capture_max = usize::try_from(max).unwrap_or(usize::MAX);
+    }
+
+    /// The captured body, when the whole of it was kept.
+    pub fn take_capture(&mut self) -> Option<Vec<u8>> {
+        self.capture.take()
+    }
+
+    /// Reads one piece of payload; in filter mode what is to be forwarded is in `filtered`.
+    pub fn observe(&mut self, payload: &[u8]) {
+        if let Some(j) = &mut self.json {
+            j.feed(payload);
+        }
+        if let Some(s) = &mut self.sse {
+            self.filtered.clear();
+            s.feed(payload, &mut self.filtered);
+        }
+        if let Some(c) = &mut self.capture {
+            if c.len() + payload.len() > self.capture_max {
+                self.capture = None;
+            } else {
+                c.extend_from_slice(payload);
+            }
+        }
+    }
+
+    /// End of the body: in filter mode, what the SSE scanner still held goes to `filtered`.
+    pub fn finish(&mut self) {
+        self.filtered.clear();
+        if let (Some(s), true) = (&mut self.sse, self.filter) {
+            s.finish(&mut self.filtered);
+        }
+    }
+
+    /// The usage the body reported so far.
+    pub fn usage(&self) -> Option<crate::ai::usage::Usage> {
+        match (&self.sse, &self.json) {
+            (Some(s), _) => s.usage(),
+            (None, Some(j)) => j.usage(),
+            _ => None,
+        }
+    }
+}
+
+/// Counts the tokens and dollars a response reported, and charges the client's token
+/// budget. Runs also when the stream broke midway: what was used was used.
+pub fn account_usage(w: &Worker, req: &Request<'_>, cand: Candidate<'_>, tap: &Tap) {
+    let Some((_, model)) = cand.model else {
+        return;
+    };
+    let Some(u) = tap.usage() else {
+        return;
+    };
+    let cost = model.price.map_or(0.0, |p| p.cost(&u));
+    let client = req.client;
+    w.stats
+        .note_usage(&model.name, client.map(|c| &*c.name), &u, cost);
+    if let Some(c) = client {
+        if let Some((_, limiter)) = req.limit_at(c.token_limit) {
+            limiter.charge(
+                c.name.as_bytes(),
+                u.prompt.saturating_add(u.completion),
+                crate::clock::monotonic_nanos(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_dropped_past_its_bound() {
+        let mut t = Tap::default();
+        t.capture(5);
+        t.observe(b"abc");
+        t.observe(b"de");
+        assert_eq!(t.take_capture().as_deref(), Some(&b"abcde"[..]));
+        let mut t = Tap::default();
+        t.capture(5);
+        t.observe(b"abc");
+        t.observe(b"def");
+        t.observe(b"g");
+        assert_eq!(t.take_capture(), None, "a partial body is never cached");
+    }
+
+    #[test]
+    fn json_usage_is_read_in_pieces() {
+        let mut t = Tap {
+            json: Some(JsonUsageScanner::new()),
+            ..Tap::default()
+        };
+        let body =
+            br#"{"id":"x","usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+        for piece in body.chunks(5) {
+            t.observe(piece);
+        }
+        let u = t.usage().expect("usage");
+        assert_eq!((u.prompt, u.completion), (7, 3));
+    }
+}
