@@ -620,7 +620,7 @@ mod tests {
         );
         assert_eq!(
             backoff(2, &mut |m| m - Duration::from_nanos(1)),
-            MS(150) - Duration::from_nanos(1)
+            MS(75) - Duration::from_nanos(1)
         );
         assert_eq!(backoff(50, &mut half), MS(1600));
         assert_eq!(reason_label(RetryOn::Http429), "http_429");
