@@ -1,7 +1,7 @@
 //! Proleptic Gregorian dates ↔ days since the Unix epoch (Howard Hinnant's algorithms), so
 //! certificate expiry, kubelet-style timestamps and HTTP dates need no time-zone database.
-//! The one copy: the gateway reads X.509 `notAfter` with it and the test crate
-//! (`ringgate-mock`) formats its `Date` headers and `..data` directory names with it.
+//! The one copy: the gateway reads X.509 `notAfter` and stamps `/config` times with it, and
+//! the test crate (`ringgate-mock`) formats its `Date` headers and `..data` names with it.
 
 /// Days since 1970-01-01 of the date `y`-`m`-`d` (month 1..=12, day 1..=31); negative
 /// before the epoch.
