@@ -19,11 +19,13 @@
 //! - [`error`]: the request path's one error type and its HTTP status.
 //! - [`bufio`]: bounded owned-buffer I/O over monoio.
 //! - [`clock`]: the process-wide monotonic clock shared state is stamped with.
+//! - [`civil`]: calendar dates ↔ days since the Unix epoch (certificate expiry, test dates).
 
 pub mod admin;
 pub mod ai;
 pub mod app;
 pub mod bufio;
+pub mod civil;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, temp_dir, Conn, Driver, Gateway, Response};
-use common::kubelet::ProjectedVolume;
-use common::mock_provider::MockProvider;
+use ringgate_mock::kubelet::ProjectedVolume;
+use ringgate_mock::MockProvider;
 use sha2::{Digest, Sha256};
 
 fn sha_hex(s: &str) -> String {

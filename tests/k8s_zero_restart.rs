@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Driver, Gateway, Response};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 /// The manifest's gateway.toml as a harness template: provider → the mock, key file → a temp
 /// file, listeners → `{listen}`/`{admin}` (free loopback ports), trusted proxies → loopback.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Conn, Driver, Gateway};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 fn config(mock: &MockProvider, workers: u32, limit: &str) -> String {
     format!(

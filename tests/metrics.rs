@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Driver, Gateway};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 fn config(mock: &MockProvider) -> String {
     format!(

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::gateway::{Driver, Gateway};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 #[test]
 fn openai_python_sdk_chats_and_streams_through_the_gateway() {

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Conn, Driver, Gateway, DRIVERS};
-use common::mock_provider::{MockOptions, MockProvider};
+use ringgate_mock::{MockOptions, MockProvider};
 
 fn config(mock: &MockProvider, extra: &str) -> String {
     format!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Conn, Driver, Gateway};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 /// A config whose fallback route sends `/v1/*` to `target` with the path rewritten to
 /// `/{tag}/...`, so every response tells which config served it.
@@ -226,7 +226,7 @@ fn lost_events_and_a_remounted_directory_are_caught_by_the_poll() {
     let dir = gw.volume.dir().to_path_buf();
     let aside = dir.with_extension("old");
     std::fs::rename(&dir, &aside).expect("unmount");
-    let fresh = common::kubelet::ProjectedVolume::new(&dir).expect("remount");
+    let fresh = ringgate_mock::kubelet::ProjectedVolume::new(&dir).expect("remount");
     let mut files = BTreeMap::new();
     files.insert(
         "gateway.toml".to_string(),

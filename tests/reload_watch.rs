@@ -2,8 +2,6 @@
 //! delivered once, nothing is delivered twice, and it keeps working where a watch on the file
 //! itself dies (after the first update) or where inotify sees nothing (lost events, remounts).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::kubelet::{utc_stamp, ProjectedVolume};
 use ringgate::reload::watch::*;
+use ringgate_mock::kubelet::{utc_stamp, ProjectedVolume};
 
 const KEY: &str = "gateway.toml";
 

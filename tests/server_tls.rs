@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gateway::{free_port, request, temp_dir, Driver, Gateway, DRIVERS};
-use common::kubelet::ProjectedVolume;
-use common::mock_provider::MockProvider;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use ringgate_mock::kubelet::ProjectedVolume;
+use ringgate_mock::MockProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 

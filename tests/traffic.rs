@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Conn, Driver, Gateway};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 /// An upstream over `endpoints` (host:port), one route `/v1/` with the given retry policy.
 fn config(
@@ -232,7 +232,7 @@ fn balancers_spread_requests_over_endpoints() {
 
 #[test]
 fn p2c_ewma_prefers_the_fast_endpoint() {
-    use common::mock_provider::MockOptions;
+    use ringgate_mock::MockOptions;
     let fast = MockProvider::start("127.0.0.1:0").expect("mock");
     let slow = MockProvider::start_with(
         "127.0.0.1:0",

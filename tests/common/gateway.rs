@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::kubelet::ProjectedVolume;
+use ringgate_mock::kubelet::ProjectedVolume;
 
 /// Which monoio driver the gateway runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,4 @@
-//! Shared helpers for ringgate's integration tests: the mock OpenAI provider, a faithful
-//! kubelet AtomicWriter, and a harness that runs the real gateway binary.
+//! Shared helpers for ringgate's integration tests: a harness that runs the real gateway
+//! binary. The mock provider and the kubelet projector live in the `ringgate-mock` crate.
 
 pub mod gateway;
-pub mod kubelet;
-pub mod mock_provider;

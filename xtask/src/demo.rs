@@ -5,7 +5,7 @@
 //! saved so a live reload happens the way it does in a pod. `--once` stops after the first
 //! request (used by CI so the demo cannot rot).
 
-use crate::kubelet;
+use ringgate_mock::kubelet;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -113,7 +113,9 @@ pub fn run(args: &[String]) -> i32 {
             "ringgate",
             "--bin",
             "ringgate",
-            "--example",
+            "-p",
+            "ringgate-mock",
+            "--bin",
             "mock_provider",
         ])
         .status();
@@ -159,7 +161,7 @@ pub fn run(args: &[String]) -> i32 {
         return 1;
     }
     let mut children = Children(Vec::new());
-    match Command::new(target.join("debug/examples/mock_provider"))
+    match Command::new(target.join("debug/mock_provider"))
         .args(["--listen", &format!("127.0.0.1:{mock_port}")])
         .spawn()
     {

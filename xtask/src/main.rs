@@ -7,9 +7,6 @@
 mod bench;
 mod demo;
 mod deploy;
-/// kubelet's ConfigMap projection, shared with the integration tests (std only).
-#[path = "../../tests/common/kubelet.rs"]
-mod kubelet;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -599,7 +599,7 @@ upstream = "holy_sheep_chat"
         };
         // Mounted the way a pod gets it: a kubelet-projected ConfigMap directory (with the
         // certificate pair beside it, as a projected Secret would put it).
-        let volume = crate::kubelet::ProjectedVolume::new(dir)
+        let volume = ringgate_mock::kubelet::ProjectedVolume::new(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut files = std::collections::BTreeMap::new();
         files.insert(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::kubelet;
+use ringgate_mock::kubelet;
 
 use super::load::{self, new_hist, Errors, LoadSpec};
 use super::nginx::Nginx;

@@ -1,5 +1,5 @@
-//! Mock OpenAI-compatible LLM provider for ringgate's integration tests,
-//! `cargo xtask demo` and load benchmarks.
+//! Mock OpenAI-compatible LLM provider for ringgate's integration tests and
+//! `cargo xtask demo` (through the `mock_provider` binary).
 //!
 //! A small, self-contained HTTP/1.1 server built on blocking `std::net`
 //! (one thread per connection, keep-alive, buffered I/O, `TCP_NODELAY`).
@@ -24,8 +24,6 @@
 //! `x-mock-close` and `x-mock-retry-after` (see [`MockProvider`]). Every
 //! response carries `x-mock-conn` (connection serial, from 1) and
 //! `x-mock-req` (request serial, from 1).
-
-#![allow(dead_code)]
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -1070,23 +1068,19 @@ fn unix_now() -> u64 {
 
 /// IMF-fixdate for the `Date` header.
 fn http_date() -> String {
-    let secs = unix_now();
+    imf_fixdate(unix_now())
+}
+
+/// `secs` since the Unix epoch as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn imf_fixdate(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
+    // 1970-01-01 was a Thursday.
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MON: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = ringgate::civil::civil_from_days(days as i64);
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
         WD[(days % 7) as usize],
@@ -1099,6 +1093,7 @@ fn http_date() -> String {
     )
 }
 
+/// Lowercase hex of `bytes`.
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -1584,4 +1579,17 @@ fn download(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
         return Ok(Outcome::Abort);
     }
     resp.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imf_fixdate_matches_known_dates() {
+        // RFC 9110's example, the epoch, and a leap day.
+        assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(imf_fixdate(951_825_599), "Tue, 29 Feb 2000 11:59:59 GMT");
+    }
 }

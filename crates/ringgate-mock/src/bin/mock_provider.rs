@@ -1,13 +1,10 @@
-//! Standalone mock OpenAI-compatible provider, for `cargo xtask demo` and
-//! load benchmarks.
+//! Standalone mock OpenAI-compatible provider ([`ringgate_mock::MockProvider`]), for
+//! `cargo xtask demo` and trying the gateway by hand.
 //!
-//! Usage: `cargo run --example mock_provider -- [--listen ADDR] [--idle-close-ms N]`
+//! Usage: `cargo run -p ringgate-mock -- [--listen ADDR] [--idle-close-ms N]`
 //! (default listen address `127.0.0.1:9000`). Runs until killed.
 
-#[path = "../tests/common/mock_provider.rs"]
-mod mock_provider;
-
-use mock_provider::{MockOptions, MockProvider};
+use ringgate_mock::{MockOptions, MockProvider};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: mock_provider [--listen ADDR] [--idle-close-ms N]";
@@ -62,4 +59,30 @@ fn main() -> ExitCode {
     println!("mock provider listening on {}", mock.addr());
     mock.run_forever();
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn flags_in_both_spellings() {
+        let (listen, opts) = parse_args(args(&[])).expect("defaults");
+        assert_eq!(listen, "127.0.0.1:9000");
+        assert_eq!(opts.idle_close_ms, None);
+        let (listen, opts) =
+            parse_args(args(&["--listen=127.0.0.1:0", "--idle-close-ms", "250"])).expect("flags");
+        assert_eq!(listen, "127.0.0.1:0");
+        assert_eq!(opts.idle_close_ms, Some(250));
+        assert!(parse_args(args(&["--idle-close-ms", "soon"])).is_err());
+        assert!(parse_args(args(&["--listen"])).is_err());
+        assert!(parse_args(args(&["--port", "1"])).is_err());
+    }
 }

@@ -17,9 +17,7 @@
 //! ones are never touched); (6) visible links of dropped keys are removed; (7) the old
 //! timestamped directory is removed recursively.
 //!
-//! Used by the integration tests and by `cargo xtask demo` (included there by `#[path]`), so
-//! it must depend on nothing but `std`.
-#![allow(dead_code)]
+//! Used by the integration tests, `cargo xtask demo` and the reload bench.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -214,21 +212,11 @@ impl ProjectedVolume {
     }
 }
 
-/// `YYYY_MM_DD_HH_MM_SS` in UTC for `secs` since the UNIX epoch (Howard Hinnant's
-/// days-to-civil algorithm; no time-zone database needed).
+/// `YYYY_MM_DD_HH_MM_SS` in UTC for `secs` since the UNIX epoch (no time-zone database needed).
 pub fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
+    let (y, mo, d) = ringgate::civil::civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
     format!("{y:04}_{mo:02}_{d:02}_{h:02}_{m:02}_{s:02}")
 }
 
@@ -319,4 +307,17 @@ fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 #[cfg(not(unix))]
 fn set_mode(_path: &Path, _mode: u32) -> io::Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamp_is_kubelets_directory_format() {
+        assert_eq!(utc_stamp(0), "1970_01_01_00_00_00");
+        // 2026-11-23T21:00:05Z, the layout example above.
+        assert_eq!(utc_stamp(1_795_467_605), "2026_11_23_21_00_05");
+        assert_eq!(utc_stamp(951_825_599), "2000_02_29_11_59_59");
+    }
 }
