@@ -371,3 +371,189 @@ fn route_concurrency_limit_answers_503_beyond_it() {
     }
     assert_eq!(get(&gw, "/v1/echo", "").status, 200, "capacity is back");
 }
+
+/// Opens a gated SSE stream through the gateway and reads its head and first event: the
+/// stream then stays open (in flight) until the mock's gate is released.
+fn open_gated_stream(gw: &Gateway) -> Conn {
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut c = Conn::connect(gw.addr);
+    c.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-mock-gate: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let (status, _) = c.read_head().expect("stream head");
+    assert_eq!(status, 200);
+    assert!(c.read_chunk().expect("first event").is_some());
+    c
+}
+
+/// Reads a stream to its last chunk.
+fn finish_stream(c: &mut Conn) {
+    for _ in 0..10_000 {
+        match c.read_chunk().expect("stream chunk") {
+            Some(_) => {}
+            None => return,
+        }
+    }
+    panic!("stream did not end");
+}
+
+#[test]
+fn least_request_counts_a_stream_until_its_body_ends() {
+    let mocks = [
+        MockProvider::start("127.0.0.1:0").expect("mock"),
+        MockProvider::start("127.0.0.1:0").expect("mock"),
+    ];
+    let eps: Vec<String> = mocks.iter().map(|m| m.addr().to_string()).collect();
+    let gw = Gateway::start(
+        &config(&eps, "least_request", "", 1, "", ""),
+        Driver::IoUring,
+    );
+    let mut stream = open_gated_stream(&gw);
+    let busy = mocks
+        .iter()
+        .position(|m| m.request_count() == 1)
+        .expect("one mock carries the stream");
+    let idle = 1 - busy;
+    for _ in 0..10 {
+        assert_eq!(get(&gw, "/v1/echo", "").status, 200);
+    }
+    // The stream's head arrived long ago, but its body is still running: every new request
+    // goes to the endpoint with nothing in flight (alternating would be 5 and 5).
+    assert_eq!(
+        mocks[busy].request_count(),
+        1,
+        "requests sent beside a live stream"
+    );
+    assert_eq!(mocks[idle].request_count(), 10);
+    mocks[busy].release_gate();
+    finish_stream(&mut stream);
+    drop(stream);
+    for _ in 0..10 {
+        assert_eq!(get(&gw, "/v1/echo", "").status, 200);
+    }
+    // Once the stream ended its endpoint counts as idle again: ties alternate.
+    assert_eq!(mocks[busy].request_count(), 1 + 5);
+    assert_eq!(mocks[idle].request_count(), 10 + 5);
+}
+
+/// Waits (bounded) until the gateway has applied config generation `generation`.
+fn wait_generation(gw: &Gateway, generation: f64) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if gw.metric("ringgate_config_generation") == Some(generation) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("generation {generation} never applied; log:\n{}", gw.logs());
+}
+
+#[test]
+fn max_in_flight_holds_across_a_reload() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let before = config(&eps, "round_robin", "", 1, "", "max_in_flight = 4");
+    let gw = Gateway::start(&before, Driver::IoUring);
+    let mut streams: Vec<Conn> = (0..4).map(|_| open_gated_stream(&gw)).collect();
+    let r = get(&gw, "/v1/echo", "");
+    assert_eq!(r.status, 503, "four streams fill the route: {}", r.text());
+    // A reload that changes the route but not its name or limit.
+    assert!(gw.project(&before.replace("read_timeout_ms = 500", "read_timeout_ms = 600")));
+    wait_generation(&gw, 2.0);
+    let r = get(&gw, "/v1/echo", "");
+    assert_eq!(
+        r.status,
+        503,
+        "the four streams of the old generation still count: {}",
+        r.text()
+    );
+    mock.release_gate();
+    for s in &mut streams {
+        finish_stream(s);
+    }
+    drop(streams);
+    assert_eq!(get(&gw, "/v1/echo", "").status, 200, "capacity is back");
+}
+
+#[test]
+fn provider_shedding_survives_a_reload() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let before = config(
+        &eps,
+        "round_robin",
+        "",
+        1,
+        "shed_below_remaining_requests = 5",
+        "",
+    );
+    let gw = Gateway::start(&before, Driver::IoUring);
+    let r = get(
+        &gw,
+        "/v1/echo",
+        "x-mock-header: x-ratelimit-remaining-requests=0\r\nx-mock-header: x-ratelimit-reset-requests=1m0s\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(get(&gw, "/v1/echo", "").status, 429, "shed");
+    // An unrelated change: the route's timeout (the upstream is the same provider).
+    assert!(gw.project(&before.replace("read_timeout_ms = 500", "read_timeout_ms = 600")));
+    wait_generation(&gw, 2.0);
+    let served = mock.request_count();
+    let r = get(&gw, "/v1/echo", "");
+    assert_eq!(r.status, 429, "the provider said a minute: {}", r.text());
+    let secs: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((2..=60).contains(&secs), "retry-after {secs}");
+    assert_eq!(mock.request_count(), served, "nothing reached the provider");
+}
+
+/// A provider answering with an absurd reset must not take the worker down: the shed is
+/// capped and the gateway keeps serving.
+#[test]
+fn a_hostile_reset_header_is_capped() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    // Each value sheds the upstream: one gateway per value.
+    for reset in ["99999999999999999999999999999s", "18446744073709551616h"] {
+        let gw = Gateway::start(
+            &config(
+                &eps,
+                "round_robin",
+                "",
+                1,
+                "shed_below_remaining_requests = 5",
+                "",
+            ),
+            Driver::IoUring,
+        );
+        let r = get(
+            &gw,
+            "/v1/echo",
+            &format!("x-mock-header: x-ratelimit-remaining-requests=0\r\nx-mock-header: x-ratelimit-reset-requests={reset}\r\n"),
+        );
+        assert_eq!(r.status, 200, "{reset}");
+        let r = get(&gw, "/v1/echo", "");
+        assert_eq!(r.status, 429, "{reset}: shed, worker alive: {}", r.text());
+        let secs: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("retry-after");
+        assert!(
+            (3000..=3600).contains(&secs),
+            "{reset}: shed capped at an hour, got {secs}"
+        );
+        let health = request(
+            gw.addr,
+            "GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("health");
+        assert_eq!(health.status, 200);
+    }
+}

@@ -124,8 +124,8 @@ impl RecordedRequest {
 /// - `x-mock-fail-first: N` (with optional `x-mock-fail-key: K`): the status, drop, delay and
 ///   garbage knobs apply only to the first N requests with that key this mock sees.
 /// - `x-mock-cached-tokens: N`: chat usage reports N of the prompt tokens as cached.
-/// - `x-mock-header: name=value`: add that header to the response (repeatable via `,`-free
-///   single use).
+/// - `x-mock-header: name=value`: add that header to the response (one per `x-mock-header`
+///   request header; send several for several).
 pub struct MockProvider {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -864,7 +864,7 @@ struct Resp<'a> {
     conn: u64,
     req: u64,
     retry_after: Option<String>,
-    extra_header: Option<(String, String)>,
+    extra_headers: Vec<(String, String)>,
     drop_mid: bool,
     framing: Framing,
 }
@@ -879,7 +879,7 @@ impl<'a> Resp<'a> {
             conn,
             req,
             retry_after: None,
-            extra_header: None,
+            extra_headers: Vec::new(),
             drop_mid: false,
             framing: Framing::Empty,
         }
@@ -931,7 +931,7 @@ impl<'a> Resp<'a> {
         if let Some(ra) = &self.retry_after {
             let _ = write!(h, "Retry-After: {ra}\r\n");
         }
-        if let Some((k, v)) = &self.extra_header {
+        for (k, v) in &self.extra_headers {
             let _ = write!(h, "{k}: {v}\r\n");
         }
         for (k, v) in extra {
@@ -1215,15 +1215,18 @@ fn handle_request(
     resp.head_only = head.method == "HEAD";
     resp.http10 = head.minor == 0;
     resp.retry_after = knobs.retry_after.clone();
-    resp.extra_header = head
-        .header("x-mock-header")
-        .and_then(|v| v.split_once('='))
+    resp.extra_headers = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-mock-header"))
+        .filter_map(|(_, v)| v.split_once('='))
         .filter(|(k, v)| {
             !k.is_empty()
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && v.bytes().all(|b| (0x20..0x7f).contains(&b))
         })
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()));
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     resp.drop_mid = knobs.drop == Some(DropMode::MidBody);
 
     let result = match knobs.status {
