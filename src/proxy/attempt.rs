@@ -70,7 +70,7 @@ pub async fn attempt(
     let pooled = if fresh {
         None
     } else {
-        w.pool.borrow_mut().take(up, ep, !body.replayable())
+        w.pool.borrow_mut().take(up, ep)
     };
     let mut connect_time = Duration::ZERO;
     let mut conn = match pooled {

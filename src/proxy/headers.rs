@@ -215,8 +215,12 @@ pub fn write_upstream_head(
 /// How the response body is framed towards the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientFraming {
-    /// No body (HEAD, 204, 304) or `Content-Length` passed through.
-    AsIs,
+    /// No body (HEAD, 204, 304): the upstream's `Content-Length`, if any, describes the
+    /// representation and is passed on.
+    NoBody,
+    /// `Content-Length: n`, written by the gateway from the framing it reads the body by:
+    /// never the upstream's header, which its `Connection` options could have stripped.
+    Length(u64),
     /// Re-chunked (upstream chunked, or close-delimited to an HTTP/1.1 client).
     Chunked,
     /// Close-delimited (only to HTTP/1.0 clients).
@@ -269,7 +273,7 @@ pub fn write_client_head(
         if is_hop_by_hop(n, &resp.connection_tokens) || n.eq_ignore_ascii_case("x-request-id") {
             continue;
         }
-        if framing != ClientFraming::AsIs && n.eq_ignore_ascii_case("content-length") {
+        if framing != ClientFraming::NoBody && n.eq_ignore_ascii_case("content-length") {
             continue;
         }
         out.extend_from_slice(n.as_bytes());
@@ -281,8 +285,14 @@ pub fn write_client_head(
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(extra);
-    if framing == ClientFraming::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match framing {
+        ClientFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::NoBody | ClientFraming::Close => {}
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
@@ -293,6 +303,76 @@ pub fn write_client_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever the upstream's head says, the client's head has exactly the framing the
+    /// gateway reads the body by, and every line ends in CRLF.
+    #[test]
+    fn client_heads_carry_the_gateways_framing() {
+        let resp = |raw: &[u8]| {
+            crate::http::parse_response_head(raw, 8192)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(raw)))
+                .0
+        };
+        let cases: [(&[u8], ClientFraming, &[&str], &[&str]); 6] = [
+            // Connection naming the framing header would strip it: the gateway writes its own.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\n",
+                ClientFraming::Length(5),
+                &["content-length: 5\r\n"],
+                &["Content-Length", "Connection"],
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: transfer-encoding, content-length\r\n\r\n",
+                ClientFraming::Chunked,
+                &["transfer-encoding: chunked\r\n"],
+                &["ontent-length"],
+            ),
+            // A lone LF ends a line for httparse; the client gets CRLF.
+            (
+                b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n",
+                ClientFraming::Length(2),
+                &["\r\nX-A: b\r\n", "content-length: 2\r\n"],
+                &["Content-Length"],
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                ClientFraming::NoBody,
+                &["Content-Length: 10\r\n"],
+                &["transfer-encoding"],
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                ClientFraming::Chunked,
+                &["transfer-encoding: chunked\r\n"],
+                &["Transfer-Encoding"],
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\n\r\n",
+                ClientFraming::Close,
+                &["connection: close\r\n"],
+                &["content-length", "transfer-encoding"],
+            ),
+        ];
+        for (raw, framing, must, must_not) in cases {
+            let mut out = Vec::new();
+            let keep_alive = framing != ClientFraming::Close;
+            write_client_head(&mut out, &resp(raw), framing, "rid", keep_alive, b"");
+            let text = String::from_utf8_lossy(&out);
+            for m in must {
+                assert!(text.contains(m), "{text:?} lacks {m:?}");
+            }
+            for m in must_not {
+                assert!(!text.contains(m), "{text:?} has {m:?}");
+            }
+            assert!(text.ends_with("\r\n\r\n"));
+            assert!(
+                !text.replace("\r\n", "").contains(['\r', '\n']),
+                "bare CR or LF in {text:?}"
+            );
+        }
+    }
 
     #[test]
     fn numbers_and_addresses_are_written_as_display_would() {

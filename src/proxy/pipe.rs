@@ -31,8 +31,8 @@ use crate::worker::Worker;
 /// the payload close-delimited.
 pub fn client_framing(upstream: BodyFraming, filtered: bool, client_minor: u8) -> ClientFraming {
     match upstream {
-        BodyFraming::None => ClientFraming::AsIs,
-        BodyFraming::Length(_) if !filtered => ClientFraming::AsIs,
+        BodyFraming::None => ClientFraming::NoBody,
+        BodyFraming::Length(n) if !filtered => ClientFraming::Length(n),
         _ if client_minor >= 1 => ClientFraming::Chunked,
         _ => ClientFraming::Close,
     }
@@ -347,10 +347,10 @@ mod tests {
         use BodyFraming as U;
         use ClientFraming as C;
         let cases = [
-            (U::None, false, 1, C::AsIs),
-            (U::None, true, 0, C::AsIs),
-            (U::Length(5), false, 1, C::AsIs),
-            (U::Length(5), false, 0, C::AsIs),
+            (U::None, false, 1, C::NoBody),
+            (U::None, true, 0, C::NoBody),
+            (U::Length(5), false, 1, C::Length(5)),
+            (U::Length(5), false, 0, C::Length(5)),
             (U::Length(5), true, 1, C::Chunked),
             (U::Length(5), true, 0, C::Close),
             (U::Chunked, false, 1, C::Chunked),

@@ -24,9 +24,6 @@ pub struct UpConn {
     pub reused: bool,
 }
 
-/// Idle time after which a pooled connection is peeked before reuse.
-pub const PEEK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
-
 struct Idle {
     stream: UpstreamStream,
     since: Instant,
@@ -56,19 +53,20 @@ impl Pool {
     /// A live idle connection to endpoint `ep` of `up`, most recently used first. Expired,
     /// closed or over-used connections met on the way are dropped.
     ///
-    /// A connection idle for more than [`PEEK_AFTER`] — or any connection when `verify` is
-    /// set, because the request's body cannot be sent twice — is first checked with a
-    /// non-blocking peek for EOF. A connection used moments ago skips that syscall: if the
-    /// upstream closed it in between, the request is retried once on a new connection
-    /// (its body is in hand).
-    pub fn take(&mut self, up: &Upstream, ep: usize, verify: bool) -> Option<UpConn> {
+    /// Every connection is checked with a non-blocking peek before it is handed out, however
+    /// recently it was used: bytes waiting on an idle connection are bytes the upstream sent
+    /// past the end of its last response (a body on a HEAD/204/304 answer, a response split
+    /// across writes), and read as the next response they would answer another client's
+    /// request. Such a connection is dropped, as is one the upstream closed. The peek is one
+    /// `recv` per reuse; the race it cannot see (a close between peek and write) is retried
+    /// once on a new connection when the request's body is in hand.
+    pub fn take(&mut self, up: &Upstream, ep: usize) -> Option<UpConn> {
         let list = self.idle.get_mut(&(up.fingerprint, ep))?;
         while let Some(idle) = list.pop_back() {
             let idle_for = idle.since.elapsed();
             if idle_for < up.keepalive_timeout
                 && idle.requests < up.keepalive_requests
-                && ((idle_for < PEEK_AFTER && !verify)
-                    || idle_socket_is_alive(idle.stream.as_raw_fd()))
+                && idle_socket_is_alive(idle.stream.as_raw_fd())
             {
                 self.stats.reuses += 1;
                 return Some(UpConn {
