@@ -12,6 +12,10 @@ pub enum ProxyError {
     /// The request target is not an origin-form path we route.
     #[error("invalid request target: {0}")]
     BadTarget(&'static str),
+    /// The request path is refused by normalization (escaped slashes, escaped dot
+    /// segments, `..` above the root, ...): it could mean another path upstream.
+    #[error("invalid request path: {0}")]
+    BadPath(crate::http::path::PathError),
     /// No route matched.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -131,7 +135,9 @@ impl ProxyError {
                 };
                 (e.status(), "invalid_request_error", code)
             }
-            ProxyError::BadTarget(_) => (400, "invalid_request_error", "bad_request"),
+            ProxyError::BadTarget(_) | ProxyError::BadPath(_) => {
+                (400, "invalid_request_error", "bad_request")
+            }
             ProxyError::NoRoute { .. } => (404, "invalid_request_error", "route_not_found"),
             ProxyError::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             ProxyError::ClientTimeout => (408, "invalid_request_error", "request_timeout"),

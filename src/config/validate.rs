@@ -785,6 +785,17 @@ fn compile_route(
                 format!("{path}.{key}"),
                 format!("`{p}` must start with `/`"),
             );
+        } else {
+            // Requests are routed on their normalized path, so a prefix that is not normal
+            // would never match.
+            match crate::http::path::normalize(p) {
+                Ok(n) if n == p.as_str() => {}
+                Ok(n) => errs.push(
+                    format!("{path}.{key}"),
+                    format!("`{p}` is matched against normalized paths and would never match; write `{n}`"),
+                ),
+                Err(e) => errs.push(format!("{path}.{key}"), format!("`{p}`: {e}")),
+            }
         }
     }
     if let Some(rw) = &r.rewrite {
