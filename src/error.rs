@@ -24,6 +24,15 @@ pub enum ProxyError {
         /// Request path.
         path: String,
     },
+    /// A route matches the path but not the method, or the method is never forwarded
+    /// (TRACE, CONNECT).
+    #[error("method {method} is not allowed here (allowed: {allow})")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// The `Allow` header value: what the resource accepts.
+        allow: String,
+    },
     /// The request body is larger than `server.max_body_bytes`.
     #[error("request body exceeds {limit} bytes")]
     BodyTooLarge {
@@ -139,6 +148,9 @@ impl ProxyError {
                 (400, "invalid_request_error", "bad_request")
             }
             ProxyError::NoRoute { .. } => (404, "invalid_request_error", "route_not_found"),
+            ProxyError::MethodNotAllowed { .. } => {
+                (405, "invalid_request_error", "method_not_allowed")
+            }
             ProxyError::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             ProxyError::ClientTimeout => (408, "invalid_request_error", "request_timeout"),
             ProxyError::ClientIo(_) => (400, "invalid_request_error", "client_error"),
@@ -183,6 +195,14 @@ impl ProxyError {
             ProxyError::RouteBusy(_) | ProxyError::NoHealthyEndpoint(_) | ProxyError::Draining => {
                 Some(1)
             }
+            _ => None,
+        }
+    }
+
+    /// The `Allow` header a 405 must carry (RFC 9110 §15.5.6).
+    pub fn allow(&self) -> Option<&str> {
+        match self {
+            ProxyError::MethodNotAllowed { allow, .. } => Some(allow),
             _ => None,
         }
     }

@@ -108,3 +108,44 @@ fn paths_are_normalized_before_routing_and_never_leave_the_prefix() {
         );
     }
 }
+
+/// TRACE and CONNECT are never forwarded, whatever the route; a route without `methods`
+/// takes the default set; a method the route does not take is a 405 with `Allow`.
+#[test]
+fn methods_outside_the_route_are_405_with_allow() {
+    const DEFAULT_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Gateway::start(&config(&mock, ""), DRIVERS[0]);
+    let cases: &[(&str, &str, &str)] = &[
+        ("TRACE", "/public/x", DEFAULT_ALLOW),
+        ("TRACE", "/nowhere", DEFAULT_ALLOW),
+        ("CONNECT", "example.com:443", DEFAULT_ALLOW),
+        ("PROPFIND", "/public/x", DEFAULT_ALLOW),
+        ("GET", "/v1/embeddings", "POST"),
+        ("DELETE", "/v1/embeddings", "POST"),
+    ];
+    for (method, target, allow) in cases {
+        let r = request(
+            gw.addr,
+            &format!("{method} {target} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"),
+        )
+        .expect("response");
+        assert_eq!(r.status, 405, "{method} {target}: {}", r.text());
+        assert_eq!(r.header("allow"), Some(*allow), "{method} {target}");
+        assert_eq!(
+            r.json()["error"]["code"],
+            "method_not_allowed",
+            "{method} {target}"
+        );
+    }
+    assert_eq!(mock.request_count(), 0, "nothing was forwarded");
+    // The default set still reaches the upstream, and a path no route serves stays 404.
+    let r = request(
+        gw.addr,
+        "DELETE /public/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .expect("response");
+    assert_ne!(r.status, 405, "{}", r.text());
+    assert_eq!(mock.requests().last().map(|r| r.method.as_str()), Some("DELETE"));
+    assert_eq!(get(&gw, "/nowhere", "").status, 404);
+}

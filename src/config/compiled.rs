@@ -239,7 +239,8 @@ pub struct Route {
     pub name: String,
     /// What the path must be.
     pub matcher: PathMatch,
-    /// Uppercase methods accepted; empty accepts all.
+    /// Uppercase methods accepted; empty accepts `router::DEFAULT_METHODS` (GET, HEAD, POST,
+    /// PUT, PATCH, DELETE, OPTIONS). TRACE and CONNECT are never accepted.
     pub methods: Vec<String>,
     /// Lowercase host (no port) required, if any.
     pub host: Option<String>,

@@ -813,6 +813,11 @@ fn compile_route(
                 format!("{path}.methods[{i}]"),
                 format!("`{m}` is not an HTTP method"),
             );
+        } else if crate::router::is_never_forwarded(&m.to_ascii_uppercase()) {
+            errs.push(
+                format!("{path}.methods[{i}]"),
+                format!("`{m}` is never forwarded (TRACE and CONNECT are answered 405)"),
+            );
         }
         methods.insert(m.to_ascii_uppercase());
     }

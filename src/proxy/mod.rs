@@ -200,6 +200,23 @@ async fn handle_request(
     let mut route_name: Option<&str> = None;
     let mut client_name: Option<&str> = None;
     let result: Result<(), (ProxyError, bool)> = async {
+        if crate::router::is_never_forwarded(&head.method) {
+            let allow = target
+                .is_ok()
+                .then(|| {
+                    let host = headers::host_without_port(head);
+                    cfg.routes.allowed_methods(host.as_deref(), path)
+                })
+                .flatten()
+                .unwrap_or_else(|| crate::router::DEFAULT_ALLOW.to_string());
+            return Err((
+                ProxyError::MethodNotAllowed {
+                    method: head.method.clone(),
+                    allow,
+                },
+                false,
+            ));
+        }
         target.map_err(|e| (ProxyError::BadPath(e), false))?;
         if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
             route_name = Some(MODELS_ROUTE);
@@ -223,10 +240,22 @@ async fn handle_request(
                 false,
             )
         };
-        let route = cfg
-            .routes
-            .find(&head.method, host.as_deref(), path)
-            .ok_or_else(no_route)?;
+        let route = match cfg.routes.find(&head.method, host.as_deref(), path) {
+            Some(r) => r,
+            None => {
+                // A path some route serves, with another method: 405 with what it accepts.
+                return Err(match cfg.routes.allowed_methods(host.as_deref(), path) {
+                    Some(allow) => (
+                        ProxyError::MethodNotAllowed {
+                            method: head.method.clone(),
+                            allow,
+                        },
+                        false,
+                    ),
+                    None => no_route(),
+                });
+            }
+        };
         route_name = Some(&route.name);
         let upstream = match route.upstream {
             Some(i) => Some(cfg.upstreams.get(i).ok_or_else(no_route)?.as_ref()),
@@ -358,9 +387,9 @@ async fn models_endpoint(
     let path = head.path();
     if head.method != "GET" && head.method != "HEAD" {
         return Err((
-            ProxyError::NoRoute {
+            ProxyError::MethodNotAllowed {
                 method: head.method.clone(),
-                path: path.to_string(),
+                allow: "GET, HEAD".into(),
             },
             false,
         ));
@@ -499,6 +528,9 @@ pub async fn send_error(
         )),
         _ => None,
     };
+    if let Some(allow) = e.allow() {
+        hdrs.push(("allow", allow.as_bytes()));
+    }
     if matches!(e, ProxyError::Unauthorized(_)) {
         hdrs.push(("www-authenticate", b"Bearer"));
     }
