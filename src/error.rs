@@ -16,6 +16,9 @@ pub enum ProxyError {
     /// segments, `..` above the root, ...): it could mean another path upstream.
     #[error("invalid request path: {0}")]
     BadPath(crate::http::path::PathError),
+    /// A header name holds `_` and `server.underscores_in_headers` is "reject".
+    #[error("header names with underscores are not accepted")]
+    UnderscoreHeader,
     /// No route matched.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -144,7 +147,7 @@ impl ProxyError {
                 };
                 (e.status(), "invalid_request_error", code)
             }
-            ProxyError::BadTarget(_) | ProxyError::BadPath(_) => {
+            ProxyError::BadTarget(_) | ProxyError::BadPath(_) | ProxyError::UnderscoreHeader => {
                 (400, "invalid_request_error", "bad_request")
             }
             ProxyError::NoRoute { .. } => (404, "invalid_request_error", "route_not_found"),

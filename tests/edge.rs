@@ -149,3 +149,39 @@ fn methods_outside_the_route_are_405_with_allow() {
     assert_eq!(mock.requests().last().map(|r| r.method.as_str()), Some("DELETE"));
     assert_eq!(get(&gw, "/nowhere", "").status, 404);
 }
+
+/// Header names with `_` are dropped before the upstream by default, so `X_Forwarded_For`
+/// cannot pass for the `X-Forwarded-For` the gateway sets; "allow" forwards them and
+/// "reject" answers 400.
+#[test]
+fn underscore_headers_are_dropped_by_default_allowed_or_rejected_on_request() {
+    let sent = "X_Forwarded_For: 6.6.6.6\r\nx_custom: a\r\nx-ok: b\r\n";
+    for (mode, status) in [("", 0), ("allow", 0), ("drop", 0), ("reject", 400)] {
+        let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+        let extra = if mode.is_empty() {
+            String::new()
+        } else {
+            format!("underscores_in_headers = \"{mode}\"")
+        };
+        let gw = Gateway::start(&config(&mock, &extra), DRIVERS[0]);
+        let r = get(&gw, "/public/x", sent);
+        let seen = mock.requests();
+        if status != 0 {
+            assert_eq!(r.status, status, "{mode}: {}", r.text());
+            assert_eq!(r.json()["error"]["code"], "bad_request", "{mode}");
+            assert!(seen.is_empty(), "{mode}: forwarded");
+            continue;
+        }
+        let up = seen.last().expect("forwarded");
+        let names: Vec<&str> = up.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let forwarded = mode == "allow";
+        assert_eq!(up.header("x_custom").is_some(), forwarded, "{mode}: {names:?}");
+        assert_eq!(
+            up.header("X_Forwarded_For").is_some(),
+            forwarded,
+            "{mode}: {names:?}"
+        );
+        assert_eq!(up.header("x-ok"), Some("b"), "{mode}");
+        assert_eq!(up.header("x-forwarded-for"), Some("127.0.0.1"), "{mode}");
+    }
+}

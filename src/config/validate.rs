@@ -260,7 +260,18 @@ pub fn validate_and_compile(
     let mut limit_names = Vec::new();
     for (name, l) in &raw.limits {
         let path = format!("limits.{name}");
-        limits.push(Arc::new(compile_limit(name, l, &path, &mut errs)));
+        let spec = compile_limit(name, l, &path, &mut errs);
+        // A header the gateway drops or refuses cannot key a limit: the limit would count
+        // something the upstream never sees.
+        if let LimitKey::Header(h) = &spec.key {
+            if h.contains('_') && server.underscores_in_headers != UnderscoreHeaders::Allow {
+                errs.push(
+                    format!("{path}.key"),
+                    "header names with `_` are dropped or refused unless server.underscores_in_headers = \"allow\"",
+                );
+            }
+        }
+        limits.push(Arc::new(spec));
         limit_names.push(name.clone());
     }
 
@@ -412,6 +423,19 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
         ),
         trusted_proxies: trusted,
         max_retry_body_bytes: s.max_retry_body_bytes,
+        underscores_in_headers: match s.underscores_in_headers.as_str() {
+            "drop" => UnderscoreHeaders::Drop,
+            "allow" => UnderscoreHeaders::Allow,
+            "reject" => UnderscoreHeaders::Reject,
+            other => {
+                errs.push(
+                    "server.underscores_in_headers",
+                    format!("`{other}` is not one of drop, allow, reject"),
+                );
+                UnderscoreHeaders::Drop
+            }
+        },
+        allow_no_routes: s.allow_no_routes,
         tls: None,
     }
 }
@@ -1050,6 +1074,29 @@ upstream = "mock"
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
+    }
+
+    #[test]
+    fn underscores_in_headers_is_validated_and_guards_limit_keys() {
+        let with = |server: &str, key: &str| {
+            let text = GOOD.replace(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"127.0.0.1:8080\"\n{server}"),
+            ) + &format!("[limits.l]\nrate_per_second = 1.0\nkey = \"{key}\"\n");
+            errors_of(&text)
+        };
+        let cfg = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
+        assert_eq!(cfg.server.underscores_in_headers, UnderscoreHeaders::Drop);
+        let errs = with("underscores_in_headers = \"keep\"", "client_ip");
+        assert!(errs.iter().any(|e| e.path == "server.underscores_in_headers"), "{errs:?}");
+        // A limit keyed on a header the gateway drops or refuses is an error...
+        for mode in ["", "underscores_in_headers = \"drop\"", "underscores_in_headers = \"reject\""] {
+            let errs = with(mode, "header:x_user");
+            assert!(errs.iter().any(|e| e.path == "limits.l.key"), "{mode}: {errs:?}");
+        }
+        // ...unless such headers are allowed; dashes are always fine.
+        assert_eq!(with("underscores_in_headers = \"allow\"", "header:x_user"), vec![]);
+        assert_eq!(with("", "header:x-user"), vec![]);
     }
 
     #[test]

@@ -218,6 +218,11 @@ async fn handle_request(
             ));
         }
         target.map_err(|e| (ProxyError::BadPath(e), false))?;
+        if cfg.server.underscores_in_headers == crate::config::UnderscoreHeaders::Reject
+            && head.headers.iter().any(|h| h.name.contains('_'))
+        {
+            return Err((ProxyError::UnderscoreHeader, false));
+        }
         if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
             route_name = Some(MODELS_ROUTE);
             if let Some(auth) = &cfg.auth {
