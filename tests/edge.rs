@@ -185,3 +185,30 @@ fn underscore_headers_are_dropped_by_default_allowed_or_rejected_on_request() {
         assert_eq!(up.header("x-forwarded-for"), Some("127.0.0.1"), "{mode}");
     }
 }
+
+/// A limit keyed by `api_key` reads the key through `ai::auth::presented_key`, so one key
+/// spelled three ways is one bucket. Ignored until `admit` in src/proxy/forward.rs (being
+/// rewritten elsewhere) calls `presented_key` instead of reading the raw header; it fails
+/// today with [200, 200, 200].
+#[test]
+#[ignore = "needs forward.rs admit to key api_key limits by ai::auth::presented_key"]
+fn api_key_limit_is_one_bucket_however_the_key_is_spelled() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let text = config(&mock, "").replace(
+        "[[routes]]\nname = \"public\"\nprefix = \"/public/\"\nupstream = \"mock\"\n",
+        "[[routes]]\nname = \"public\"\nprefix = \"/public/\"\nupstream = \"mock\"\nlimit = \"k\"\n\n[limits.k]\nrate_per_second = 0.01\nburst = 1\nkey = \"api_key\"\n",
+    );
+    assert!(text.contains("[limits.k]"), "{text}");
+    let gw = Gateway::start(&text, DRIVERS[0]);
+    let statuses: Vec<u16> = [
+        "authorization: Bearer sk-a\r\n",
+        "authorization: bearer  sk-a \r\n",
+        "authorization: BEARER\tsk-a\r\n",
+    ]
+    .iter()
+    .map(|h| get(&gw, "/public/echo", h).status)
+    .collect();
+    assert_eq!(statuses, vec![200, 200, 429]);
+    // Another key has its own bucket.
+    assert_eq!(get(&gw, "/public/echo", "authorization: Bearer sk-b\r\n").status, 200);
+}
