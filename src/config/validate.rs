@@ -1099,6 +1099,43 @@ upstream = "mock"
         assert_eq!(with("", "header:x-user"), vec![]);
     }
 
+    /// No error about a secret file quotes its content (errors reach logs and `/config`).
+    #[test]
+    fn secret_file_errors_never_echo_the_secret() {
+        let dir = std::env::temp_dir().join(format!("ringgate-secret-errs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = "sk-live-7f3a9c1e5b";
+        let h = "b".repeat(64);
+        let cases = [
+            // api_key_file: a key with a line break or a space in it cannot be a header.
+            ("api", format!("{secret}\nsecond line"), "upstreams.mock.api_key_file"),
+            ("api", format!("Bearer {secret}"), "upstreams.mock.api_key_file"),
+            // [auth] keys file: a plaintext key where its sha256 belongs, either way round.
+            ("keys", format!("team-a {h}\nteam-b {secret}\n"), "auth.keys_file"),
+            ("keys", format!("{secret} team-b\n"), "auth.keys_file"),
+            ("keys", format!("{secret}\n"), "auth.keys_file"),
+        ];
+        for (kind, content, path) in cases {
+            std::fs::write(dir.join("secret"), &content).expect("write");
+            let extra = match kind {
+                "api" => "api_key_file = \"secret\"\n",
+                _ => "[auth]\nkeys_file = \"secret\"\n",
+            };
+            let text = GOOD.replace(
+                "url = \"http://127.0.0.1:9000/v1\"\n",
+                &format!("url = \"http://127.0.0.1:9000/v1\"\n{}", if kind == "api" { extra } else { "" }),
+            ) + if kind == "keys" { extra } else { "" };
+            let err = match crate::config::load_bytes(text.as_bytes(), &dir) {
+                Ok(_) => panic!("{content:?} accepted"),
+                Err(e) => e,
+            };
+            assert!(err.0.iter().any(|e| e.path == path), "{content:?}: {err}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(secret), "{content:?}: {shown}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn host_port_forms() {
         assert_eq!(split_host_port("a.b:80", None), Some(("a.b".into(), 80)));
