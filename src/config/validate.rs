@@ -337,6 +337,24 @@ pub fn validate_and_compile(
         }
     }
 
+    if raw.routes.is_empty() && !raw.server.allow_no_routes {
+        // An empty or truncated file (a mis-indented ConfigMap key, a half-written apply)
+        // parses as all defaults and no routes: serving it would answer every request 404.
+        let blank = text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        errs.push(
+            "",
+            if blank {
+                "the config is empty (no [[routes]]): serving it would take every route down; \
+                 set server.allow_no_routes = true to run without routes"
+            } else {
+                "no [[routes]]: every request would be answered 404; \
+                 set server.allow_no_routes = true to run without routes"
+            },
+        );
+    }
+
     if errs.list.is_empty() {
         Ok(Config {
             server,
@@ -1134,6 +1152,38 @@ upstream = "mock"
             assert!(!shown.contains(secret), "{content:?}: {shown}");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A config that would take every route down is an error unless opted into.
+    #[test]
+    fn no_routes_is_an_error_unless_allowed() {
+        for (text, want) in [
+            ("", "the config is empty"),
+            ("# nothing yet\n\n", "the config is empty"),
+            ("[server]\nlisten = \"127.0.0.1:8080\"\n", "no [[routes]]"),
+        ] {
+            let errs = errors_of(text);
+            assert!(errs.iter().any(|e| e.message.contains(want)), "{text:?}: {errs:?}");
+            assert!(errs.iter().any(|e| e.message.contains("allow_no_routes")), "{errs:?}");
+        }
+        let allowed = "[server]\nallow_no_routes = true\n";
+        let cfg = crate::config::load_bytes(allowed.as_bytes(), Path::new(".")).expect("opted in");
+        assert!(cfg.routes.is_empty());
+    }
+
+    /// Route matchers are compared with normalized request paths, so they must be normal.
+    #[test]
+    fn route_paths_must_be_normal() {
+        for (bad, path) in [
+            ("/v1//chat", "routes[0].prefix"),
+            ("/v1/./chat", "routes[0].prefix"),
+            ("/v1/%63hat", "routes[0].prefix"),
+            ("/v1/a%2Fb", "routes[0].prefix"),
+        ] {
+            let text = GOOD.replace("prefix = \"/v1/chat/completions\"", &format!("prefix = \"{bad}\""));
+            let errs = errors_of(&text);
+            assert!(errs.iter().any(|e| e.path == path), "{bad}: {errs:?}");
+        }
     }
 
     #[test]
