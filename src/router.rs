@@ -275,12 +275,33 @@ mod tests {
     #[test]
     fn allow_lists_what_the_matching_routes_accept() {
         let t = RouteTable::new(vec![
-            route("m", PathMatch::Exact("/v1/models".into()), &["GET", "HEAD"], None, None),
-            route("e", PathMatch::Prefix("/v1/e".into()), &["POST", "TRACE"], None, None),
-            route("h", PathMatch::Prefix("/v1/".into()), &["PUT"], Some("h.local"), None),
+            route(
+                "m",
+                PathMatch::Exact("/v1/models".into()),
+                &["GET", "HEAD"],
+                None,
+                None,
+            ),
+            route(
+                "e",
+                PathMatch::Prefix("/v1/e".into()),
+                &["POST", "TRACE"],
+                None,
+                None,
+            ),
+            route(
+                "h",
+                PathMatch::Prefix("/v1/".into()),
+                &["PUT"],
+                Some("h.local"),
+                None,
+            ),
         ]);
         assert!(t.find("POST", None, "/v1/models").is_none());
-        assert_eq!(t.allowed_methods(None, "/v1/models").as_deref(), Some("GET, HEAD"));
+        assert_eq!(
+            t.allowed_methods(None, "/v1/models").as_deref(),
+            Some("GET, HEAD")
+        );
         // TRACE in a route's list (refused by validation anyway) is never allowed.
         assert!(t.find("TRACE", None, "/v1/e").is_none());
         assert_eq!(t.allowed_methods(None, "/v1/e").as_deref(), Some("POST"));

@@ -100,7 +100,10 @@ fn check_refuses_empty_configs_and_misindented_manifests() {
         std::fs::write(&toml, text).expect("write");
         let (code, out) = check(&toml);
         assert_eq!(code, 1, "{text:?}: {out}");
-        assert!(out.contains(want) && out.contains("allow_no_routes"), "{out}");
+        assert!(
+            out.contains(want) && out.contains("allow_no_routes"),
+            "{out}"
+        );
         assert!(!out.contains("ok ("), "{out}");
     }
     std::fs::write(&toml, "[server]\nallow_no_routes = true\n").expect("write");
@@ -138,7 +141,11 @@ fn check_refuses_empty_configs_and_misindented_manifests() {
         assert!(!out.contains("ok ("), "{out}");
     }
     // The same manifest, indented right, is fine.
-    std::fs::write(&yaml, format!("{head}data:\n  gateway.toml: |\n{}", indented(4))).expect("write");
+    std::fs::write(
+        &yaml,
+        format!("{head}data:\n  gateway.toml: |\n{}", indented(4)),
+    )
+    .expect("write");
     let (code, out) = check(&yaml);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok (1 routes"), "{out}");

@@ -95,7 +95,11 @@ fn paths_are_normalized_before_routing_and_never_leave_the_prefix() {
         match upstream {
             Some(want) => {
                 assert_eq!(seen.len(), before + 1, "{target}");
-                assert_eq!(seen.last().map(|r| r.path.as_str()), Some(*want), "{target}");
+                assert_eq!(
+                    seen.last().map(|r| r.path.as_str()),
+                    Some(*want),
+                    "{target}"
+                );
             }
             None => assert_eq!(seen.len(), before, "{target} reached the upstream"),
         }
@@ -146,7 +150,10 @@ fn methods_outside_the_route_are_405_with_allow() {
     )
     .expect("response");
     assert_ne!(r.status, 405, "{}", r.text());
-    assert_eq!(mock.requests().last().map(|r| r.method.as_str()), Some("DELETE"));
+    assert_eq!(
+        mock.requests().last().map(|r| r.method.as_str()),
+        Some("DELETE")
+    );
     assert_eq!(get(&gw, "/nowhere", "").status, 404);
 }
 
@@ -175,7 +182,11 @@ fn underscore_headers_are_dropped_by_default_allowed_or_rejected_on_request() {
         let up = seen.last().expect("forwarded");
         let names: Vec<&str> = up.headers.iter().map(|(n, _)| n.as_str()).collect();
         let forwarded = mode == "allow";
-        assert_eq!(up.header("x_custom").is_some(), forwarded, "{mode}: {names:?}");
+        assert_eq!(
+            up.header("x_custom").is_some(),
+            forwarded,
+            "{mode}: {names:?}"
+        );
         assert_eq!(
             up.header("X_Forwarded_For").is_some(),
             forwarded,
@@ -210,5 +221,8 @@ fn api_key_limit_is_one_bucket_however_the_key_is_spelled() {
     .collect();
     assert_eq!(statuses, vec![200, 200, 429]);
     // Another key has its own bucket.
-    assert_eq!(get(&gw, "/public/echo", "authorization: Bearer sk-b\r\n").status, 200);
+    assert_eq!(
+        get(&gw, "/public/echo", "authorization: Bearer sk-b\r\n").status,
+        200
+    );
 }

@@ -135,13 +135,22 @@ mod tests {
             ("x-api-key:  sk-1 \r\n", Some("sk-1")),
             ("api-key: sk-1\r\n", Some("sk-1")),
             // Not a bearer token: the other headers are looked at.
-            ("authorization: Basic c2stMQ==\r\nx-api-key: sk-1\r\n", Some("sk-1")),
+            (
+                "authorization: Basic c2stMQ==\r\nx-api-key: sk-1\r\n",
+                Some("sk-1"),
+            ),
             ("authorization: Bearersk-1\r\n", None),
             ("authorization: Bearer\r\n", None),
             ("authorization: Bearer sk-1 sk-2\r\n", None),
             // Twice is ambiguous: no key, whatever the other headers say.
-            ("authorization: Bearer sk-1\r\nauthorization: Bearer sk-2\r\n", None),
-            ("authorization: Bearer sk-1\r\nAuthorization: Bearer sk-1\r\n", None),
+            (
+                "authorization: Bearer sk-1\r\nauthorization: Bearer sk-2\r\n",
+                None,
+            ),
+            (
+                "authorization: Bearer sk-1\r\nAuthorization: Bearer sk-1\r\n",
+                None,
+            ),
             ("x-api-key: sk-1\r\nx-api-key: sk-2\r\n", None),
             ("", None),
         ];

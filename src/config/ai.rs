@@ -495,10 +495,16 @@ mod tests {
         assert_eq!(got[0].1, [0xaa; 32]);
         assert_eq!(got[1].1, [0xbb; 32]);
         let cases: [(&str, &str); 5] = [
-            ("team-a sk-plainkey", "line 1: expected `NAME SHA256HEX` where SHA256HEX is the key's sha256"),
+            (
+                "team-a sk-plainkey",
+                "line 1: expected `NAME SHA256HEX` where SHA256HEX is the key's sha256",
+            ),
             ("team-a", "line 1: expected"),
             ("bad/name aaaa", "sha256"),
-            ("x {h}\nx {h2}", "line 2: the client name of line 1 is listed again"),
+            (
+                "x {h}\nx {h2}",
+                "line 2: the client name of line 1 is listed again",
+            ),
             ("x {h}\n\ny {h}", "line 3: the same key as line 1"),
         ];
         for (text, want) in cases {
@@ -519,7 +525,7 @@ mod tests {
         for text in [
             format!("team-a {secret}"),
             format!("{secret} team-a"),
-            format!("{secret}"),
+            secret.to_string(),
             format!("team-a {secret} extra"),
             format!("{secret} {h}\n{secret} {h}"),
             format!("team-a {h}\n{secret} {h}"),

@@ -65,7 +65,9 @@ pub fn load_bytes_with(
 /// `ringgate check configmaps/x.yaml` validates what users apply. Only the block-scalar form
 /// (`gateway.toml: |`) that kubectl users write is understood.
 pub fn toml_from_configmap_yaml(yaml: &str) -> Option<String> {
-    toml_block_in_configmap_yaml(yaml).ok().map(|(text, _)| text)
+    toml_block_in_configmap_yaml(yaml)
+        .ok()
+        .map(|(text, _)| text)
 }
 
 /// As [`toml_from_configmap_yaml`], also returning how many YAML lines precede the block, so
@@ -80,7 +82,9 @@ pub fn toml_block_in_configmap_yaml(yaml: &str) -> Result<(String, usize), Strin
     let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
     let key = format!("{CONFIG_FILE_NAME}:");
     let Some(k) = lines.iter().position(|l| l.trim_start().starts_with(&key)) else {
-        return Err(format!("no `{CONFIG_FILE_NAME}: |` key found in the ConfigMap manifest"));
+        return Err(format!(
+            "no `{CONFIG_FILE_NAME}: |` key found in the ConfigMap manifest"
+        ));
     };
     let key_line = lines[k];
     let key_indent = indent(key_line);
@@ -89,9 +93,9 @@ pub fn toml_block_in_configmap_yaml(yaml: &str) -> Result<(String, usize), Strin
         return Err(format!("{}: YAML indentation must not use tabs", at(k)));
     }
     // The key's parent is the nearest line above it that is indented less.
-    let parent = lines[..k]
-        .iter()
-        .rposition(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && indent(l) < key_indent);
+    let parent = lines[..k].iter().rposition(|l| {
+        !l.trim().is_empty() && !l.trim_start().starts_with('#') && indent(l) < key_indent
+    });
     let under_data = parent.is_some_and(|p| lines[p].trim_end() == "data:");
     // `data:` itself is top-level: its own indentation is zero (trim_end keeps it).
     if key_indent == 0 || !under_data {

@@ -1106,14 +1106,28 @@ upstream = "mock"
         let cfg = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
         assert_eq!(cfg.server.underscores_in_headers, UnderscoreHeaders::Drop);
         let errs = with("underscores_in_headers = \"keep\"", "client_ip");
-        assert!(errs.iter().any(|e| e.path == "server.underscores_in_headers"), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "server.underscores_in_headers"),
+            "{errs:?}"
+        );
         // A limit keyed on a header the gateway drops or refuses is an error...
-        for mode in ["", "underscores_in_headers = \"drop\"", "underscores_in_headers = \"reject\""] {
+        for mode in [
+            "",
+            "underscores_in_headers = \"drop\"",
+            "underscores_in_headers = \"reject\"",
+        ] {
             let errs = with(mode, "header:x_user");
-            assert!(errs.iter().any(|e| e.path == "limits.l.key"), "{mode}: {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.path == "limits.l.key"),
+                "{mode}: {errs:?}"
+            );
         }
         // ...unless such headers are allowed; dashes are always fine.
-        assert_eq!(with("underscores_in_headers = \"allow\"", "header:x_user"), vec![]);
+        assert_eq!(
+            with("underscores_in_headers = \"allow\"", "header:x_user"),
+            vec![]
+        );
         assert_eq!(with("", "header:x-user"), vec![]);
     }
 
@@ -1126,10 +1140,22 @@ upstream = "mock"
         let h = "b".repeat(64);
         let cases = [
             // api_key_file: a key with a line break or a space in it cannot be a header.
-            ("api", format!("{secret}\nsecond line"), "upstreams.mock.api_key_file"),
-            ("api", format!("Bearer {secret}"), "upstreams.mock.api_key_file"),
+            (
+                "api",
+                format!("{secret}\nsecond line"),
+                "upstreams.mock.api_key_file",
+            ),
+            (
+                "api",
+                format!("Bearer {secret}"),
+                "upstreams.mock.api_key_file",
+            ),
             // [auth] keys file: a plaintext key where its sha256 belongs, either way round.
-            ("keys", format!("team-a {h}\nteam-b {secret}\n"), "auth.keys_file"),
+            (
+                "keys",
+                format!("team-a {h}\nteam-b {secret}\n"),
+                "auth.keys_file",
+            ),
             ("keys", format!("{secret} team-b\n"), "auth.keys_file"),
             ("keys", format!("{secret}\n"), "auth.keys_file"),
         ];
@@ -1141,7 +1167,10 @@ upstream = "mock"
             };
             let text = GOOD.replace(
                 "url = \"http://127.0.0.1:9000/v1\"\n",
-                &format!("url = \"http://127.0.0.1:9000/v1\"\n{}", if kind == "api" { extra } else { "" }),
+                &format!(
+                    "url = \"http://127.0.0.1:9000/v1\"\n{}",
+                    if kind == "api" { extra } else { "" }
+                ),
             ) + if kind == "keys" { extra } else { "" };
             let err = match crate::config::load_bytes(text.as_bytes(), &dir) {
                 Ok(_) => panic!("{content:?} accepted"),
@@ -1163,8 +1192,14 @@ upstream = "mock"
             ("[server]\nlisten = \"127.0.0.1:8080\"\n", "no [[routes]]"),
         ] {
             let errs = errors_of(text);
-            assert!(errs.iter().any(|e| e.message.contains(want)), "{text:?}: {errs:?}");
-            assert!(errs.iter().any(|e| e.message.contains("allow_no_routes")), "{errs:?}");
+            assert!(
+                errs.iter().any(|e| e.message.contains(want)),
+                "{text:?}: {errs:?}"
+            );
+            assert!(
+                errs.iter().any(|e| e.message.contains("allow_no_routes")),
+                "{errs:?}"
+            );
         }
         let allowed = "[server]\nallow_no_routes = true\n";
         let cfg = crate::config::load_bytes(allowed.as_bytes(), Path::new(".")).expect("opted in");
@@ -1180,7 +1215,10 @@ upstream = "mock"
             ("/v1/%63hat", "routes[0].prefix"),
             ("/v1/a%2Fb", "routes[0].prefix"),
         ] {
-            let text = GOOD.replace("prefix = \"/v1/chat/completions\"", &format!("prefix = \"{bad}\""));
+            let text = GOOD.replace(
+                "prefix = \"/v1/chat/completions\"",
+                &format!("prefix = \"{bad}\""),
+            );
             let errs = errors_of(&text);
             assert!(errs.iter().any(|e| e.path == path), "{bad}: {errs:?}");
         }

@@ -67,7 +67,10 @@ fn hex(c: u8) -> Option<u8> {
 
 /// The byte a `%XX` escape at `b[i]` stands for.
 fn escape_at(b: &[u8], i: usize) -> Result<u8, PathError> {
-    match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+    match (
+        b.get(i + 1).copied().and_then(hex),
+        b.get(i + 2).copied().and_then(hex),
+    ) {
         (Some(h), Some(l)) => Ok(h << 4 | l),
         _ => Err(PathError::BadEscape),
     }
@@ -299,7 +302,10 @@ mod tests {
             "/x/%2Fy".replace("%2F", "%3F").as_str(),
         ] {
             let once = normalize(p).map(Cow::into_owned).expect("normal");
-            assert!(matches!(normalize(&once), Ok(Cow::Borrowed(_))), "{p} -> {once}");
+            assert!(
+                matches!(normalize(&once), Ok(Cow::Borrowed(_))),
+                "{p} -> {once}"
+            );
         }
     }
 }
