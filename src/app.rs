@@ -25,16 +25,13 @@ pub fn check(path: &Path) -> i32 {
     };
     // Errors in a manifest are reported at the manifest's own line numbers.
     let (text, line_offset) = if is_yaml {
-        match std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(config::toml_block_in_configmap_yaml)
-        {
-            Some((t, offset)) => (t.into_bytes(), offset),
-            None => {
-                eprintln!(
-                    "{}: no `gateway.toml: |` key found in the ConfigMap manifest",
-                    file.display()
-                );
+        let found = std::str::from_utf8(&bytes)
+            .map_err(|_| "the manifest is not UTF-8".to_string())
+            .and_then(config::toml_block_in_configmap_yaml);
+        match found {
+            Ok((t, offset)) => (t.into_bytes(), offset),
+            Err(msg) => {
+                eprintln!("{}: {msg}", file.display());
                 return 1;
             }
         }

@@ -12,6 +12,13 @@ pub enum ProxyError {
     /// The request target is not an origin-form path we route.
     #[error("invalid request target: {0}")]
     BadTarget(&'static str),
+    /// The request path is refused by normalization (escaped slashes, escaped dot
+    /// segments, `..` above the root, ...): it could mean another path upstream.
+    #[error("invalid request path: {0}")]
+    BadPath(crate::http::path::PathError),
+    /// A header name holds `_` and `server.underscores_in_headers` is "reject".
+    #[error("header names with underscores are not accepted")]
+    UnderscoreHeader,
     /// No route matched.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -19,6 +26,15 @@ pub enum ProxyError {
         method: String,
         /// Request path.
         path: String,
+    },
+    /// A route matches the path but not the method, or the method is never forwarded
+    /// (TRACE, CONNECT).
+    #[error("method {method} is not allowed here (allowed: {allow})")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// The `Allow` header value: what the resource accepts.
+        allow: String,
     },
     /// The request body is larger than `server.max_body_bytes`.
     #[error("request body exceeds {limit} bytes")]
@@ -131,8 +147,13 @@ impl ProxyError {
                 };
                 (e.status(), "invalid_request_error", code)
             }
-            ProxyError::BadTarget(_) => (400, "invalid_request_error", "bad_request"),
+            ProxyError::BadTarget(_) | ProxyError::BadPath(_) | ProxyError::UnderscoreHeader => {
+                (400, "invalid_request_error", "bad_request")
+            }
             ProxyError::NoRoute { .. } => (404, "invalid_request_error", "route_not_found"),
+            ProxyError::MethodNotAllowed { .. } => {
+                (405, "invalid_request_error", "method_not_allowed")
+            }
             ProxyError::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             ProxyError::ClientTimeout => (408, "invalid_request_error", "request_timeout"),
             ProxyError::ClientIo(_) => (400, "invalid_request_error", "client_error"),
@@ -177,6 +198,14 @@ impl ProxyError {
             ProxyError::RouteBusy(_) | ProxyError::NoHealthyEndpoint(_) | ProxyError::Draining => {
                 Some(1)
             }
+            _ => None,
+        }
+    }
+
+    /// The `Allow` header a 405 must carry (RFC 9110 §15.5.6).
+    pub fn allow(&self) -> Option<&str> {
+        match self {
+            ProxyError::MethodNotAllowed { allow, .. } => Some(allow),
             _ => None,
         }
     }

@@ -57,21 +57,80 @@ impl RouteTable {
     }
 
     /// The route for a request; `host` is the Host header without its port, lowercase.
-    pub fn find(&self, method: &str, host: Option<&str>, path: &str) -> Option<&Route> {
-        let accepts = |r: &&Route| {
-            (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
-                && r.host.as_deref().is_none_or(|h| host == Some(h))
-        };
-        if let Some(list) = self.exact.get(path) {
-            if let Some(r) = list.iter().map(|&i| &self.routes[i]).find(accepts) {
-                return Some(r);
+    pub fn find<'a>(&'a self, method: &str, host: Option<&str>, path: &str) -> Option<&'a Route> {
+        self.candidates(host, path)
+            .find(|r| allows_method(r, method))
+    }
+
+    /// The routes whose path and host match, in matching order (method not considered).
+    fn candidates<'a: 'b, 'b>(
+        &'a self,
+        host: Option<&'b str>,
+        path: &'b str,
+    ) -> impl Iterator<Item = &'a Route> + 'b {
+        let exact = self.exact.get(path).into_iter().flatten();
+        let prefixes = self.prefixes.iter().filter(move |&&i| {
+            matches!(&self.routes[i].matcher, PathMatch::Prefix(p) if path.starts_with(p.as_str()))
+        });
+        exact
+            .chain(prefixes)
+            .map(|&i| &self.routes[i])
+            .filter(move |r| r.host.as_deref().is_none_or(|h| host == Some(h)))
+    }
+
+    /// The `Allow` value for a path some route matches but not with the request's method
+    /// (the union of those routes' methods, in a stable order); None when no route matches
+    /// the path and host at all (a 404, not a 405). Only called on the error path.
+    pub fn allowed_methods(&self, host: Option<&str>, path: &str) -> Option<String> {
+        let mut set = std::collections::BTreeSet::new();
+        for r in self.candidates(host, path) {
+            if r.methods.is_empty() {
+                set.extend(DEFAULT_METHODS.iter().copied());
+            } else {
+                set.extend(
+                    r.methods
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|m| !is_never_forwarded(m)),
+                );
             }
         }
-        self.prefixes
+        if set.is_empty() {
+            return None;
+        }
+        // Method order of RFC 9110 §9.3 for the usual ones, then the rest alphabetically.
+        let mut list: Vec<&str> = DEFAULT_METHODS
             .iter()
-            .map(|&i| &self.routes[i])
-            .filter(|r| matches!(&r.matcher, PathMatch::Prefix(p) if path.starts_with(p.as_str())))
-            .find(accepts)
+            .copied()
+            .filter(|m| set.contains(m))
+            .collect();
+        list.extend(set.iter().filter(|m| !DEFAULT_METHODS.contains(m)));
+        Some(list.join(", "))
+    }
+}
+
+/// Methods a route without `methods` accepts (what an OpenAI-style API uses). TRACE and
+/// CONNECT are never among them, nor accepted by any route.
+pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The `Allow` value when no route says otherwise.
+pub const DEFAULT_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// TRACE would reflect the request (cookies, keys the gateway added) back to the client;
+/// CONNECT would turn the gateway into an open tunnel. Neither is ever forwarded.
+pub fn is_never_forwarded(method: &str) -> bool {
+    method == "TRACE" || method == "CONNECT"
+}
+
+/// Whether `route` accepts `method`: its own `methods`, or [`DEFAULT_METHODS`].
+pub fn allows_method(route: &Route, method: &str) -> bool {
+    if is_never_forwarded(method) {
+        return false;
+    }
+    if route.methods.is_empty() {
+        DEFAULT_METHODS.contains(&method)
+    } else {
+        route.methods.iter().any(|m| m == method)
     }
 }
 
@@ -204,6 +263,11 @@ mod tests {
             ("GET", None, "/v1/models", Some("models")),
             ("POST", None, "/v1/models", Some("fallback")),
             ("GET", None, "/v2/x", None),
+            // Routes without `methods` take the default set, never TRACE or CONNECT.
+            ("DELETE", None, "/v1/files/x", Some("fallback")),
+            ("TRACE", None, "/v1/files/x", None),
+            ("CONNECT", None, "/v1/files/x", None),
+            ("PROPFIND", None, "/v1/files/x", None),
         ];
         for (m, h, p, want) in cases {
             assert_eq!(
@@ -212,6 +276,52 @@ mod tests {
                 "{m} {h:?} {p}"
             );
         }
+    }
+
+    #[test]
+    fn allow_lists_what_the_matching_routes_accept() {
+        let t = RouteTable::new(vec![
+            route(
+                "m",
+                PathMatch::Exact("/v1/models".into()),
+                &["GET", "HEAD"],
+                None,
+                None,
+            ),
+            route(
+                "e",
+                PathMatch::Prefix("/v1/e".into()),
+                &["POST", "TRACE"],
+                None,
+                None,
+            ),
+            route(
+                "h",
+                PathMatch::Prefix("/v1/".into()),
+                &["PUT"],
+                Some("h.local"),
+                None,
+            ),
+        ]);
+        assert!(t.find("POST", None, "/v1/models").is_none());
+        assert_eq!(
+            t.allowed_methods(None, "/v1/models").as_deref(),
+            Some("GET, HEAD")
+        );
+        // TRACE in a route's list (refused by validation anyway) is never allowed.
+        assert!(t.find("TRACE", None, "/v1/e").is_none());
+        assert_eq!(t.allowed_methods(None, "/v1/e").as_deref(), Some("POST"));
+        assert_eq!(
+            t.allowed_methods(Some("h.local"), "/v1/x").as_deref(),
+            Some("PUT")
+        );
+        // Another host, or no path match: 404, not 405.
+        assert_eq!(t.allowed_methods(None, "/v1/x"), None);
+        assert_eq!(t.allowed_methods(None, "/v2"), None);
+        assert_eq!(
+            table().allowed_methods(None, "/v1/models").as_deref(),
+            Some(DEFAULT_ALLOW)
+        );
     }
 
     #[test]

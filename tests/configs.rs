@@ -84,3 +84,70 @@ fn check_on_a_manifest_reports_the_manifests_own_lines() {
     assert!(text.contains("line 8: server.listen"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A config that would take every route down is refused by `ringgate check` (exit 1, a
+/// clear message), and so is a manifest whose `gateway.toml` kubectl would reject or apply
+/// empty: never "ok (0 routes)".
+#[test]
+fn check_refuses_empty_configs_and_misindented_manifests() {
+    let dir = std::env::temp_dir().join(format!("ringgate-check-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let toml = dir.join("gateway.toml");
+    for (text, want) in [
+        ("", "the config is empty"),
+        ("[server]\nlisten = \"127.0.0.1:8080\"\n", "no [[routes]]"),
+    ] {
+        std::fs::write(&toml, text).expect("write");
+        let (code, out) = check(&toml);
+        assert_eq!(code, 1, "{text:?}: {out}");
+        assert!(
+            out.contains(want) && out.contains("allow_no_routes"),
+            "{out}"
+        );
+        assert!(!out.contains("ok ("), "{out}");
+    }
+    std::fs::write(&toml, "[server]\nallow_no_routes = true\n").expect("write");
+    let (code, out) = check(&toml);
+    assert_eq!(code, 0, "{out}");
+
+    let head = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n";
+    let body = "[upstreams.u]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+    let indented = |n: usize| -> String {
+        body.lines()
+            .map(|l| format!("{}{l}\n", " ".repeat(n)))
+            .collect()
+    };
+    let yaml = dir.join("cm.yaml");
+    let cases: Vec<(String, &str)> = vec![
+        // The block at the key's own indentation: YAML reads an empty string.
+        (format!("{head}data:\n  gateway.toml: |\n{}", indented(2)), "line 6: the `gateway.toml: |` block is empty"),
+        // The key not indented under data:, or under another key.
+        (format!("{head}data:\ngateway.toml: |\n{}", indented(2)), "line 6: `gateway.toml` is not directly under"),
+        (format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  gateway.toml: |\n{}data: {{}}\n", indented(4)), "line 5: `gateway.toml` is not directly under"),
+        // A sibling key at another indentation: kubectl's YAML parser rejects it.
+        (format!("{head}data:\n  other: x\n    gateway.toml: |\n{}", indented(6)), "line 7: `gateway.toml` is not directly under"),
+        (format!("{head}data:\n    other: x\n  gateway.toml: |\n{}", indented(4)), "line 7: `gateway.toml` is indented 2 spaces but the keys above it under `data:` 4"),
+        // A block line indented less than the first one: cut short, or a YAML error.
+        (
+            format!("{head}data:\n  gateway.toml: |\n{}   [[routes]]\n", indented(4)),
+            "line 13: indented 3 spaces, less than the block's first line (4)",
+        ),
+    ];
+    for (text, want) in &cases {
+        std::fs::write(&yaml, text).expect("write");
+        let (code, out) = check(&yaml);
+        assert_eq!(code, 1, "{text}\n{out}");
+        assert!(out.contains(want), "{text}\nwant {want:?} in:\n{out}");
+        assert!(!out.contains("ok ("), "{out}");
+    }
+    // The same manifest, indented right, is fine.
+    std::fs::write(
+        &yaml,
+        format!("{head}data:\n  gateway.toml: |\n{}", indented(4)),
+    )
+    .expect("write");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (1 routes"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}

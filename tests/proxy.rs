@@ -271,7 +271,7 @@ fn hardening_list() {
         ("headers too large", big_headers, 431),
         ("body too large", "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 2000000\r\n\r\n".into(), 413),
         ("bad chunk size", "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".into(), 400),
-        ("dot segments", "GET /v1/../admin HTTP/1.1\r\nhost: gw\r\n\r\n".into(), 400),
+        ("escaped dot segments", "GET /v1/%2e%2e/admin HTTP/1.1\r\nhost: gw\r\n\r\n".into(), 400),
     ];
     each_driver(|d| {
         let mock = MockProvider::start("127.0.0.1:0").expect("mock");

@@ -120,6 +120,18 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
             config(&a, "x", 30_000).replace("workers = 2", "workers = -3"),
             "server.workers",
         ),
+        // An emptied ConfigMap key, or a config that lost its routes, would take every
+        // route down: rejected like any broken config.
+        ("empty file", String::new(), "the config is empty"),
+        (
+            "no routes",
+            config(&a, "x", 30_000)
+                .split("[[routes]]")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            "no [[routes]]",
+        ),
     ];
     for (i, (name, text, expect)) in broken.iter().enumerate() {
         assert!(gw.project(text));

@@ -769,7 +769,9 @@ fn bad_tls_configs_name_their_key_paths() {
         assert_eq!(e.line, Some(*line), "{name}: {e}");
     }
     // The good pair compiles; `ringgate check` (secret files skipped) accepts missing files.
-    let text = format!("{head}{pair}");
+    // A config without routes is rejected, so the good cases carry one.
+    let routes = "[upstreams.u]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+    let text = format!("{head}{pair}{routes}");
     let cfg = ringgate::config::load_bytes(text.as_bytes(), &dir).expect("good pair");
     let tls = cfg.server.tls.expect("tls");
     assert_eq!(
@@ -780,7 +782,7 @@ fn bad_tls_configs_name_their_key_paths() {
         cfg.watched_files,
         vec![dir.join("good.crt"), dir.join("good.key")]
     );
-    let missing = format!("{head}cert_file = \"nope.crt\"\nkey_file = \"nope.key\"\n");
+    let missing = format!("{head}cert_file = \"nope.crt\"\nkey_file = \"nope.key\"\n{routes}");
     ringgate::config::load_bytes_with(
         missing.as_bytes(),
         &dir,

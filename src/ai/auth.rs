@@ -21,31 +21,69 @@ pub enum AuthError {
 
 /// The key a request presents: `Authorization: Bearer KEY` (OpenAI), else `x-api-key`
 /// (Anthropic) or `api-key` (Azure OpenAI) as SDKs send them.
+///
+/// This is the one reading of a client's key: `[auth]` and rate limits keyed by `api_key`
+/// both call it, so one key spelled differently (`bearer  KEY `, `BEARER KEY`,
+/// `Bearer<TAB>KEY`) is one client and one bucket. The scheme is matched
+/// case-insensitively (RFC 9110 §11.1), whitespace around the scheme and the key is
+/// ignored. A key with whitespace inside is not a token68 and is not a key. A credential
+/// header sent twice is ambiguous (`Authorization` is a singleton field, and another hop
+/// may read the other copy), so it presents no key at all.
 pub fn presented_key(head: &RequestHead) -> Option<&[u8]> {
-    if let Some(v) = head.header("authorization") {
-        let v = trim(v);
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-            let key = trim(&v[7..]);
-            return (!key.is_empty()).then_some(key);
+    match single(head, "authorization") {
+        Single::Two => return None,
+        Single::One(v) => {
+            if let Some(key) = bearer(v) {
+                return Some(key);
+            }
+        }
+        Single::None => {}
+    }
+    for name in ["x-api-key", "api-key"] {
+        match single(head, name) {
+            Single::Two => return None,
+            Single::One(v) => {
+                let k = trim(v);
+                if !k.is_empty() && !k.iter().any(u8::is_ascii_whitespace) {
+                    return Some(k);
+                }
+            }
+            Single::None => {}
         }
     }
-    ["x-api-key", "api-key"]
-        .iter()
-        .filter_map(|h| head.header(h))
-        .map(trim)
-        .find(|k| !k.is_empty())
+    None
+}
+
+/// How many times a header appears: none, once (its value) or more.
+enum Single<'a> {
+    None,
+    One(&'a [u8]),
+    Two,
+}
+
+fn single<'a>(head: &'a RequestHead, name: &str) -> Single<'a> {
+    let mut found = head.headers.iter().filter(|h| h.is(name));
+    match (found.next(), found.next()) {
+        (None, _) => Single::None,
+        (Some(h), None) => Single::One(h.value),
+        (Some(_), Some(_)) => Single::Two,
+    }
+}
+
+/// The token of `Bearer TOKEN`, scheme case-insensitive, any whitespace around either part.
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let v = trim(v);
+    let split = v.iter().position(u8::is_ascii_whitespace)?;
+    let (scheme, rest) = v.split_at(split);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let key = trim(rest);
+    (!key.is_empty() && !key.iter().any(u8::is_ascii_whitespace)).then_some(key)
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    v.get(start..end).unwrap_or_default()
+    v.trim_ascii()
 }
 
 /// Finds the client whose key the request presents.
@@ -81,6 +119,44 @@ mod tests {
         match parse_request_head(raw.as_bytes(), &limits) {
             Ok(Some((h, _))) => h,
             other => panic!("test head did not parse: {other:?}"),
+        }
+    }
+
+    /// One key, however it is spelled, is one presented key (so one client and one
+    /// rate-limit bucket); ambiguous or malformed credentials present none.
+    #[test]
+    fn presented_key_spellings() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("authorization: Bearer sk-1\r\n", Some("sk-1")),
+            ("authorization: bearer  sk-1 \r\n", Some("sk-1")),
+            ("authorization: BEARER sk-1\r\n", Some("sk-1")),
+            ("authorization: bEaReR\tsk-1\r\n", Some("sk-1")),
+            ("authorization:    Bearer sk-1\t\r\n", Some("sk-1")),
+            ("x-api-key:  sk-1 \r\n", Some("sk-1")),
+            ("api-key: sk-1\r\n", Some("sk-1")),
+            // Not a bearer token: the other headers are looked at.
+            (
+                "authorization: Basic c2stMQ==\r\nx-api-key: sk-1\r\n",
+                Some("sk-1"),
+            ),
+            ("authorization: Bearersk-1\r\n", None),
+            ("authorization: Bearer\r\n", None),
+            ("authorization: Bearer sk-1 sk-2\r\n", None),
+            // Twice is ambiguous: no key, whatever the other headers say.
+            (
+                "authorization: Bearer sk-1\r\nauthorization: Bearer sk-2\r\n",
+                None,
+            ),
+            (
+                "authorization: Bearer sk-1\r\nAuthorization: Bearer sk-1\r\n",
+                None,
+            ),
+            ("x-api-key: sk-1\r\nx-api-key: sk-2\r\n", None),
+            ("", None),
+        ];
+        for (h, want) in cases {
+            let hd = head(h);
+            assert_eq!(presented_key(&hd), want.map(str::as_bytes), "{h:?}");
         }
     }
 

@@ -380,6 +380,10 @@ pub(super) fn compile_auth(
 
 /// Parses a keys file: one `NAME SHA256HEX` per line (`sha256:` before the hex is accepted),
 /// `#` comments and blank lines ignored. Returns every problem, by line.
+///
+/// The file is a Secret and a broken line is most often a key pasted where its hash
+/// belongs, so problems name the line number and what was expected, never the line's
+/// content (they reach logs and `/config`).
 pub fn parse_keys_file(bytes: &[u8]) -> Result<Vec<(String, [u8; 32])>, Vec<String>> {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -387,8 +391,8 @@ pub fn parse_keys_file(bytes: &[u8]) -> Result<Vec<(String, [u8; 32])>, Vec<Stri
     };
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    let mut seen_names = std::collections::HashSet::new();
-    let mut seen_hashes = std::collections::HashSet::new();
+    let mut seen_names = std::collections::HashMap::new();
+    let mut seen_hashes = std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -397,14 +401,17 @@ pub fn parse_keys_file(bytes: &[u8]) -> Result<Vec<(String, [u8; 32])>, Vec<Stri
         let n = i + 1;
         let mut parts = line.split_whitespace();
         let (Some(name), Some(hex), None) = (parts.next(), parts.next(), parts.next()) else {
-            problems.push(format!("line {n}: expected `NAME SHA256HEX`"));
+            problems.push(format!(
+                "line {n}: expected `NAME SHA256HEX` (two fields; the line is not shown)"
+            ));
             continue;
         };
         let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
         let Some(hash) = decode_sha256_hex(hex) else {
             problems.push(format!(
-                "line {n}: `{name}`: the key must be given as its sha256, 64 hex digits \
-                 (e.g. `printf %s \"$KEY\" | sha256sum`), never as the key itself"
+                "line {n}: expected `NAME SHA256HEX` where SHA256HEX is the key's sha256, 64 hex \
+                 digits (e.g. `printf %s \"$KEY\" | sha256sum`), never the key itself \
+                 (the line is not shown)"
             ));
             continue;
         };
@@ -418,14 +425,14 @@ pub fn parse_keys_file(bytes: &[u8]) -> Result<Vec<(String, [u8; 32])>, Vec<Stri
             ));
             continue;
         }
-        if !seen_names.insert(name.to_string()) {
-            problems.push(format!("line {n}: client `{name}` is listed twice"));
+        if let Some(first) = seen_names.insert(name.to_string(), n) {
+            problems.push(format!(
+                "line {n}: the client name of line {first} is listed again"
+            ));
             continue;
         }
-        if !seen_hashes.insert(hash) {
-            problems.push(format!(
-                "line {n}: `{name}` has the same key as an earlier client"
-            ));
+        if let Some(first) = seen_hashes.insert(hash, n) {
+            problems.push(format!("line {n}: the same key as line {first}"));
             continue;
         }
         out.push((name.to_string(), hash));
@@ -488,11 +495,17 @@ mod tests {
         assert_eq!(got[0].1, [0xaa; 32]);
         assert_eq!(got[1].1, [0xbb; 32]);
         let cases: [(&str, &str); 5] = [
-            ("team-a sk-plainkey", "sha256"),
-            ("team-a", "expected"),
+            (
+                "team-a sk-plainkey",
+                "line 1: expected `NAME SHA256HEX` where SHA256HEX is the key's sha256",
+            ),
+            ("team-a", "line 1: expected"),
             ("bad/name aaaa", "sha256"),
-            ("x {h}\nx {h2}", "twice"),
-            ("x {h}\ny {h}", "same key"),
+            (
+                "x {h}\nx {h2}",
+                "line 2: the client name of line 1 is listed again",
+            ),
+            ("x {h}\n\ny {h}", "line 3: the same key as line 1"),
         ];
         for (text, want) in cases {
             let text = text.replace("{h}", &h).replace("{h2}", &"c".repeat(64));
@@ -501,6 +514,29 @@ mod tests {
                 errs.iter().any(|e| e.contains(want)),
                 "{text:?}: {errs:?} should mention {want}"
             );
+        }
+    }
+
+    /// A key pasted where its hash belongs, in any position, never appears in the errors.
+    #[test]
+    fn keys_file_errors_never_quote_the_line() {
+        let secret = "sk-live-7f3a9c1e5b";
+        let h = "a".repeat(64);
+        for text in [
+            format!("team-a {secret}"),
+            format!("{secret} team-a"),
+            secret.to_string(),
+            format!("team-a {secret} extra"),
+            format!("{secret} {h}\n{secret} {h}"),
+            format!("team-a {h}\n{secret} {h}"),
+            format!("{secret}/x {h}"),
+        ] {
+            let errs = parse_keys_file(text.as_bytes()).err().unwrap_or_default();
+            assert!(!errs.is_empty(), "{text:?} accepted");
+            for e in &errs {
+                assert!(e.starts_with("line "), "{e}");
+                assert!(!e.contains("sk-live"), "{text:?}: {e}");
+            }
         }
     }
 

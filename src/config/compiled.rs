@@ -96,8 +96,24 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Bodies up to this size are kept for retries.
     pub max_retry_body_bytes: u64,
+    /// What happens to request header names with `_` (`server.underscores_in_headers`).
+    pub underscores_in_headers: UnderscoreHeaders,
+    /// A config without routes is accepted (`server.allow_no_routes`).
+    pub allow_no_routes: bool,
     /// `[server.tls]`: the HTTPS listener and its certificates, when configured.
     pub tls: Option<super::tls::ServerTls>,
+}
+
+/// `server.underscores_in_headers`: request header names containing `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnderscoreHeaders {
+    /// Not forwarded upstream, and not read by the gateway (nginx's default).
+    #[default]
+    Drop,
+    /// Forwarded like any header.
+    Allow,
+    /// The request is answered 400.
+    Reject,
 }
 
 impl ServerSettings {
@@ -285,7 +301,8 @@ pub struct Route {
     pub name: String,
     /// What the path must be.
     pub matcher: PathMatch,
-    /// Uppercase methods accepted; empty accepts all.
+    /// Uppercase methods accepted; empty accepts `router::DEFAULT_METHODS` (GET, HEAD, POST,
+    /// PUT, PATCH, DELETE, OPTIONS). TRACE and CONNECT are never accepted.
     pub methods: Vec<String>,
     /// Lowercase host (no port) required, if any.
     pub host: Option<String>,

@@ -65,41 +65,97 @@ pub fn load_bytes_with(
 /// `ringgate check configmaps/x.yaml` validates what users apply. Only the block-scalar form
 /// (`gateway.toml: |`) that kubectl users write is understood.
 pub fn toml_from_configmap_yaml(yaml: &str) -> Option<String> {
-    toml_block_in_configmap_yaml(yaml).map(|(text, _)| text)
+    toml_block_in_configmap_yaml(yaml)
+        .ok()
+        .map(|(text, _)| text)
 }
 
 /// As [`toml_from_configmap_yaml`], also returning how many YAML lines precede the block, so
 /// an error's TOML line can be reported as the manifest's line.
-pub fn toml_block_in_configmap_yaml(yaml: &str) -> Option<(String, usize)> {
-    let mut lines = yaml.lines().enumerate();
-    while let Some((index, line)) = lines.next() {
-        let trimmed = line.trim_start();
-        let Some(rest) = trimmed.strip_prefix(&format!("{CONFIG_FILE_NAME}:")) else {
-            continue;
-        };
-        if !rest.trim_start().starts_with('|') {
-            return None;
-        }
-        let key_indent = line.len() - trimmed.len();
-        let mut out = String::new();
-        let mut block_indent: Option<usize> = None;
-        for (_, l) in lines.by_ref() {
-            if l.trim().is_empty() {
-                out.push('\n');
-                continue;
-            }
-            let indent = l.len() - l.trim_start().len();
-            if indent <= key_indent {
-                break;
-            }
-            let bi = *block_indent.get_or_insert(indent);
-            if indent < bi {
-                break;
-            }
-            out.push_str(&l[bi..]);
-            out.push('\n');
-        }
-        return Some((out, index + 1));
+///
+/// A manifest kubectl would reject, or apply without a `data.gateway.toml`, is an error here
+/// (with its line), never an empty config: the key must sit directly under the top-level
+/// `data:`, its block must be indented deeper than the key, every line of the block at
+/// least as deep as the block's first line, and no indentation may use tabs.
+pub fn toml_block_in_configmap_yaml(yaml: &str) -> Result<(String, usize), String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let key = format!("{CONFIG_FILE_NAME}:");
+    let Some(k) = lines.iter().position(|l| l.trim_start().starts_with(&key)) else {
+        return Err(format!(
+            "no `{CONFIG_FILE_NAME}: |` key found in the ConfigMap manifest"
+        ));
+    };
+    let key_line = lines[k];
+    let key_indent = indent(key_line);
+    let at = |i: usize| format!("line {}", i + 1);
+    if key_line[key_indent..].starts_with('\t') {
+        return Err(format!("{}: YAML indentation must not use tabs", at(k)));
     }
-    None
+    // The key's parent is the nearest line above it that is indented less.
+    let parent = lines[..k].iter().rposition(|l| {
+        !l.trim().is_empty() && !l.trim_start().starts_with('#') && indent(l) < key_indent
+    });
+    let under_data = parent.is_some_and(|p| lines[p].trim_end() == "data:");
+    // `data:` itself is top-level: its own indentation is zero (trim_end keeps it).
+    if key_indent == 0 || !under_data {
+        return Err(format!(
+            "{}: `{CONFIG_FILE_NAME}` is not directly under the top-level `data:` (check its \
+             indentation): the ConfigMap would hold no {CONFIG_FILE_NAME}",
+            at(k)
+        ));
+    }
+    // Sibling keys under `data:` must share one indentation, or YAML rejects the manifest.
+    if let Some(p) = parent {
+        if let Some(first) = lines[p + 1..k]
+            .iter()
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
+            if indent(first) != key_indent {
+                return Err(format!(
+                    "{}: `{CONFIG_FILE_NAME}` is indented {key_indent} spaces but the keys \
+                     above it under `data:` {}",
+                    at(k),
+                    indent(first)
+                ));
+            }
+        }
+    }
+    let rest = key_line.trim_start()[key.len()..].trim_start();
+    if !rest.starts_with('|') {
+        return Err(format!(
+            "{}: only the block form `{CONFIG_FILE_NAME}: |` is understood",
+            at(k)
+        ));
+    }
+    let mut out = String::new();
+    let mut block_indent: Option<usize> = None;
+    for (i, l) in lines.iter().enumerate().skip(k + 1) {
+        if l.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        let ind = indent(l);
+        if ind <= key_indent {
+            break;
+        }
+        let bi = *block_indent.get_or_insert(ind);
+        if ind < bi {
+            return Err(format!(
+                "{}: indented {ind} spaces, less than the block's first line ({bi}): \
+                 YAML would reject the manifest or cut {CONFIG_FILE_NAME} short here",
+                at(i)
+            ));
+        }
+        out.push_str(&l[bi..]);
+        out.push('\n');
+    }
+    if block_indent.is_none() {
+        return Err(format!(
+            "{}: the `{CONFIG_FILE_NAME}: |` block is empty: its lines must be indented \
+             deeper than the key",
+            at(k)
+        ));
+    }
+    Ok((out, k + 1))
 }

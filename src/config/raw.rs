@@ -146,6 +146,14 @@ pub struct RawServer {
     /// Request bodies up to this size are kept in memory so a failed try can be re-sent;
     /// larger bodies stream through and are never retried.
     pub max_retry_body_bytes: u64,
+    /// What to do with request header names containing `_`: "drop" (default: not forwarded,
+    /// as nginx's `underscores_in_headers off`), "allow" (forwarded) or "reject" (400).
+    /// CGI-style upstreams map `-` and `_` to the same variable, so `X_Forwarded_For` could
+    /// pass for the `X-Forwarded-For` the gateway sets.
+    pub underscores_in_headers: String,
+    /// Serve a config with no `[[routes]]` (every request a 404). Off by default, so an empty
+    /// or truncated `gateway.toml` is rejected instead of taking every route down.
+    pub allow_no_routes: bool,
     /// An HTTPS listener beside the plain one (optional). Its certificate and key files are
     /// watched like the config: a rotated pair is served to new connections at once.
     pub tls: Option<RawServerTls>,
@@ -202,6 +210,8 @@ impl Default for RawServer {
             shutdown_grace_ms: 25_000,
             trusted_proxies: Vec::new(),
             max_retry_body_bytes: 65_536,
+            underscores_in_headers: "drop".into(),
+            allow_no_routes: false,
             tls: None,
         }
     }

@@ -283,6 +283,25 @@ enum Which {
     Key,
 }
 
+/// What is wrong with a PEM file, without any of its content: the parser's own messages
+/// quote the offending line (`illegal section start: [..]`) or bytes of a failed base64
+/// decode, which in a key file is the key itself (a PEM squeezed onto one line by a
+/// `kubectl create secret --from-literal` is enough). Errors go to logs and `/config`.
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a `-----BEGIN` section has no `-----END` line",
+        Error::IllegalSectionStart { .. } => {
+            "a `-----BEGIN` line is malformed (it must be alone on its line, ending in `-----`)"
+        }
+        Error::Base64Decode(_) => "a section is not valid base64",
+        Error::Io(_) => "the file could not be read",
+        Error::NoItemsFound => "no PEM section found",
+        Error::SectionTooLarge => "a PEM section is too large",
+        _ => "malformed PEM",
+    }
+}
+
 /// Parses a PEM chain and key and checks the key belongs to the leaf.
 fn certified_key(
     cert_pem: &[u8],
@@ -293,7 +312,12 @@ fn certified_key(
     for c in CertificateDer::pem_slice_iter(cert_pem) {
         match c {
             Ok(c) => chain.push(c),
-            Err(e) => return Err((Which::Cert, format!("not a PEM certificate file: {e}"))),
+            Err(e) => {
+                return Err((
+                    Which::Cert,
+                    format!("not a PEM certificate file: {}", pem_problem(&e)),
+                ))
+            }
         }
     }
     if chain.is_empty() {
@@ -305,7 +329,10 @@ fn certified_key(
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         (
             Which::Key,
-            format!("holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+            format!(
+                "holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {}",
+                pem_problem(&e)
+            ),
         )
     })?;
     let signer = provider
@@ -485,6 +512,43 @@ fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key file the PEM parser refuses is reported without its content: rustls' own
+    /// error quotes the offending line, which for a key squeezed onto one line is the key.
+    #[test]
+    fn key_file_errors_never_echo_the_key() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.example".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let pem = key.serialize_pem();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let secret = &body[10..40];
+        let one_line = pem.replacen("-----\n", "-----", 1);
+        let bad_b64 = pem.replacen(&body[..8], "!!!!!!!!", 1);
+        let provider = rustls::crypto::ring::default_provider();
+        // The parser's own message quotes the one-line key: what would have leaked.
+        let raw = PrivateKeyDer::from_pem_slice(one_line.as_bytes())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // (as a byte list: `illegal section start: [45, 45, ..]`)
+        let as_bytes = secret.as_bytes()[..8]
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(raw.contains(&as_bytes), "{raw}");
+        for broken in [one_line, bad_b64] {
+            let Err((_, msg)) = certified_key(cert.pem().as_bytes(), broken.as_bytes(), &provider)
+            else {
+                panic!("accepted: {broken}");
+            };
+            assert!(!msg.contains(secret) && !msg.contains(&as_bytes), "{msg}");
+            assert!(msg.contains("PEM"), "{msg}");
+        }
+    }
 
     #[test]
     fn not_after_of_a_generated_certificate() {

@@ -260,7 +260,18 @@ pub fn validate_and_compile(
     let mut limit_names = Vec::new();
     for (name, l) in &raw.limits {
         let path = format!("limits.{name}");
-        limits.push(Arc::new(compile_limit(name, l, &path, &mut errs)));
+        let spec = compile_limit(name, l, &path, &mut errs);
+        // A header the gateway drops or refuses cannot key a limit: the limit would count
+        // something the upstream never sees.
+        if let LimitKey::Header(h) = &spec.key {
+            if h.contains('_') && server.underscores_in_headers != UnderscoreHeaders::Allow {
+                errs.push(
+                    format!("{path}.key"),
+                    "header names with `_` are dropped or refused unless server.underscores_in_headers = \"allow\"",
+                );
+            }
+        }
+        limits.push(Arc::new(spec));
         limit_names.push(name.clone());
     }
 
@@ -324,6 +335,24 @@ pub fn validate_and_compile(
         ) {
             routes.push(route);
         }
+    }
+
+    if raw.routes.is_empty() && !raw.server.allow_no_routes {
+        // An empty or truncated file (a mis-indented ConfigMap key, a half-written apply)
+        // parses as all defaults and no routes: serving it would answer every request 404.
+        let blank = text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        errs.push(
+            "",
+            if blank {
+                "the config is empty (no [[routes]]): serving it would take every route down; \
+                 set server.allow_no_routes = true to run without routes"
+            } else {
+                "no [[routes]]: every request would be answered 404; \
+                 set server.allow_no_routes = true to run without routes"
+            },
+        );
     }
 
     if errs.list.is_empty() {
@@ -412,6 +441,19 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
         ),
         trusted_proxies: trusted,
         max_retry_body_bytes: s.max_retry_body_bytes,
+        underscores_in_headers: match s.underscores_in_headers.as_str() {
+            "drop" => UnderscoreHeaders::Drop,
+            "allow" => UnderscoreHeaders::Allow,
+            "reject" => UnderscoreHeaders::Reject,
+            other => {
+                errs.push(
+                    "server.underscores_in_headers",
+                    format!("`{other}` is not one of drop, allow, reject"),
+                );
+                UnderscoreHeaders::Drop
+            }
+        },
+        allow_no_routes: s.allow_no_routes,
         tls: None,
     }
 }
@@ -785,6 +827,17 @@ fn compile_route(
                 format!("{path}.{key}"),
                 format!("`{p}` must start with `/`"),
             );
+        } else {
+            // Requests are routed on their normalized path, so a prefix that is not normal
+            // would never match.
+            match crate::http::path::normalize(p) {
+                Ok(n) if n == p.as_str() => {}
+                Ok(n) => errs.push(
+                    format!("{path}.{key}"),
+                    format!("`{p}` is matched against normalized paths and would never match; write `{n}`"),
+                ),
+                Err(e) => errs.push(format!("{path}.{key}"), format!("`{p}`: {e}")),
+            }
         }
     }
     if let Some(rw) = &r.rewrite {
@@ -801,6 +854,11 @@ fn compile_route(
             errs.push(
                 format!("{path}.methods[{i}]"),
                 format!("`{m}` is not an HTTP method"),
+            );
+        } else if crate::router::is_never_forwarded(&m.to_ascii_uppercase()) {
+            errs.push(
+                format!("{path}.methods[{i}]"),
+                format!("`{m}` is never forwarded (TRACE and CONNECT are answered 405)"),
             );
         }
         methods.insert(m.to_ascii_uppercase());
@@ -1034,6 +1092,136 @@ upstream = "mock"
             "routes[0].upstream",
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn underscores_in_headers_is_validated_and_guards_limit_keys() {
+        let with = |server: &str, key: &str| {
+            let text = GOOD.replace(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"127.0.0.1:8080\"\n{server}"),
+            ) + &format!("[limits.l]\nrate_per_second = 1.0\nkey = \"{key}\"\n");
+            errors_of(&text)
+        };
+        let cfg = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
+        assert_eq!(cfg.server.underscores_in_headers, UnderscoreHeaders::Drop);
+        let errs = with("underscores_in_headers = \"keep\"", "client_ip");
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "server.underscores_in_headers"),
+            "{errs:?}"
+        );
+        // A limit keyed on a header the gateway drops or refuses is an error...
+        for mode in [
+            "",
+            "underscores_in_headers = \"drop\"",
+            "underscores_in_headers = \"reject\"",
+        ] {
+            let errs = with(mode, "header:x_user");
+            assert!(
+                errs.iter().any(|e| e.path == "limits.l.key"),
+                "{mode}: {errs:?}"
+            );
+        }
+        // ...unless such headers are allowed; dashes are always fine.
+        assert_eq!(
+            with("underscores_in_headers = \"allow\"", "header:x_user"),
+            vec![]
+        );
+        assert_eq!(with("", "header:x-user"), vec![]);
+    }
+
+    /// No error about a secret file quotes its content (errors reach logs and `/config`).
+    #[test]
+    fn secret_file_errors_never_echo_the_secret() {
+        let dir = std::env::temp_dir().join(format!("ringgate-secret-errs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = "sk-live-7f3a9c1e5b";
+        let h = "b".repeat(64);
+        let cases = [
+            // api_key_file: a key with a line break or a space in it cannot be a header.
+            (
+                "api",
+                format!("{secret}\nsecond line"),
+                "upstreams.mock.api_key_file",
+            ),
+            (
+                "api",
+                format!("Bearer {secret}"),
+                "upstreams.mock.api_key_file",
+            ),
+            // [auth] keys file: a plaintext key where its sha256 belongs, either way round.
+            (
+                "keys",
+                format!("team-a {h}\nteam-b {secret}\n"),
+                "auth.keys_file",
+            ),
+            ("keys", format!("{secret} team-b\n"), "auth.keys_file"),
+            ("keys", format!("{secret}\n"), "auth.keys_file"),
+        ];
+        for (kind, content, path) in cases {
+            std::fs::write(dir.join("secret"), &content).expect("write");
+            let extra = match kind {
+                "api" => "api_key_file = \"secret\"\n",
+                _ => "[auth]\nkeys_file = \"secret\"\n",
+            };
+            let text = GOOD.replace(
+                "url = \"http://127.0.0.1:9000/v1\"\n",
+                &format!(
+                    "url = \"http://127.0.0.1:9000/v1\"\n{}",
+                    if kind == "api" { extra } else { "" }
+                ),
+            ) + if kind == "keys" { extra } else { "" };
+            let err = match crate::config::load_bytes(text.as_bytes(), &dir) {
+                Ok(_) => panic!("{content:?} accepted"),
+                Err(e) => e,
+            };
+            assert!(err.0.iter().any(|e| e.path == path), "{content:?}: {err}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(secret), "{content:?}: {shown}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A config that would take every route down is an error unless opted into.
+    #[test]
+    fn no_routes_is_an_error_unless_allowed() {
+        for (text, want) in [
+            ("", "the config is empty"),
+            ("# nothing yet\n\n", "the config is empty"),
+            ("[server]\nlisten = \"127.0.0.1:8080\"\n", "no [[routes]]"),
+        ] {
+            let errs = errors_of(text);
+            assert!(
+                errs.iter().any(|e| e.message.contains(want)),
+                "{text:?}: {errs:?}"
+            );
+            assert!(
+                errs.iter().any(|e| e.message.contains("allow_no_routes")),
+                "{errs:?}"
+            );
+        }
+        let allowed = "[server]\nallow_no_routes = true\n";
+        let cfg = crate::config::load_bytes(allowed.as_bytes(), Path::new(".")).expect("opted in");
+        assert!(cfg.routes.is_empty());
+    }
+
+    /// Route matchers are compared with normalized request paths, so they must be normal.
+    #[test]
+    fn route_paths_must_be_normal() {
+        for (bad, path) in [
+            ("/v1//chat", "routes[0].prefix"),
+            ("/v1/./chat", "routes[0].prefix"),
+            ("/v1/%63hat", "routes[0].prefix"),
+            ("/v1/a%2Fb", "routes[0].prefix"),
+        ] {
+            let text = GOOD.replace(
+                "prefix = \"/v1/chat/completions\"",
+                &format!("prefix = \"{bad}\""),
+            );
+            let errs = errors_of(&text);
+            assert!(errs.iter().any(|e| e.path == path), "{bad}: {errs:?}");
         }
     }
 

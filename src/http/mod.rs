@@ -11,6 +11,7 @@
 mod chunked;
 mod error;
 mod headers;
+pub mod path;
 mod request;
 mod response;
 mod scan;

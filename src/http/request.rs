@@ -53,6 +53,23 @@ impl RequestHead {
     pub fn query(&self) -> Option<&str> {
         self.target.find('?').map(|i| &self.target[i + 1..])
     }
+
+    /// Replaces the target's path with its normal form ([`super::path::normalize`]), query
+    /// kept, so routing, rewriting and the upstream all read the same path. Allocates only
+    /// when the path changes.
+    pub fn normalize_path(&mut self) -> Result<(), super::path::PathError> {
+        let normal = match super::path::normalize(self.path())? {
+            std::borrow::Cow::Borrowed(_) => return Ok(()),
+            std::borrow::Cow::Owned(p) => p,
+        };
+        let mut target = normal;
+        if let Some(q) = self.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        self.target = target;
+        Ok(())
+    }
 }
 
 /// Parses a request head from the front of `buf`.
@@ -574,6 +591,22 @@ mod tests {
         let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
         req.extend_from_slice(&[b'x'; 4096]);
         assert!(matches!(parse(&req), Ok(Some((_, 27)))));
+    }
+
+    #[test]
+    fn normalize_path_keeps_the_query() {
+        let raw = b"GET /v1//a/../b?x=/../y HTTP/1.1\r\nHost: h\r\n\r\n";
+        let Ok(Some((mut head, _))) = parse(raw) else {
+            panic!("did not parse");
+        };
+        assert_eq!(head.normalize_path(), Ok(()));
+        assert_eq!(head.target, "/v1/b?x=/../y");
+        assert_eq!(head.path(), "/v1/b");
+        let raw = b"GET /v1/%2e%2e/admin HTTP/1.1\r\nHost: h\r\n\r\n";
+        let Ok(Some((mut head, _))) = parse(raw) else {
+            panic!("did not parse");
+        };
+        assert!(head.normalize_path().is_err());
     }
 
     #[test]

@@ -127,7 +127,8 @@ pub fn limit_key<'a>(
     let by = match key {
         LimitKey::ClientIp => None,
         LimitKey::Client => client.map(str::as_bytes),
-        LimitKey::ApiKey => head.header("authorization"),
+        // The key as `[auth]` reads it: one key however it is spelled is one bucket.
+        LimitKey::ApiKey => crate::ai::auth::presented_key(head),
         LimitKey::Header(name) => head.header(name),
     };
     match by {
@@ -210,7 +211,7 @@ mod tests {
         let team = LimitKey::Header("x-team".into());
         let cases: [(&LimitKey, &RequestHead, Option<&str>, &[u8]); 8] = [
             (&LimitKey::ClientIp, &head, Some("acme"), b"10.1.2.3"),
-            (&LimitKey::ApiKey, &head, None, b"Bearer k1"),
+            (&LimitKey::ApiKey, &head, None, b"k1"),
             (&LimitKey::ApiKey, &anon, None, b"10.1.2.3"),
             (&team, &head, None, b"blue"),
             (&team, &anon, None, b"10.1.2.3"),

@@ -1,12 +1,12 @@
 //! Header rewriting between the two sides: what the upstream receives (hop-by-hop headers
-//! stripped, re-framed, `Host`, `x-request-id`, `X-Real-IP`, `X-Forwarded-For`, the
+//! and, by default, names with `_` stripped, re-framed, `Host`, `x-request-id`, `X-Real-IP`, `X-Forwarded-For`, the
 //! upstream key) and what the client receives back.
 
 use std::io::Write as _;
 use std::net::IpAddr;
 
 use super::forward::Request;
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, UnderscoreHeaders};
 use crate::http::{is_hop_by_hop, RequestHead, ResponseHead};
 use crate::worker::Worker;
 
@@ -132,6 +132,10 @@ pub enum UpstreamFraming {
 
 /// Writes the upstream request head into `out`.
 ///
+/// Header names with `_` are dropped under `underscores_in_headers = "drop"` (nginx's and
+/// Envoy's default): a CGI-style upstream maps `X_Forwarded_For` and `X-Forwarded-For` to one
+/// variable, so a client could otherwise forge the headers the gateway sets.
+///
 /// With `[auth]`, the client's key is the gateway's, never the provider's: it is not
 /// forwarded. On model-routed routes `accept-encoding` is dropped so the response arrives
 /// uncompressed and its token usage can be read (compression pays little on loopback and
@@ -146,6 +150,7 @@ pub fn write_upstream_head(
     let (head, server, peer, request_id) = (req.head, req.server, req.peer, req.request_id);
     let strip_client_key = req.client.is_some();
     let strip_encoding = req.route.route_by_model;
+    let drop_underscores = server.underscores_in_headers == UnderscoreHeaders::Drop;
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -167,6 +172,7 @@ pub fn write_upstream_head(
             || (strip_client_key
                 && (n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("api-key")))
             || (strip_encoding && n.eq_ignore_ascii_case("accept-encoding"))
+            || (drop_underscores && n.contains('_'))
         {
             continue;
         }
@@ -315,7 +321,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(raw)))
                 .0
         };
-        let cases: [(&[u8], ClientFraming, &[&str], &[&str]); 6] = [
+        // (upstream head, framing, what the client head must hold, what it must not).
+        type Case = (
+            &'static [u8],
+            ClientFraming,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: [Case; 6] = [
             // Connection naming the framing header would strip it: the gateway writes its own.
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\n",
@@ -410,6 +423,8 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             trusted_proxies: trusted.iter().map(|s| s.parse().expect("cidr")).collect(),
             max_retry_body_bytes: 0,
+            underscores_in_headers: Default::default(),
+            allow_no_routes: false,
             tls: None,
         }
     }

@@ -125,7 +125,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
                 Err(ReadError::Eof) | Err(ReadError::Io(_)) => return,
             }
         };
-        let (head, head_len) = match parsed {
+        let (mut head, head_len) = match parsed {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(%peer, error = %e, "rejected request head");
@@ -153,7 +153,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             &snap,
             &mut stream,
             &mut rb,
-            &head,
+            &mut head,
             peer,
             &mut scratch,
         ))
@@ -173,11 +173,15 @@ async fn handle_request(
     snap: &crate::reload::Active,
     client: &mut ClientStream,
     rb: &mut ReadBuf,
-    head: &RequestHead,
+    head: &mut RequestHead,
     peer: SocketAddr,
     scratch: &mut Vec<u8>,
 ) -> Outcome {
     let start = Instant::now();
+    // Everything after this line (routing, rewriting, the upstream, the log) reads the
+    // normalized path.
+    let target = head.normalize_path();
+    let head: &RequestHead = head;
     let cfg = &snap.config;
     let request_id = headers::request_id(head, w);
     let client_timeout = cfg.server.idle_timeout;
@@ -209,7 +213,27 @@ async fn handle_request(
     let mut route_name: Option<&str> = None;
     let mut client_name: Option<&str> = None;
     let result: Result<(), Failure> = async {
-        check_target(&head.target)?;
+        if crate::router::is_never_forwarded(&head.method) {
+            let allow = target
+                .is_ok()
+                .then(|| {
+                    let host = headers::host_without_port(head);
+                    cfg.routes.allowed_methods(host.as_deref(), path)
+                })
+                .flatten()
+                .unwrap_or_else(|| crate::router::DEFAULT_ALLOW.to_string());
+            return Err(ProxyError::MethodNotAllowed {
+                method: head.method.clone(),
+                allow,
+            }
+            .into());
+        }
+        target.map_err(ProxyError::BadPath)?;
+        if cfg.server.underscores_in_headers == crate::config::UnderscoreHeaders::Reject
+            && head.headers.iter().any(|h| h.name.contains('_'))
+        {
+            return Err(ProxyError::UnderscoreHeader.into());
+        }
         if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
             route_name = Some(MODELS_ROUTE);
             if let Some(auth) = &cfg.auth {
@@ -227,10 +251,20 @@ async fn handle_request(
             method: head.method.clone(),
             path: path.to_string(),
         };
-        let route = cfg
-            .routes
-            .find(&head.method, host.as_deref(), path)
-            .ok_or_else(no_route)?;
+        let route = match cfg.routes.find(&head.method, host.as_deref(), path) {
+            Some(r) => r,
+            None => {
+                // A path some route serves, with another method: 405 with what it accepts.
+                return Err(match cfg.routes.allowed_methods(host.as_deref(), path) {
+                    Some(allow) => ProxyError::MethodNotAllowed {
+                        method: head.method.clone(),
+                        allow,
+                    },
+                    None => no_route(),
+                }
+                .into());
+            }
+        };
         route_name = Some(&route.name);
         let upstream = match route.upstream {
             Some(i) => Some(cfg.upstreams.get(i).ok_or_else(no_route)?.as_ref()),
@@ -331,6 +365,7 @@ async fn handle_request(
         e,
         ProxyError::ClientTimeout
             | ProxyError::BadTarget(_)
+            | ProxyError::BadPath(_)
             | ProxyError::BadRequest(_)
             | ProxyError::BadJson(_)
     );
@@ -363,9 +398,9 @@ async fn models_endpoint(
 ) -> Result<(), Failure> {
     let path = head.path();
     if head.method != "GET" && head.method != "HEAD" {
-        return Err(ProxyError::NoRoute {
+        return Err(ProxyError::MethodNotAllowed {
             method: head.method.clone(),
-            path: path.to_string(),
+            allow: "GET, HEAD".into(),
         }
         .into());
     }
@@ -432,47 +467,6 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Only origin-form targets without dot segments are routed: a `..` that the upstream
-/// normalizes would otherwise escape the prefix the route matched.
-fn check_target(target: &str) -> Result<(), ProxyError> {
-    if !target.starts_with('/') {
-        return Err(ProxyError::BadTarget(
-            "only origin-form targets (\"/path\") are accepted",
-        ));
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    if path.split('/').any(is_dot_segment) {
-        return Err(ProxyError::BadTarget(
-            "dot segments are not allowed in the path",
-        ));
-    }
-    if path.contains('\\') {
-        return Err(ProxyError::BadTarget("backslash in path"));
-    }
-    Ok(())
-}
-
-/// Whether a path segment is `.` or `..`, literally or percent-encoded (`%2e`), checked
-/// without allocating.
-fn is_dot_segment(seg: &str) -> bool {
-    let b = seg.as_bytes();
-    let (mut i, mut dots) = (0, 0);
-    while i < b.len() {
-        if b[i] == b'.' {
-            i += 1;
-        } else if b[i] == b'%'
-            && b.get(i + 1) == Some(&b'2')
-            && b.get(i + 2).is_some_and(|c| c | 0x20 == b'e')
-        {
-            i += 3;
-        } else {
-            return false;
-        }
-        dots += 1;
-    }
-    dots == 1 || dots == 2
 }
 
 /// Counts one finished request and writes its access-log line.
@@ -544,6 +538,9 @@ pub async fn send_error(
         )),
         _ => None,
     };
+    if let Some(allow) = e.allow() {
+        hdrs.push(("allow", allow.as_bytes()));
+    }
     if matches!(e, ProxyError::Unauthorized(_)) {
         hdrs.push(("www-authenticate", b"Bearer"));
     }
@@ -597,26 +594,4 @@ async fn respond_plain(
         *scratch = b;
     }
     res.is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_target;
-
-    #[test]
-    fn targets() {
-        let cases = [
-            ("/v1/chat/completions", true),
-            ("/v1/models?x=1", true),
-            ("/v1/../admin", false),
-            ("/v1/%2e%2E/admin", false),
-            ("/./x", false),
-            ("http://evil/x", false),
-            ("*", false),
-            ("/v1/a..b", true),
-        ];
-        for (t, ok) in cases {
-            assert_eq!(check_target(t).is_ok(), ok, "{t}");
-        }
-    }
 }
