@@ -4,7 +4,7 @@
 mod common;
 
 use common::gateway::{request, Gateway, Response, DRIVERS};
-use common::mock_provider::MockProvider;
+use ringgate_mock::MockProvider;
 
 fn config(mock: &MockProvider, server_extra: &str) -> String {
     format!(
