@@ -91,6 +91,9 @@ pub enum ProxyError {
     /// The route has `max_in_flight` requests running.
     #[error("route {0} is at its concurrency limit")]
     RouteBusy(String),
+    /// The worker holds `server.body_buffer_bytes` of request bodies already.
+    #[error("the gateway is holding too many request bodies; retry shortly")]
+    BodyBufferFull,
     /// The provider reported its quota nearly spent; new requests wait for its reset.
     #[error(
         "upstream {upstream} is near its provider rate limit; retry after {retry_after_secs} s"
@@ -172,6 +175,7 @@ impl ProxyError {
             }
             ProxyError::RateLimited { .. } => (429, "rate_limit_error", "rate_limit_exceeded"),
             ProxyError::RouteBusy(_) => (503, "server_error", "route_at_capacity"),
+            ProxyError::BodyBufferFull => (503, "server_error", "body_buffer_full"),
             ProxyError::ProviderQuota { .. } => (429, "rate_limit_error", "upstream_rate_limited"),
             ProxyError::NoHealthyEndpoint(_) => (503, "upstream_error", "no_healthy_upstream"),
             ProxyError::Draining => (503, "server_error", "shutting_down"),
@@ -195,9 +199,10 @@ impl ProxyError {
             | ProxyError::TokensExhausted {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            ProxyError::RouteBusy(_) | ProxyError::NoHealthyEndpoint(_) | ProxyError::Draining => {
-                Some(1)
-            }
+            ProxyError::RouteBusy(_)
+            | ProxyError::BodyBufferFull
+            | ProxyError::NoHealthyEndpoint(_)
+            | ProxyError::Draining => Some(1),
             _ => None,
         }
     }

@@ -50,6 +50,8 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// This worker's per-route/upstream/limit statistics, published once a second.
     pub stats: crate::metrics::LocalStats,
+    /// Bytes of kept request bodies this worker holds (`server.body_buffer_bytes`).
+    pub body_budget: crate::proxy::request_body::BodyBudget,
     /// Spare I/O buffers, so a request does not allocate (and free) its upstream read
     /// buffer: worker-local, so taking one is a `Vec::pop`, no lock.
     spare_buffers: RefCell<Vec<Vec<u8>>>,
@@ -339,6 +341,7 @@ async fn run(
         balancer: crate::upstream::balance::Balancer::new(seed),
         drain: DrainSignal::default(),
         stats: crate::metrics::LocalStats::new(metrics.clone()),
+        body_budget: Default::default(),
         metrics,
         spare_buffers: RefCell::new(Vec::new()),
         active: Cell::new(0),

@@ -96,6 +96,10 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Bodies up to this size are kept for retries.
     pub max_retry_body_bytes: u64,
+    /// Bytes of request bodies held in memory one worker may have at once.
+    pub body_buffer_bytes: u64,
+    /// Total time to receive a body read whole.
+    pub body_read_timeout: Duration,
     /// What happens to request header names with `_` (`server.underscores_in_headers`).
     pub underscores_in_headers: UnderscoreHeaders,
     /// A config without routes is accepted (`server.allow_no_routes`).

@@ -146,6 +146,13 @@ pub struct RawServer {
     /// Request bodies up to this size are kept in memory so a failed try can be re-sent;
     /// larger bodies stream through and are never retried.
     pub max_retry_body_bytes: u64,
+    /// Memory one worker may hold in request bodies read whole (model-routed and cached
+    /// routes, bodies kept for retries), in bytes. A request whose body does not fit now
+    /// gets 503 with `Retry-After`; one that could never fit gets 413.
+    pub body_buffer_bytes: u64,
+    /// Time a client has to send a body the gateway reads whole, start to end (a client
+    /// trickling bytes within `idle_timeout_ms` each cannot hold its buffer for longer).
+    pub body_read_timeout_ms: u64,
     /// What to do with request header names containing `_`: "drop" (default: not forwarded,
     /// as nginx's `underscores_in_headers off`), "allow" (forwarded) or "reject" (400).
     /// CGI-style upstreams map `-` and `_` to the same variable, so `X_Forwarded_For` could
@@ -210,6 +217,8 @@ impl Default for RawServer {
             shutdown_grace_ms: 25_000,
             trusted_proxies: Vec::new(),
             max_retry_body_bytes: 65_536,
+            body_buffer_bytes: 67_108_864,
+            body_read_timeout_ms: 60_000,
             underscores_in_headers: "drop".into(),
             allow_no_routes: false,
             tls: None,

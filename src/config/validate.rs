@@ -441,6 +441,14 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
         ),
         trusted_proxies: trusted,
         max_retry_body_bytes: s.max_retry_body_bytes,
+        body_buffer_bytes: s.body_buffer_bytes,
+        body_read_timeout: ms(
+            "server.body_read_timeout_ms",
+            s.body_read_timeout_ms,
+            1,
+            86_400_000,
+            errs,
+        ),
         underscores_in_headers: match s.underscores_in_headers.as_str() {
             "drop" => UnderscoreHeaders::Drop,
             "allow" => UnderscoreHeaders::Allow,

@@ -18,7 +18,7 @@ use super::attempt::{self, ClientSide, Exchange};
 use super::candidates::{self, AiRequest, Candidate, UpstreamRequest};
 use super::failure::{Failure, Phase};
 use super::io::send_continue;
-use super::request_body::{self, RequestBody};
+use super::request_body::{self, ReadLimits, RequestBody};
 use super::retry::{self, Attempt, Next, RetryState};
 use super::{admission, cache, pipe, quota, Outcome};
 use crate::ai::cache::ResponseCache;
@@ -26,7 +26,7 @@ use crate::bufio::ReadBuf;
 use crate::config::ai::Client;
 use crate::config::{Config, LimitId, LimitSpec, Route, ServerSettings, Upstream};
 use crate::error::ProxyError;
-use crate::http::RequestHead;
+use crate::http::{BodyFraming, RequestHead};
 use crate::limit::KeyedLimiter;
 use crate::listener::ClientStream;
 use crate::worker::Worker;
@@ -97,14 +97,34 @@ pub async fn forward(
         server.max_retry_body_bytes,
     )?;
     let mut continue_sent = false;
+    // Held until the response is done: the kept body (and its rewrites) live that long.
+    let mut _body_reservation = None;
     if let RequestBody::Retained(buf) = &mut body {
+        let limits = ReadLimits {
+            max: server.max_body_bytes,
+            idle: server.idle_timeout,
+            deadline: Instant::now() + server.body_read_timeout,
+            copies: if route.route_by_model { 2 } else { 1 },
+        };
+        // Room is checked before `100 Continue`: a refused client never sends its body.
+        let mut reservation = w.body_budget.reserve(0, server.body_buffer_bytes)?;
+        if let BodyFraming::Length(n) = req.head.framing {
+            reservation.grow_to(n.saturating_mul(limits.copies))?;
+        }
         if req.head.expect_continue {
             send_continue(client, scratch, server.idle_timeout).await?;
             continue_sent = true;
         }
-        let max = server.max_body_bytes;
-        request_body::read_whole(client, crb, req.head.framing, buf, max, server.idle_timeout)
-            .await?;
+        request_body::read_whole(
+            client,
+            crb,
+            req.head.framing,
+            buf,
+            &mut reservation,
+            &limits,
+        )
+        .await?;
+        _body_reservation = Some(reservation);
         // Only a body fully read counts: the connection loop keeps a connection whose
         // request failed only when nothing of that request is left on the wire.
         outcome.bytes_in = buf.len() as u64;

@@ -423,6 +423,8 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             trusted_proxies: trusted.iter().map(|s| s.parse().expect("cidr")).collect(),
             max_retry_body_bytes: 0,
+            body_buffer_bytes: 0,
+            body_read_timeout: Duration::from_secs(1),
             underscores_in_headers: Default::default(),
             allow_no_routes: false,
             tls: None,

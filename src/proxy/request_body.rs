@@ -1,8 +1,15 @@
 //! The body plan: whether the request body is kept in memory (so it can be read by the AI
 //! layer, keyed by the cache, and sent again on a retry or to a fallback) or streamed to the
 //! upstream as it arrives (large bodies; never retried), and the copying either way.
+//!
+//! A kept body is memory a client makes the gateway hold, so it is bounded twice: each
+//! worker's kept bodies share `server.body_buffer_bytes` ([`BodyBudget`]: a request that
+//! does not fit now is refused before its body is read, 503 with `Retry-After`), and a kept
+//! body must arrive within `server.body_read_timeout_ms` from its first byte to its last
+//! (408), however slowly its bytes trickle in.
 
-use std::time::Duration;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use super::io::{client_read_err, send_upstream};
 use super::pipe::reframe_chunks;
@@ -46,9 +53,8 @@ pub fn plan(
         BodyFraming::Length(n) if n > max_body => {
             return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
-        BodyFraming::Length(n) if n <= keep_up_to => {
-            RequestBody::Retained(Vec::with_capacity(n as usize))
-        }
+        // Allocated only once the worker's budget has room for it (`read_whole`).
+        BodyFraming::Length(n) if n <= keep_up_to => RequestBody::Retained(Vec::new()),
         BodyFraming::Length(n) => RequestBody::Streamed(n),
         BodyFraming::Chunked | BodyFraming::CloseDelimited if whole => {
             RequestBody::Retained(Vec::new())
@@ -57,20 +63,113 @@ pub fn plan(
     })
 }
 
-/// Reads a retained body whole into `buf`: `Content-Length` bytes, or a chunked body
-/// bounded by `max`.
+/// The bytes of kept request bodies one worker holds, against `server.body_buffer_bytes`.
+/// Worker-local: reserving is a `Cell` update, no atomic.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    held: Cell<u64>,
+}
+
+impl BodyBudget {
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.get()
+    }
+
+    /// Reserves `bytes` of a budget of `limit`: 413 when it could never fit, 503 when it does
+    /// not fit now.
+    pub fn reserve(&self, bytes: u64, limit: u64) -> Result<BodyReservation<'_>, ProxyError> {
+        let mut r = BodyReservation {
+            budget: self,
+            bytes: 0,
+            limit,
+        };
+        r.grow_to(bytes)?;
+        Ok(r)
+    }
+}
+
+/// Budget held by one kept body, released on drop.
+#[derive(Debug)]
+pub struct BodyReservation<'a> {
+    budget: &'a BodyBudget,
+    bytes: u64,
+    limit: u64,
+}
+
+impl BodyReservation<'_> {
+    /// Grows the reservation to `bytes` (a chunked body as it arrives).
+    pub fn grow_to(&mut self, bytes: u64) -> Result<(), ProxyError> {
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        if bytes > self.limit {
+            return Err(ProxyError::BodyTooLarge { limit: self.limit });
+        }
+        let others = self.budget.held.get() - self.bytes;
+        if others.saturating_add(bytes) > self.limit {
+            return Err(ProxyError::BodyBufferFull);
+        }
+        self.budget.held.set(others + bytes);
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BodyReservation<'_> {
+    fn drop(&mut self) {
+        self.budget
+            .held
+            .set(self.budget.held.get().saturating_sub(self.bytes));
+    }
+}
+
+/// Limits on reading a kept body.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Largest body (`server.max_body_bytes`).
+    pub max: u64,
+    /// Longest wait for the client's next bytes.
+    pub idle: Duration,
+    /// When the whole body must be in.
+    pub deadline: Instant,
+    /// Budget bytes per body byte: a model-routed body is held twice (as sent, and as
+    /// rewritten for the candidate).
+    pub copies: u64,
+}
+
+/// Reads from the client within both the idle timeout and the body's deadline.
+async fn fill_within(
+    client: &mut ClientStream,
+    crb: &mut ReadBuf,
+    limits: &ReadLimits,
+) -> Result<(), ProxyError> {
+    let left = limits.deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ProxyError::ClientTimeout);
+    }
+    crb.fill(client, left.min(limits.idle))
+        .await
+        .map_err(client_read_err)?;
+    Ok(())
+}
+
+/// Reads a kept body whole into `buf`: `Content-Length` bytes, or a chunked body bounded by
+/// `limits.max`, growing `reservation` as it arrives.
 pub async fn read_whole(
     client: &mut ClientStream,
     crb: &mut ReadBuf,
     framing: BodyFraming,
     buf: &mut Vec<u8>,
-    max: u64,
-    timeout: Duration,
+    reservation: &mut BodyReservation<'_>,
+    limits: &ReadLimits,
 ) -> Result<(), ProxyError> {
     if let BodyFraming::Length(n) = framing {
+        reservation.grow_to(n.saturating_mul(limits.copies))?;
+        buf.reserve_exact(usize::try_from(n).unwrap_or(usize::MAX));
         while (buf.len() as u64) < n {
             if crb.is_empty() {
-                crb.fill(client, timeout).await.map_err(client_read_err)?;
+                fill_within(client, crb, limits).await?;
             }
             let k = crb.available(n - buf.len() as u64);
             buf.extend_from_slice(&crb.data()[..k]);
@@ -83,13 +182,14 @@ pub async fn read_whole(
     loop {
         let done = reframe_chunks(&mut dec, crb, buf, false, &mut total, None)
             .map_err(ProxyError::BadRequest)?;
-        if total > max {
-            return Err(ProxyError::BodyTooLarge { limit: max });
+        if total > limits.max {
+            return Err(ProxyError::BodyTooLarge { limit: limits.max });
         }
+        reservation.grow_to((buf.capacity() as u64).saturating_mul(limits.copies))?;
         if done {
             return Ok(());
         }
-        crb.fill(client, timeout).await.map_err(client_read_err)?;
+        fill_within(client, crb, limits).await?;
     }
 }
 
@@ -187,5 +287,31 @@ mod tests {
         assert!(RequestBody::Retained(vec![1]).replayable());
         assert!(!RequestBody::Streamed(5).replayable());
         assert!(!RequestBody::StreamedChunked.replayable());
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_released() {
+        let budget = BodyBudget::default();
+        let a = budget.reserve(600, 1000).expect("fits");
+        let refused = budget.reserve(500, 1000).map(|_| ());
+        assert!(
+            matches!(refused, Err(ProxyError::BodyBufferFull)),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            budget.reserve(1001, 1000).map(|_| ()),
+            Err(ProxyError::BodyTooLarge { limit: 1000 })
+        ));
+        let mut b = budget.reserve(0, 1000).expect("nothing yet");
+        b.grow_to(400).expect("still fits");
+        assert_eq!(budget.held(), 1000);
+        assert!(matches!(b.grow_to(401), Err(ProxyError::BodyBufferFull)));
+        b.grow_to(100).expect("shrinking is a no-op");
+        assert_eq!(budget.held(), 1000);
+        drop(a);
+        assert_eq!(budget.held(), 400);
+        b.grow_to(900).expect("room again");
+        drop(b);
+        assert_eq!(budget.held(), 0);
     }
 }
