@@ -110,6 +110,7 @@ fn metrics_observe(c: &mut Criterion) {
                 model: None,
                 client: None,
                 cache: None,
+                truncated: None,
             };
             stats.observe(black_box(&obs));
         })

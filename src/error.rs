@@ -48,6 +48,9 @@ pub enum ProxyError {
     /// The client closed or reset the connection.
     #[error("client connection failed: {0}")]
     ClientIo(std::io::Error),
+    /// The client closed its connection while the gateway waited on the upstream.
+    #[error("client closed the connection before the response was complete")]
+    ClientClosed,
     /// Could not resolve the upstream's host.
     #[error("could not resolve upstream host {0}")]
     Resolve(String),
@@ -160,6 +163,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             ProxyError::ClientTimeout => (408, "invalid_request_error", "request_timeout"),
             ProxyError::ClientIo(_) => (400, "invalid_request_error", "client_error"),
+            // nginx's 499: logged and counted, never sent (nobody is there to read it).
+            ProxyError::ClientClosed => (499, "invalid_request_error", "client_closed_request"),
             ProxyError::Resolve(_) | ProxyError::Connect(_) => {
                 (502, "upstream_error", "upstream_unreachable")
             }
@@ -213,6 +218,25 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { allow, .. } => Some(allow),
             _ => None,
         }
+    }
+
+    /// Why a response whose head went out ended early, for metrics and the access log.
+    pub fn truncation_reason(&self) -> &'static str {
+        match self {
+            ProxyError::ClientClosed | ProxyError::ClientIo(_) | ProxyError::ClientTimeout => {
+                "client_closed"
+            }
+            ProxyError::UpstreamClosed => "upstream_closed",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamProtocol(_) => "upstream_malformed",
+            _ => "upstream_error",
+        }
+    }
+
+    /// Whether the client is gone (it closed, or a write to it failed): nothing can be sent,
+    /// and the request is recorded as 499.
+    pub fn client_gone(&self) -> bool {
+        matches!(self, ProxyError::ClientClosed | ProxyError::ClientIo(_))
     }
 
     /// Whether the error happened before anything reached the upstream, so a retry on a new

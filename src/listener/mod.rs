@@ -28,7 +28,11 @@ pub enum ClientStream {
     Plain(TcpStream),
     /// A connection on the TLS listener (`server.tls.listen`), handshake done. Boxed: it
     /// carries rustls' connection state and buffers.
-    Tls(Box<monoio_rustls::ServerTlsStream<TcpStream>>),
+    Tls(
+        Box<monoio_rustls::ServerTlsStream<TcpStream>>,
+        /// The TCP socket under it (rustls' stream does not expose it).
+        std::os::fd::RawFd,
+    ),
 }
 
 impl ClientStream {
@@ -37,13 +41,22 @@ impl ClientStream {
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             ClientStream::Plain(s) => s.set_nodelay(on),
-            ClientStream::Tls(_) => Ok(()),
+            ClientStream::Tls(..) => Ok(()),
+        }
+    }
+
+    /// The client's TCP socket, for readiness checks that read nothing.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            ClientStream::Plain(s) => s.as_raw_fd(),
+            ClientStream::Tls(_, fd) => *fd,
         }
     }
 
     /// Whether the client connected over TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, ClientStream::Tls(..))
     }
 }
 
@@ -88,14 +101,14 @@ impl AsyncReadRent for ClientStream {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             ClientStream::Plain(s) => s.read(buf).await,
-            ClientStream::Tls(s) => tls_eof(s.read(buf).await),
+            ClientStream::Tls(s, _) => tls_eof(s.read(buf).await),
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             ClientStream::Plain(s) => s.readv(buf).await,
-            ClientStream::Tls(s) => tls_eof(s.readv(buf).await),
+            ClientStream::Tls(s, _) => tls_eof(s.readv(buf).await),
         }
     }
 }
@@ -104,28 +117,28 @@ impl AsyncWriteRent for ClientStream {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             ClientStream::Plain(s) => s.write(buf).await,
-            ClientStream::Tls(s) => s.write(buf).await,
+            ClientStream::Tls(s, _) => s.write(buf).await,
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             ClientStream::Plain(s) => s.writev(buf).await,
-            ClientStream::Tls(s) => s.writev(buf).await,
+            ClientStream::Tls(s, _) => s.writev(buf).await,
         }
     }
 
     async fn flush(&mut self) -> io::Result<()> {
         match self {
             ClientStream::Plain(s) => s.flush().await,
-            ClientStream::Tls(s) => s.flush().await,
+            ClientStream::Tls(s, _) => s.flush().await,
         }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             ClientStream::Plain(s) => s.shutdown().await,
-            ClientStream::Tls(s) => s.shutdown().await,
+            ClientStream::Tls(s, _) => s.shutdown().await,
         }
     }
 }

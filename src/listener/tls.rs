@@ -53,6 +53,7 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                 monoio::spawn(async move {
                     // Set before the handshake: the socket is inside rustls' stream after it.
                     let _ = tcp.set_nodelay(true);
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
                     let acceptor = monoio_rustls::TlsAcceptor::from(config);
                     let handshake = monoio::time::timeout(timeout, acceptor.accept(tcp));
                     let res = monoio::select! {
@@ -64,7 +65,7 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                             w2.metrics.note_tls_handshake();
                             crate::proxy::serve_connection(
                                 w2.clone(),
-                                ClientStream::Tls(Box::new(stream)),
+                                ClientStream::Tls(Box::new(stream), fd),
                                 peer,
                             )
                             .await;

@@ -37,6 +37,7 @@ pub fn access_log(o: &Observation<'_>, request_id: &str, path: &str, client_ip: 
         model = o.model.unwrap_or("-"),
         client = o.client.unwrap_or("-"),
         cache = o.cache.unwrap_or("-"),
+        truncated = o.truncated.unwrap_or("-"),
         "access"
     );
 }

@@ -239,6 +239,20 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         );
     }
     t.family(
+        "ringgate_responses_truncated_total",
+        "counter",
+        "Responses that ended before their framing said (the head had gone out), by route and reason",
+    );
+    for (route, r) in &st.routes {
+        for (reason, n) in &r.truncated {
+            t.sample(
+                "ringgate_responses_truncated_total",
+                &[("route", route), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    t.family(
         "ringgate_ratelimit_rejections_total",
         "counter",
         "Requests rejected by a rate limit, by limit",

@@ -244,6 +244,8 @@ pub struct RouteStats {
     pub timings: [TimingStats; 5],
     /// Retries by reason.
     pub retries: BTreeMap<Arc<str>, u64>,
+    /// Responses cut short, by reason.
+    pub truncated: BTreeMap<Arc<str>, u64>,
 }
 
 impl RouteStats {
@@ -279,6 +281,11 @@ impl RouteStats {
                 *c += v;
             }
         }
+        for (k, v) in &o.truncated {
+            if let Some(c) = slot_arc(&mut self.truncated, k) {
+                *c += v;
+            }
+        }
     }
 
     fn clear(&mut self) {
@@ -291,6 +298,9 @@ impl RouteStats {
             t.clear();
         }
         for v in self.retries.values_mut() {
+            *v = 0;
+        }
+        for v in self.truncated.values_mut() {
             *v = 0;
         }
     }
@@ -522,6 +532,11 @@ impl Stats {
             r.count(method_index(o.method), o.status, 1);
             r.bytes_in += o.bytes_in;
             r.bytes_out += o.bytes_out;
+            if let Some(reason) = o.truncated {
+                if let Some(c) = slot(&mut r.truncated, reason, MAX_RETRY_REASONS) {
+                    *c += 1;
+                }
+            }
             let [rt, uct, uht, urt, ttfb] = &mut r.timings;
             rt.record(o.total);
             for (t, v) in [
@@ -576,6 +591,9 @@ pub struct Observation<'a> {
     pub client: Option<&'a str>,
     /// The response cache's verdict (`HIT`, `MISS`, `BYPASS`).
     pub cache: Option<&'a str>,
+    /// Why the response ended before its end (`upstream_closed`, `client_closed`, ...);
+    /// None for a response that ended where its framing said.
+    pub truncated: Option<&'static str>,
 }
 
 /// A worker's recorder: lives on the worker thread (it is `!Sync`), written per request

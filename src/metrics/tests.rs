@@ -24,6 +24,7 @@ fn obs<'a>(route: Option<&'a str>, status: u16, ms: u64) -> Observation<'a> {
         model: None,
         client: None,
         cache: None,
+        truncated: None,
     }
 }
 

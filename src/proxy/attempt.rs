@@ -6,6 +6,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::client_watch;
 use super::failure::{Failure, UpstreamFault};
 use super::forward::Request;
 use super::io::{send_continue, send_upstream, upstream_read_err};
@@ -110,7 +111,13 @@ pub async fn attempt(
         stream_body(req, &mut conn.stream, side, body).await?;
     }
     let mut urb = ReadBuf::from_vec(w.take_buffer(8192), MAX_RESPONSE_HEAD);
-    match read_response_head(&mut conn.stream, &mut urb, route.read_timeout).await {
+    let head = client_watch::unless_client_leaves(
+        side.client.raw_fd(),
+        read_response_head(&mut conn.stream, &mut urb, route.read_timeout),
+        || (ProxyError::ClientClosed, false),
+    )
+    .await;
+    match head {
         Ok(resp) => Ok(Exchange {
             conn,
             urb,
@@ -119,6 +126,12 @@ pub async fn attempt(
             started,
             slot,
         }),
+        Err((ProxyError::ClientClosed, _)) => {
+            // Nobody waits for this answer: the connection (and the provider's work on it)
+            // is dropped here.
+            w.give_buffer(urb.into_vec());
+            Err(Failure::request(ProxyError::ClientClosed))
+        }
         Err((error, got_bytes)) => {
             w.give_buffer(urb.into_vec());
             let closed = matches!(

@@ -20,7 +20,7 @@ use super::failure::{Failure, Phase};
 use super::io::send_continue;
 use super::request_body::{self, ReadLimits, RequestBody};
 use super::retry::{self, Attempt, Next, RetryState};
-use super::{admission, cache, pipe, quota, Outcome};
+use super::{admission, cache, client_watch, pipe, quota, Outcome};
 use crate::ai::cache::ResponseCache;
 use crate::bufio::ReadBuf;
 use crate::config::ai::Client;
@@ -285,7 +285,14 @@ async fn exchange<'c>(
                 w.stats.note_retry(&route.name, retry::reason_label(reason));
                 tracing::debug!(route = %route.name, reason = retry::reason_label(reason), wait_ms = wait.as_millis() as u64, "retrying");
                 drop(result);
-                monoio::time::sleep(wait).await;
+                let backoff = async {
+                    monoio::time::sleep(wait).await;
+                    Ok(())
+                };
+                client_watch::unless_client_leaves(side.client.raw_fd(), backoff, || {
+                    Failure::request(ProxyError::ClientClosed)
+                })
+                .await?;
             }
             Next::Fallback { reason } => {
                 let next_cand = candidates[(current + 1).min(candidates.len() - 1)];

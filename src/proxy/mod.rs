@@ -7,6 +7,7 @@ pub mod admission;
 pub mod attempt;
 pub mod cache;
 pub mod candidates;
+pub mod client_watch;
 pub mod failure;
 pub mod forward;
 pub mod headers;
@@ -56,6 +57,8 @@ pub struct Outcome {
     pub model: Option<usize>,
     /// The response cache's verdict, on cached routes.
     pub cache: Option<crate::ai::cache::CacheStatus>,
+    /// Why a response whose head went out ended early.
+    pub truncated: Option<&'static str>,
 }
 
 /// Read buffer a client connection starts with and returns to after a large request:
@@ -327,7 +330,14 @@ async fn handle_request(
     let (status, _, _) = e.classify();
     if response_started {
         // The status line is out: the only honest signal left is to cut the connection.
-        tracing::warn!(request_id = %request_id, error = %e, "upstream failed mid-response; closing client connection");
+        let reason = e.truncation_reason();
+        if e.client_gone() {
+            tracing::info!(request_id = %request_id, bytes_out = outcome.bytes_out, error = %e, "client left mid-response; upstream connection closed");
+            outcome.status = 499;
+        } else {
+            tracing::warn!(request_id = %request_id, bytes_out = outcome.bytes_out, reason, error = %e, "response cut short after its head went out; closing the client connection");
+        }
+        outcome.truncated = Some(reason);
         record(
             w,
             head,
@@ -342,10 +352,12 @@ async fn handle_request(
         outcome.keep_alive = false;
         return outcome;
     }
-    if !matches!(e, ProxyError::ClientIo(_)) && status >= 500 {
+    if e.client_gone() {
+        tracing::info!(request_id = %request_id, error = %e, "client left before the response");
+    } else if status >= 500 {
         tracing::warn!(request_id = %request_id, error = %e, "request failed");
     }
-    outcome.status = status;
+    outcome.status = if e.client_gone() { 499 } else { status };
     record(
         w,
         head,
@@ -357,7 +369,7 @@ async fn handle_request(
         &outcome,
         start,
     );
-    if matches!(e, ProxyError::ClientIo(_)) {
+    if e.client_gone() {
         return Outcome::default();
     }
     // A malformed request closes the connection: what follows it cannot be trusted.
@@ -501,6 +513,7 @@ fn record(
             .map(|m| m.name.as_str()),
         client,
         cache: o.cache.map(crate::ai::cache::CacheStatus::label),
+        truncated: o.truncated,
     };
     w.stats.observe(&obs);
     w.metrics.note_request(o.status, total);

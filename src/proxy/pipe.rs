@@ -13,6 +13,7 @@ use monoio::io::AsyncReadRent;
 use super::attempt::Exchange;
 use super::cache::{self, CachePlan};
 use super::candidates::{AiRequest, Candidate};
+use super::client_watch;
 use super::failure::Failure;
 use super::forward::Request;
 use super::headers::{self, ClientFraming};
@@ -108,6 +109,9 @@ pub async fn respond(
         client_timeout: req.server.idle_timeout,
         first_body: None,
         tap,
+        head_sent: false,
+        decoded: 0,
+        sent: 0,
     };
     // The head stays in `out`: the copiers send it with the body bytes already read, saving
     // a write per response (never waiting for more bytes to do so).
@@ -118,11 +122,24 @@ pub async fn respond(
         BodyFraming::CloseDelimited => pipe.until_close(rechunk).await,
     };
     let first_body = pipe.first_body;
+    let (head_sent, sent) = (pipe.head_sent, pipe.sent);
     let mut tap = std::mem::take(&mut pipe.tap);
     outcome.ttfb = first_body.map(|t| t.saturating_duration_since(req.started));
     outcome.response = Some(started.elapsed());
     tap::account_usage(w, req, cand, &tap);
-    outcome.bytes_out = copied.map_err(Failure::response)?;
+    outcome.bytes_out = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            outcome.bytes_out = sent;
+            // Nothing reached the client yet (a malformed first chunk, the upstream gone
+            // before its body): it still gets an answer, a 502 in the OpenAI shape.
+            return Err(if head_sent {
+                Failure::response(e)
+            } else {
+                Failure::request(e)
+            });
+        }
+    };
     if let (Some(key), Some(body)) = (store_key, tap.take_capture()) {
         cache::store(req, key, &resp, body);
     }
@@ -224,6 +241,20 @@ pub struct ResponsePipe<'a, U> {
     first_body: Option<Instant>,
     /// What is read from the body on its way through.
     tap: Tap,
+    /// Whether the response head reached the client.
+    head_sent: bool,
+    /// Payload bytes read from the upstream and put in `out`.
+    decoded: u64,
+    /// Payload bytes written to the client.
+    sent: u64,
+}
+
+/// What a read from the upstream found.
+enum Filled {
+    /// More bytes.
+    Data,
+    /// The upstream closed.
+    Eof,
 }
 
 impl<U: AsyncReadRent> ResponsePipe<'_, U> {
@@ -231,7 +262,32 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
     async fn flush(&mut self) -> Result<(), ProxyError> {
         send_client(self.client, self.out, self.client_timeout).await?;
         self.out.clear();
+        self.head_sent = true;
+        self.sent = self.decoded;
         Ok(())
+    }
+
+    /// Reads more of the body, unless the client leaves first (then the upstream connection
+    /// is abandoned: the provider stops generating for nobody).
+    async fn fill(&mut self) -> Result<Filled, ProxyError> {
+        let fd = self.client.raw_fd();
+        let (urb, up, timeout) = (&mut *self.urb, &mut *self.up, self.read_timeout);
+        let read = async move {
+            match urb.fill(up, timeout).await {
+                Ok(_) => Ok(Filled::Data),
+                Err(ReadError::Eof) => Ok(Filled::Eof),
+                Err(e) => Err(upstream_read_err(e)),
+            }
+        };
+        client_watch::unless_client_leaves(fd, read, || ProxyError::ClientClosed).await
+    }
+
+    /// Reads more of a body that must not end yet.
+    async fn fill_more(&mut self) -> Result<(), ProxyError> {
+        match self.fill().await? {
+            Filled::Data => Ok(()),
+            Filled::Eof => Err(ProxyError::UpstreamClosed),
+        }
     }
 
     /// Copies a `Content-Length` body of `n` bytes (re-chunked when the tap filters it).
@@ -245,12 +301,10 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
         }
         while remaining > 0 {
             if self.urb.is_empty() {
-                self.urb
-                    .fill(self.up, self.read_timeout)
-                    .await
-                    .map_err(upstream_read_err)?;
+                self.fill_more().await?;
             }
             let k = self.urb.available(remaining);
+            self.decoded += k as u64;
             emit(
                 Some(&mut self.tap),
                 self.out,
@@ -285,6 +339,7 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
                 Some(&mut self.tap),
             )
             .map_err(ProxyError::UpstreamProtocol)?;
+            self.decoded = total;
             // Whatever arrived goes out now: an SSE event never waits for the next one.
             if !self.out.is_empty() {
                 self.flush().await?;
@@ -295,10 +350,7 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
             if done {
                 return Ok(total);
             }
-            self.urb
-                .fill(self.up, self.read_timeout)
-                .await
-                .map_err(upstream_read_err)?;
+            self.fill_more().await?;
         }
     }
 
@@ -314,16 +366,15 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
                 let n = self.urb.len();
                 emit(Some(&mut self.tap), self.out, rechunk, self.urb.data());
                 total += n as u64;
+                self.decoded = total;
                 self.urb.consume(n);
                 if !self.out.is_empty() {
                     self.flush().await?;
                     self.first_body.get_or_insert_with(Instant::now);
                 }
             }
-            match self.urb.fill(self.up, self.read_timeout).await {
-                Ok(_) => {}
-                Err(ReadError::Eof) => break,
-                Err(e) => return Err(upstream_read_err(e)),
+            if let Filled::Eof = self.fill().await? {
+                break;
             }
         }
         self.tap.finish();
