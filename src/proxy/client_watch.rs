@@ -79,13 +79,18 @@ mod tests {
 
         let (mut client, server) = pair();
         assert!(!peer_closed(server.as_raw_fd()), "open");
-        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").expect("pipeline");
+        client
+            .write_all(b"GET /next HTTP/1.1\r\n\r\n")
+            .expect("pipeline");
         settle();
         assert!(!peer_closed(server.as_raw_fd()), "pipelined bytes");
 
         client.shutdown(Shutdown::Write).expect("half-close");
         settle();
-        assert!(peer_closed(server.as_raw_fd()), "FIN (with bytes still unread)");
+        assert!(
+            peer_closed(server.as_raw_fd()),
+            "FIN (with bytes still unread)"
+        );
 
         let (client, server) = pair();
         drop(client);
