@@ -108,10 +108,7 @@ pub fn run(path: &Path) -> i32 {
         }
     };
 
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        draining: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(store.clone()));
     let registry = Arc::new(Registry {
         workers: (0..server.workers)
             .map(|_| Arc::new(WorkerMetrics::default()))

@@ -19,6 +19,7 @@
 //! - [`error`]: the request path's one error type and its HTTP status.
 //! - [`bufio`]: bounded owned-buffer I/O over monoio.
 //! - [`clock`]: the process-wide monotonic clock shared state is stamped with.
+//! - [`task`]: a connection's task: panics caught at the connection, yielding between requests.
 
 pub mod admin;
 pub mod ai;
@@ -34,5 +35,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod task;
 pub mod upstream;
 pub mod worker;

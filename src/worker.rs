@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -27,6 +27,51 @@ pub struct Shared {
     pub store: Arc<ConfigStore>,
     /// Set on SIGTERM/SIGINT.
     pub draining: AtomicBool,
+    /// Worker threads that ended before draining (a panic outside a connection, a runtime
+    /// that could not be built): `/health` and `/ready` answer 503 while it is not zero.
+    pub dead_workers: AtomicUsize,
+}
+
+impl Shared {
+    /// State for `store`, not draining, every worker alive.
+    pub fn new(store: Arc<ConfigStore>) -> Shared {
+        Shared {
+            store,
+            draining: AtomicBool::new(false),
+            dead_workers: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many worker threads ended before draining.
+    pub fn workers_dead(&self) -> usize {
+        self.dead_workers.load(Ordering::Relaxed)
+    }
+}
+
+/// Lives on a worker thread's stack from its first instruction: dropped when the thread
+/// ends, by returning or by unwinding, and if that happens before draining the worker is
+/// counted dead (`/health` and `/ready` go 503), since its share of the port is unserved.
+struct WorkerLife {
+    id: usize,
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Drop for WorkerLife {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        if panicked {
+            self.metrics.note_panic();
+        }
+        if !self.shared.draining.load(Ordering::SeqCst) {
+            self.shared.dead_workers.fetch_add(1, Ordering::SeqCst);
+            tracing::error!(
+                worker = self.id,
+                panicked,
+                "worker thread ended before draining; /health and /ready now answer 503"
+            );
+        }
+    }
 }
 
 /// A worker's own state; lives on its thread only.
@@ -247,6 +292,11 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("ringgate-w{id}"))
         .spawn(move || {
+            let _life = WorkerLife {
+                id,
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+            };
             if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores.max(1)]) {
                 tracing::warn!(worker = id, error = ?e, "could not pin worker to a core");
             }
@@ -410,5 +460,62 @@ async fn sweep_pools(w: Rc<Worker>) {
         }
         drop(pool);
         w.stats.publish();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Shared state over a minimal config written to a temp dir.
+    pub(crate) fn test_shared(tag: &str) -> Arc<Shared> {
+        let dir = std::env::temp_dir().join(format!("ringgate-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("gateway.toml");
+        let cfg = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                   [upstreams.u]\nurl = \"http://127.0.0.1:1\"\n\
+                   [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+        std::fs::write(&file, cfg).expect("write config");
+        let store = ConfigStore::load_initial(&file).expect("config");
+        Arc::new(Shared::new(Arc::new(store)))
+    }
+
+    fn life(shared: &Arc<Shared>, metrics: &Arc<WorkerMetrics>) -> WorkerLife {
+        WorkerLife {
+            id: 0,
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    #[test]
+    fn a_worker_thread_that_dies_is_counted_dead_and_a_drained_one_is_not() {
+        let shared = test_shared("life");
+        let metrics = Arc::new(WorkerMetrics::default());
+        let (s, m) = (shared.clone(), metrics.clone());
+        let died = std::thread::spawn(move || {
+            let _life = life(&s, &m);
+            panic!("outside any connection");
+        })
+        .join();
+        assert!(died.is_err());
+        assert_eq!(shared.workers_dead(), 1);
+        assert_eq!(metrics.panics(), 1);
+
+        // A runtime that cannot be built returns from the thread without a panic: dead too.
+        let (s, m) = (shared.clone(), metrics.clone());
+        std::thread::spawn(move || drop(life(&s, &m)))
+            .join()
+            .expect("thread");
+        assert_eq!(shared.workers_dead(), 2);
+        assert_eq!(metrics.panics(), 1);
+
+        // Ending after draining began is the normal way out.
+        shared.draining.store(true, Ordering::SeqCst);
+        let (s, m) = (shared.clone(), metrics.clone());
+        std::thread::spawn(move || drop(life(&s, &m)))
+            .join()
+            .expect("thread");
+        assert_eq!(shared.workers_dead(), 2);
     }
 }

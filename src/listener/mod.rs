@@ -68,7 +68,12 @@ pub async fn accept_plain(w: Rc<Worker>, listener: TcpListener) {
                 };
                 let w2 = w.clone();
                 monoio::spawn(async move {
-                    crate::proxy::serve_connection(w2, ClientStream::Plain(stream), peer).await;
+                    let serve = crate::proxy::serve_connection(
+                        w2.clone(),
+                        ClientStream::Plain(stream),
+                        peer,
+                    );
+                    crate::task::guarded(&w2.metrics, w2.id, peer, serve).await;
                     drop(guard);
                 });
             }

@@ -50,7 +50,10 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                     continue;
                 };
                 let w2 = w.clone();
-                monoio::spawn(async move {
+                let w3 = w.clone();
+                // The handshake runs inside the guard too: a panic in rustls closes only
+                // this connection.
+                let serve = async move {
                     // Set before the handshake: the socket is inside rustls' stream after it.
                     let _ = tcp.set_nodelay(true);
                     let acceptor = monoio_rustls::TlsAcceptor::from(config);
@@ -79,6 +82,9 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                         }
                         None => {}
                     }
+                };
+                monoio::spawn(async move {
+                    crate::task::guarded(&w3.metrics, w3.id, peer, serve).await;
                     drop(guard);
                 });
             }

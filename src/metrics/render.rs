@@ -273,6 +273,17 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
     );
 
     t.family(
+        "ringgate_panics_total",
+        "counter",
+        "Panics: caught while serving a client connection (only that connection was closed), or one that ended a worker thread",
+    );
+    t.sample(
+        "ringgate_panics_total",
+        &[],
+        ws.iter().map(|w| w.panics()).sum::<u64>(),
+    );
+
+    t.family(
         "ringgate_tls_handshakes_total",
         "counter",
         "Completed TLS handshakes on the client TLS listener",

@@ -167,6 +167,7 @@ async fn handle_request(
     let start = Instant::now();
     let cfg = &snap.config;
     let request_id = headers::request_id(head, w);
+    crate::task::set_request_id(&request_id);
     let client_timeout = cfg.server.idle_timeout;
     // A request that is rejected before its body is read leaves the body on the wire, so
     // the connection cannot carry another request.
@@ -174,10 +175,15 @@ async fn handle_request(
 
     let path = head.path();
     if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
+        // A dead worker leaves its listener's clients unserved: let the probe restart us.
+        let (status, body): (u16, &[u8]) = match w.shared.workers_dead() {
+            0 => (200, b"OK"),
+            _ => (503, b"a worker died"),
+        };
         let ok = respond_plain(
             client,
-            200,
-            b"OK",
+            status,
+            body,
             head.method == "HEAD",
             &request_id,
             head.keep_alive && !has_body,
@@ -187,7 +193,7 @@ async fn handle_request(
         .await;
         return Outcome {
             keep_alive: ok && head.keep_alive && !has_body,
-            status: 200,
+            status,
             ..Outcome::default()
         };
     }
