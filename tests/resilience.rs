@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,5 +161,104 @@ fn a_panic_while_serving_one_client_closes_only_that_connection() {
                 gw.logs()
             );
         }
+    }
+}
+
+fn plain_config(workers: usize) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = {workers}
+idle_timeout_ms = 60000
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.none]
+url = "http://127.0.0.1:1"
+
+[[routes]]
+name = "none"
+prefix = "/none/"
+upstream = "none"
+"#
+    )
+}
+
+/// Counts responses (`HTTP/1.1 ` status lines) in a byte stream read in pieces.
+fn count_status_lines(stream: &mut TcpStream, seen: &AtomicUsize, want: usize) {
+    const PAT: &[u8] = b"HTTP/1.1 ";
+    let mut tmp = vec![0u8; 64 * 1024];
+    let mut carry: Vec<u8> = Vec::new();
+    while seen.load(Ordering::SeqCst) < want {
+        let n = match stream.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        carry.extend_from_slice(&tmp[..n]);
+        let found = carry.windows(PAT.len()).filter(|w| *w == PAT).count();
+        seen.fetch_add(found, Ordering::SeqCst);
+        // Keep only a tail too short to hold a whole status-line prefix.
+        let keep = carry.len().min(PAT.len() - 1);
+        carry.drain(..carry.len() - keep);
+    }
+}
+
+/// One client pipelining thousands of requests the gateway answers itself must not keep
+/// its worker from another client: with one worker, another client's requests are all
+/// answered while the pipeliner's answers are still coming (interleaving, by count, no
+/// clock). Under epoll reads and writes complete inline, so without a yield between
+/// requests the pipelining connection never gives the worker back.
+#[test]
+fn a_pipelining_client_does_not_stall_the_others_on_its_worker() {
+    const PIPELINED: usize = 30_000;
+    const OTHERS: usize = 10;
+    for d in DRIVERS {
+        let gw = Gateway::start(&plain_config(1), d);
+        let mut other = common::gateway::Conn::connect(gw.addr);
+        let ask = b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n";
+        other.send(ask).expect("send");
+        assert_eq!(other.read_response(false).expect("warm-up").status, 200);
+
+        let mut pipe = TcpStream::connect(gw.addr).expect("connect");
+        pipe.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut rd = pipe.try_clone().expect("clone");
+        let s = seen.clone();
+        let reader = std::thread::spawn(move || count_status_lines(&mut rd, &s, PIPELINED));
+        let batch: Vec<u8> = ask.repeat(PIPELINED);
+        let writer = std::thread::spawn(move || pipe.write_all(&batch));
+        // Wait (bounded) until the gateway is busy with the pipeline.
+        for _ in 0..2000 {
+            if seen.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        let mut answered_meanwhile = 0;
+        for _ in 0..OTHERS {
+            other.send(ask).expect("send");
+            let r = other
+                .read_response(false)
+                .expect("the other client is answered");
+            assert_eq!(r.status, 200, "{d:?}");
+            if seen.load(Ordering::SeqCst) < PIPELINED {
+                answered_meanwhile += 1;
+            }
+        }
+        writer.join().expect("writer").expect("pipeline written");
+        reader.join().expect("reader");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            PIPELINED,
+            "{d:?}: every pipelined request answered"
+        );
+        assert_eq!(
+            answered_meanwhile, OTHERS,
+            "{d:?}: the other client's requests waited for the pipeliner to finish"
+        );
     }
 }

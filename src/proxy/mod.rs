@@ -60,6 +60,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
     // connection's: an idle keep-alive connection holds only `rb` and its task.
     let mut scratch = Vec::new();
     loop {
+        let epoch = crate::task::poll_epoch();
         if rb.is_empty() {
             // Idle: no config snapshot held (an old generation is not kept alive by idle
             // clients) and only a small read buffer posted.
@@ -150,6 +151,12 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
         if !outcome.keep_alive || w.drain.is_draining() {
             let _ = stream.shutdown().await;
             return;
+        }
+        // A request that never waited (its bytes were buffered, the kernel took the answer
+        // at once: epoll does both inline) kept the worker to itself: give it back before
+        // the next, or one pipelining client stalls every other connection of the worker.
+        if crate::task::ran_without_waiting(epoch) {
+            crate::task::yield_now().await;
         }
     }
 }
