@@ -33,6 +33,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ringgate-admin".into())
         .spawn(move || {
+            let mut errors = crate::fds::AcceptErrors::new("admin".into());
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => {
@@ -41,7 +42,7 @@ pub fn spawn(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
+                        errors.note(&e, 0);
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }

@@ -79,6 +79,7 @@ pub fn run(path: &Path) -> i32 {
         }
     };
     let initial = store.current();
+    crate::fds::raise_and_check(&initial.config);
     let server = initial.config.server.clone();
     let reload = initial.config.reload.clone();
     let admin_listen = initial.config.admin_listen;

@@ -16,6 +16,7 @@
 //! - [`upstream`]: per-worker keep-alive pools, DNS off the workers, connecting.
 //! - [`metrics`]: per-worker counters, summed and rendered for Prometheus.
 //! - [`admin`]: `/metrics`, `/health`, `/ready`, `/config` on the admin listener.
+//! - [`fds`]: the descriptor budget: `RLIMIT_NOFILE` at start-up, refusing clients at `EMFILE`.
 //! - [`error`]: the request path's one error type and its HTTP status.
 //! - [`bufio`]: bounded owned-buffer I/O over monoio.
 //! - [`clock`]: the process-wide monotonic clock shared state is stamped with.
@@ -28,6 +29,7 @@ pub mod bufio;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fds;
 pub mod http;
 pub mod limit;
 pub mod listener;

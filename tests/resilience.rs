@@ -262,3 +262,125 @@ fn a_pipelining_client_does_not_stall_the_others_on_its_worker() {
         );
     }
 }
+
+/// Descriptors the gateway has open (from /proc).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// What became of one client's `GET /health`: answered, refused (reset or closed without an
+/// answer), or left hanging (no byte within the read timeout).
+#[derive(Debug)]
+enum Fate {
+    Answered(TcpStream),
+    Refused,
+    Hanging,
+}
+
+fn health_on_new_connection(addr: SocketAddr) -> Fate {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Fate::Refused;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
+        .is_err()
+    {
+        return Fate::Refused;
+    }
+    let mut buf = [0u8; 512];
+    match s.read(&mut buf) {
+        Ok(0) => Fate::Refused,
+        Ok(_) => Fate::Answered(s),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Fate::Hanging
+        }
+        Err(_) => Fate::Refused,
+    }
+}
+
+/// With `RLIMIT_NOFILE` low (soft and hard, so it cannot be raised), clients past the limit
+/// are refused at once instead of hanging in the backlog, accept errors are logged at most
+/// once a second, clients already in keep serving, and once descriptors free up new clients
+/// are served again.
+#[test]
+fn out_of_descriptors_new_clients_are_refused_at_once_and_logged_once_a_second() {
+    const NOFILE: u64 = 96;
+    const PAST: usize = 60;
+    for d in DRIVERS {
+        let gw = Gateway::start_with_nofile(&plain_config(1), d, NOFILE);
+        let started = std::time::Instant::now();
+        let base = open_fds(gw.pid());
+        assert!(
+            base > 0 && (base as u64) < NOFILE - 10,
+            "{d:?}: {base} open at start"
+        );
+        assert!(
+            gw.logs().contains("RLIMIT_NOFILE is below"),
+            "{d:?}: the shortfall is logged at start-up"
+        );
+
+        // Fill the descriptor table with served keep-alive clients.
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..NOFILE {
+            match health_on_new_connection(gw.addr) {
+                Fate::Answered(s) => held.push(s),
+                Fate::Refused => {
+                    refused += 1;
+                    break;
+                }
+                Fate::Hanging => panic!(
+                    "{d:?}: a client past the limit hung in the backlog\n{}",
+                    gw.logs()
+                ),
+            }
+        }
+        assert!(
+            refused == 1 && !held.is_empty(),
+            "{d:?}: the limit was reached"
+        );
+        // Every further client is refused at once, none is left hanging.
+        for i in 0..PAST {
+            let f = health_on_new_connection(gw.addr);
+            assert!(
+                matches!(f, Fate::Refused),
+                "{d:?}: client {i} past the limit: {f:?}\n{}",
+                gw.logs()
+            );
+        }
+        // Clients already in keep being served.
+        let mut c = common::gateway::Conn::new(held.pop().expect("a held client"));
+        c.send(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
+            .expect("send");
+        let (status, _) = c.read_head().expect("a held client is still served");
+        assert_eq!(status, 200, "{d:?}");
+        // Freed descriptors serve new clients again.
+        drop(c);
+        held.truncate(held.len().saturating_sub(4));
+        let mut again = false;
+        for _ in 0..50 {
+            if let Fate::Answered(_) = health_on_new_connection(gw.addr) {
+                again = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(again, "{d:?}: served again once descriptors were free");
+
+        let secs = started.elapsed().as_secs() as usize;
+        let lines = gw
+            .logs()
+            .lines()
+            .filter(|l| l.contains("accept failed"))
+            .count();
+        assert!(
+            lines >= 1 && lines <= secs + 2,
+            "{d:?}: {lines} accept-failure lines in {secs} s for {PAST}+ failures"
+        );
+    }
+}

@@ -24,6 +24,7 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
     // The TLS settings last seen in a config: removing `[server.tls]` on a reload is
     // restart-only, so this listener keeps serving the last certificates it had.
     let mut last: Option<(Arc<ServerConfig>, Duration)> = None;
+    let mut failures = super::AcceptFailures::new(w.id, "tls");
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -92,8 +93,7 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                 if w.shared.draining.load(Ordering::Relaxed) {
                     break;
                 }
-                tracing::warn!(worker = w.id, error = %e, "TLS accept failed");
-                monoio::time::sleep(Duration::from_millis(20)).await;
+                failures.handle(&w, &listener, &e).await;
             }
         }
     }

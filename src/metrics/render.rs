@@ -264,7 +264,7 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
     t.family(
         "ringgate_refused_connections_total",
         "counter",
-        "Client connections closed at max_connections",
+        "Client connections closed at once: over max_connections, or waiting while the process was out of descriptors",
     );
     t.sample(
         "ringgate_refused_connections_total",
