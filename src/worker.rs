@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -55,6 +55,8 @@ struct WorkerLife {
     id: usize,
     shared: Arc<Shared>,
     metrics: Arc<WorkerMetrics>,
+    /// Owned duplicates of this worker's listening sockets, once bound.
+    listeners: RefCell<ListenerFds>,
 }
 
 impl Drop for WorkerLife {
@@ -64,6 +66,9 @@ impl Drop for WorkerLife {
             self.metrics.note_panic();
         }
         if !self.shared.draining.load(Ordering::SeqCst) {
+            // The main thread's duplicates keep the sockets open: stop them listening, or
+            // the kernel would keep queueing this worker's share of clients for no one.
+            stop_listening(&self.listeners.borrow());
             self.shared.dead_workers.fetch_add(1, Ordering::SeqCst);
             tracing::error!(
                 worker = self.id,
@@ -267,9 +272,31 @@ impl Drop for DrainWait<'_> {
     }
 }
 
-/// What a worker reports once its listeners are bound (their descriptors, which the main
-/// thread shuts down to start draining), or why binding failed.
-pub type BindReport = Result<Vec<RawFd>, String>;
+/// Owned duplicates (`dup`) of a worker's listening sockets: the main thread shuts the
+/// sockets down through them to start draining. A raw descriptor number would not do: a
+/// worker that died has closed its listener, and the number may name another file since.
+pub type ListenerFds = Vec<Arc<OwnedFd>>;
+
+/// What a worker reports once its listeners are bound, or why binding failed.
+pub type BindReport = Result<ListenerFds, String>;
+
+/// An owned duplicate of the listening socket `l` (close-on-exec).
+pub fn dup_listener(l: &impl AsRawFd) -> std::io::Result<Arc<OwnedFd>> {
+    // SAFETY: `l` is borrowed for the call, so its descriptor is open while it is duplicated.
+    let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
+    fd.try_clone_to_owned().map(Arc::new)
+}
+
+/// Stops the sockets behind `fds` listening: a pending accept on them fails (EINVAL), which
+/// ends the worker's accept loops; clients still in their backlogs are reset.
+pub fn stop_listening(fds: &[Arc<OwnedFd>]) {
+    for fd in fds {
+        // SAFETY: shutdown on a descriptor we own; no memory involved.
+        unsafe {
+            libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
 
 /// The addresses a worker listens on.
 #[derive(Debug, Clone, Copy)]
@@ -292,10 +319,11 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("ringgate-w{id}"))
         .spawn(move || {
-            let _life = WorkerLife {
+            let life = WorkerLife {
                 id,
                 shared: shared.clone(),
                 metrics: metrics.clone(),
+                listeners: RefCell::new(Vec::new()),
             };
             if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores.max(1)]) {
                 tracing::warn!(worker = id, error = ?e, "could not pin worker to a core");
@@ -310,7 +338,7 @@ pub fn spawn(
                     Ok(mut rt) => {
                         tracing::info!(worker = id, driver = "io_uring", "worker started");
                         metrics.set_driver(Driver::IoUring);
-                        rt.block_on(run(id, shared, metrics, listen, bound));
+                        rt.block_on(run(id, shared, metrics, listen, bound, &life));
                         return;
                     }
                     Err(e) => {
@@ -322,7 +350,7 @@ pub fn spawn(
                 Ok(mut rt) => {
                     tracing::info!(worker = id, driver = "epoll", forced = force_legacy, "worker started");
                     metrics.set_driver(Driver::Epoll);
-                    rt.block_on(run(id, shared, metrics, listen, bound));
+                    rt.block_on(run(id, shared, metrics, listen, bound, &life));
                 }
                 Err(e) => {
                     let _ = bound.send(Err(format!("worker {id}: cannot build an I/O runtime: {e}")));
@@ -337,6 +365,7 @@ async fn run(
     metrics: Arc<WorkerMetrics>,
     listen: Listens,
     bound: mpsc::Sender<BindReport>,
+    life: &WorkerLife,
 ) {
     let opts = ListenerOpts::new()
         .reuse_port(true)
@@ -360,8 +389,19 @@ async fn run(
             return;
         }
     };
-    let mut fds = vec![listener.as_raw_fd()];
-    fds.extend(tls_listener.as_ref().map(|l| l.as_raw_fd()));
+    let dups = std::iter::once(dup_listener(&listener))
+        .chain(tls_listener.as_ref().map(dup_listener))
+        .collect::<std::io::Result<ListenerFds>>();
+    let fds = match dups {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = bound.send(Err(format!(
+                "worker {id}: cannot duplicate a listener: {e}"
+            )));
+            return;
+        }
+    };
+    life.listeners.replace(fds.clone());
     let _ = bound.send(Ok(fds));
     drop(bound);
 
@@ -485,6 +525,7 @@ pub(crate) mod tests {
             id: 0,
             shared: shared.clone(),
             metrics: metrics.clone(),
+            listeners: RefCell::new(Vec::new()),
         }
     }
 
@@ -517,5 +558,53 @@ pub(crate) mod tests {
             .join()
             .expect("thread");
         assert_eq!(shared.workers_dead(), 2);
+    }
+
+    #[test]
+    fn draining_goes_through_owned_dups_never_reused_numbers() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let number = l.as_raw_fd();
+        let dup = dup_listener(&l).expect("dup");
+        assert_ne!(dup.as_raw_fd(), number, "a descriptor of its own");
+        // Through the dup, a blocked accept on the worker's listener is woken.
+        let accepting = std::thread::spawn(move || {
+            let r = l.accept().map(|_| ());
+            drop(l); // the worker's listener closes; its number is free for reuse
+            r
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        stop_listening(std::slice::from_ref(&dup));
+        assert!(accepting.join().expect("thread").is_err(), "accept woken");
+
+        // The freed number goes to an unrelated socket: draining again must not touch it.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut a =
+            std::net::TcpStream::connect(other.local_addr().expect("addr")).expect("connect");
+        let (mut b, _) = other.accept().expect("accept");
+        let mut held = vec![other];
+        let reused = [a.as_raw_fd(), b.as_raw_fd(), held[0].as_raw_fd()].contains(&number);
+        while !reused && held.len() < 64 {
+            let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let hit = s.as_raw_fd() == number;
+            held.push(s);
+            if hit {
+                break;
+            }
+        }
+        stop_listening(std::slice::from_ref(&dup));
+        a.write_all(b"x").expect("write");
+        let mut buf = [0u8; 1];
+        b.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            b.read(&mut buf).expect("read"),
+            1,
+            "the unrelated socket still works"
+        );
+        for h in &held {
+            let c = std::net::TcpStream::connect(h.local_addr().expect("addr"));
+            assert!(c.is_ok(), "an unrelated listener still listens");
+        }
     }
 }
