@@ -2,9 +2,10 @@
 //! blocking thread, one short request per connection: it serves scrapes and probes, never
 //! client traffic, so it stays off the workers' event loops.
 //!
-//! - `/health`: 200 while the process runs.
-//! - `/ready`: 200 once a config is loaded and every worker has started, 503 before that
-//!   and while draining.
+//! - `/health`: 200 while the process runs and every worker thread lives; 503 once one
+//!   ended before draining (its share of the port is unserved: restart the pod).
+//! - `/ready`: 200 once a config is loaded and every worker has started, 503 before that,
+//!   while draining and once a worker died.
 //! - `/metrics`: Prometheus text ([`crate::metrics::render`]).
 //! - `/config`: JSON of the active config generation and the last rejected reload.
 //! - `/stats`: JSON of per-route counts and hdrhistogram percentiles
@@ -32,6 +33,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ringgate-admin".into())
         .spawn(move || {
+            let mut errors = crate::fds::AcceptErrors::new("admin".into());
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => {
@@ -40,7 +42,7 @@ pub fn spawn(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
+                        errors.note(&e, 0);
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }
@@ -83,9 +85,14 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
         );
     }
     match head.path() {
+        "/health" if shared.workers_dead() > 0 => {
+            respond(&mut s, 503, "text/plain", b"a worker died", head_only)
+        }
         "/health" => respond(&mut s, 200, "text/plain", b"OK", head_only),
         "/ready" => {
-            if shared.draining.load(Ordering::Relaxed) {
+            if shared.workers_dead() > 0 {
+                respond(&mut s, 503, "text/plain", b"a worker died", head_only)
+            } else if shared.draining.load(Ordering::Relaxed) {
                 respond(&mut s, 503, "text/plain", b"draining", head_only)
             } else if shared.store.current().generation == 0 || !registry.workers_started() {
                 respond(&mut s, 503, "text/plain", b"starting", head_only)
@@ -239,6 +246,37 @@ fn respond(
 mod tests {
     use super::rfc3339;
     use std::time::{Duration, UNIX_EPOCH};
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(s, "GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().next().unwrap_or("").to_string()
+    }
+
+    #[test]
+    fn a_dead_worker_turns_health_and_ready_503() {
+        use std::sync::atomic::Ordering;
+        let shared = crate::worker::tests::test_shared("admin");
+        let m = std::sync::Arc::new(crate::metrics::WorkerMetrics::default());
+        m.set_driver(crate::metrics::Driver::Epoll);
+        let registry = std::sync::Arc::new(crate::metrics::Registry { workers: vec![m] });
+        let addr = super::spawn(
+            "127.0.0.1:0".parse().expect("addr"),
+            shared.clone(),
+            registry,
+        )
+        .expect("admin");
+        assert_eq!(get(addr, "/health"), "HTTP/1.1 200 OK");
+        assert_eq!(get(addr, "/ready"), "HTTP/1.1 200 OK");
+        shared.dead_workers.fetch_add(1, Ordering::SeqCst);
+        assert!(get(addr, "/health").starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/ready").starts_with("HTTP/1.1 503"));
+    }
 
     #[test]
     fn dates() {

@@ -76,6 +76,7 @@ pub fn run(path: &Path) -> i32 {
         }
     };
     let initial = store.current();
+    crate::fds::raise_and_check(&initial.config);
     let server = initial.config.server.clone();
     let reload = initial.config.reload.clone();
     let admin_listen = initial.config.admin_listen;
@@ -105,10 +106,7 @@ pub fn run(path: &Path) -> i32 {
         }
     };
 
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        draining: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(store.clone()));
     let registry = Arc::new(Registry {
         workers: (0..server.workers)
             .map(|_| Arc::new(WorkerMetrics::default()))
@@ -201,14 +199,9 @@ pub fn run(path: &Path) -> i32 {
     tracing::info!(signal = ?sig, grace_ms = server.shutdown_grace.as_millis() as u64, "draining");
     shared.draining.store(true, Ordering::SeqCst);
     stop.store(true, Ordering::Relaxed);
-    for fd in listener_fds {
-        // Wakes the accept in flight (it fails with EINVAL) so the worker stops taking
-        // connections and starts draining.
-        // SAFETY: shutdown on a listening socket the worker still owns; no memory involved.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
-    }
+    // Wakes the accepts in flight (they fail with EINVAL) so the workers stop taking
+    // connections and start draining: through our own duplicates of the listening sockets.
+    worker::stop_listening(&listener_fds);
     let deadline = std::time::Instant::now() + server.shutdown_grace + Duration::from_secs(2);
     for h in handles {
         while !h.is_finished() && std::time::Instant::now() < deadline {

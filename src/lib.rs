@@ -16,10 +16,12 @@
 //! - [`upstream`]: per-worker keep-alive pools, DNS off the workers, connecting.
 //! - [`metrics`]: per-worker counters, summed and rendered for Prometheus.
 //! - [`admin`]: `/metrics`, `/health`, `/ready`, `/config` on the admin listener.
+//! - [`fds`]: the descriptor budget: `RLIMIT_NOFILE` at start-up, refusing clients at `EMFILE`.
 //! - [`error`]: the request path's one error type and its HTTP status.
 //! - [`bufio`]: bounded owned-buffer I/O over monoio.
 //! - [`clock`]: the process-wide monotonic clock shared state is stamped with.
 //! - [`civil`]: calendar dates ↔ days since the Unix epoch (certificate expiry, test dates).
+//! - [`task`]: a connection's task: panics caught at the connection, yielding between requests.
 
 pub mod admin;
 pub mod ai;
@@ -29,6 +31,7 @@ pub mod civil;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fds;
 pub mod http;
 pub mod limit;
 pub mod listener;
@@ -36,5 +39,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod task;
 pub mod upstream;
 pub mod worker;

@@ -46,6 +46,7 @@ fn main() {
         (Some(Command::Check { path }), _) => ringgate::app::check(&path),
         (None, Some(path)) => {
             init_logging();
+            ringgate::task::install_panic_hook();
             ringgate::app::run(&path)
         }
         (None, None) => {

@@ -7,9 +7,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -27,6 +27,56 @@ pub struct Shared {
     pub store: Arc<ConfigStore>,
     /// Set on SIGTERM/SIGINT.
     pub draining: AtomicBool,
+    /// Worker threads that ended before draining (a panic outside a connection, a runtime
+    /// that could not be built): `/health` and `/ready` answer 503 while it is not zero.
+    pub dead_workers: AtomicUsize,
+}
+
+impl Shared {
+    /// State for `store`, not draining, every worker alive.
+    pub fn new(store: Arc<ConfigStore>) -> Shared {
+        Shared {
+            store,
+            draining: AtomicBool::new(false),
+            dead_workers: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many worker threads ended before draining.
+    pub fn workers_dead(&self) -> usize {
+        self.dead_workers.load(Ordering::Relaxed)
+    }
+}
+
+/// Lives on a worker thread's stack from its first instruction: dropped when the thread
+/// ends, by returning or by unwinding, and if that happens before draining the worker is
+/// counted dead (`/health` and `/ready` go 503), since its share of the port is unserved.
+struct WorkerLife {
+    id: usize,
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+    /// Owned duplicates of this worker's listening sockets, once bound.
+    listeners: RefCell<ListenerFds>,
+}
+
+impl Drop for WorkerLife {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        if panicked {
+            self.metrics.note_panic();
+        }
+        if !self.shared.draining.load(Ordering::SeqCst) {
+            // The main thread's duplicates keep the sockets open: stop them listening, or
+            // the kernel would keep queueing this worker's share of clients for no one.
+            stop_listening(&self.listeners.borrow());
+            self.shared.dead_workers.fetch_add(1, Ordering::SeqCst);
+            tracing::error!(
+                worker = self.id,
+                panicked,
+                "worker thread ended before draining; /health and /ready now answer 503"
+            );
+        }
+    }
 }
 
 /// A worker's own state; lives on its thread only.
@@ -224,9 +274,31 @@ impl Drop for DrainWait<'_> {
     }
 }
 
-/// What a worker reports once its listeners are bound (their descriptors, which the main
-/// thread shuts down to start draining), or why binding failed.
-pub type BindReport = Result<Vec<RawFd>, String>;
+/// Owned duplicates (`dup`) of a worker's listening sockets: the main thread shuts the
+/// sockets down through them to start draining. A raw descriptor number would not do: a
+/// worker that died has closed its listener, and the number may name another file since.
+pub type ListenerFds = Vec<Arc<OwnedFd>>;
+
+/// What a worker reports once its listeners are bound, or why binding failed.
+pub type BindReport = Result<ListenerFds, String>;
+
+/// An owned duplicate of the listening socket `l` (close-on-exec).
+pub fn dup_listener(l: &impl AsRawFd) -> std::io::Result<Arc<OwnedFd>> {
+    // SAFETY: `l` is borrowed for the call, so its descriptor is open while it is duplicated.
+    let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
+    fd.try_clone_to_owned().map(Arc::new)
+}
+
+/// Stops the sockets behind `fds` listening: a pending accept on them fails (EINVAL), which
+/// ends the worker's accept loops; clients still in their backlogs are reset.
+pub fn stop_listening(fds: &[Arc<OwnedFd>]) {
+    for fd in fds {
+        // SAFETY: shutdown on a descriptor we own; no memory involved.
+        unsafe {
+            libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
 
 /// The addresses a worker listens on.
 #[derive(Debug, Clone, Copy)]
@@ -249,6 +321,12 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("ringgate-w{id}"))
         .spawn(move || {
+            let life = WorkerLife {
+                id,
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+                listeners: RefCell::new(Vec::new()),
+            };
             if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores.max(1)]) {
                 tracing::warn!(worker = id, error = ?e, "could not pin worker to a core");
             }
@@ -262,7 +340,7 @@ pub fn spawn(
                     Ok(mut rt) => {
                         tracing::info!(worker = id, driver = "io_uring", "worker started");
                         metrics.set_driver(Driver::IoUring);
-                        rt.block_on(run(id, shared, metrics, listen, bound));
+                        rt.block_on(run(id, shared, metrics, listen, bound, &life));
                         return;
                     }
                     Err(e) => {
@@ -274,7 +352,7 @@ pub fn spawn(
                 Ok(mut rt) => {
                     tracing::info!(worker = id, driver = "epoll", forced = force_legacy, "worker started");
                     metrics.set_driver(Driver::Epoll);
-                    rt.block_on(run(id, shared, metrics, listen, bound));
+                    rt.block_on(run(id, shared, metrics, listen, bound, &life));
                 }
                 Err(e) => {
                     let _ = bound.send(Err(format!("worker {id}: cannot build an I/O runtime: {e}")));
@@ -289,6 +367,7 @@ async fn run(
     metrics: Arc<WorkerMetrics>,
     listen: Listens,
     bound: mpsc::Sender<BindReport>,
+    life: &WorkerLife,
 ) {
     let opts = ListenerOpts::new()
         .reuse_port(true)
@@ -312,8 +391,19 @@ async fn run(
             return;
         }
     };
-    let mut fds = vec![listener.as_raw_fd()];
-    fds.extend(tls_listener.as_ref().map(|l| l.as_raw_fd()));
+    let dups = std::iter::once(dup_listener(&listener))
+        .chain(tls_listener.as_ref().map(dup_listener))
+        .collect::<std::io::Result<ListenerFds>>();
+    let fds = match dups {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = bound.send(Err(format!(
+                "worker {id}: cannot duplicate a listener: {e}"
+            )));
+            return;
+        }
+    };
+    life.listeners.replace(fds.clone());
     let _ = bound.send(Ok(fds));
     drop(bound);
 
@@ -413,5 +503,111 @@ async fn sweep_pools(w: Rc<Worker>) {
         }
         drop(pool);
         w.stats.publish();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Shared state over a minimal config written to a temp dir.
+    pub(crate) fn test_shared(tag: &str) -> Arc<Shared> {
+        let dir = std::env::temp_dir().join(format!("ringgate-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("gateway.toml");
+        let cfg = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                   [upstreams.u]\nurl = \"http://127.0.0.1:1\"\n\
+                   [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+        std::fs::write(&file, cfg).expect("write config");
+        let store = ConfigStore::load_initial(&file).expect("config");
+        Arc::new(Shared::new(Arc::new(store)))
+    }
+
+    fn life(shared: &Arc<Shared>, metrics: &Arc<WorkerMetrics>) -> WorkerLife {
+        WorkerLife {
+            id: 0,
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+            listeners: RefCell::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_worker_thread_that_dies_is_counted_dead_and_a_drained_one_is_not() {
+        let shared = test_shared("life");
+        let metrics = Arc::new(WorkerMetrics::default());
+        let (s, m) = (shared.clone(), metrics.clone());
+        let died = std::thread::spawn(move || {
+            let _life = life(&s, &m);
+            panic!("outside any connection");
+        })
+        .join();
+        assert!(died.is_err());
+        assert_eq!(shared.workers_dead(), 1);
+        assert_eq!(metrics.panics(), 1);
+
+        // A runtime that cannot be built returns from the thread without a panic: dead too.
+        let (s, m) = (shared.clone(), metrics.clone());
+        std::thread::spawn(move || drop(life(&s, &m)))
+            .join()
+            .expect("thread");
+        assert_eq!(shared.workers_dead(), 2);
+        assert_eq!(metrics.panics(), 1);
+
+        // Ending after draining began is the normal way out.
+        shared.draining.store(true, Ordering::SeqCst);
+        let (s, m) = (shared.clone(), metrics.clone());
+        std::thread::spawn(move || drop(life(&s, &m)))
+            .join()
+            .expect("thread");
+        assert_eq!(shared.workers_dead(), 2);
+    }
+
+    #[test]
+    fn draining_goes_through_owned_dups_never_reused_numbers() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let number = l.as_raw_fd();
+        let dup = dup_listener(&l).expect("dup");
+        assert_ne!(dup.as_raw_fd(), number, "a descriptor of its own");
+        // Through the dup, a blocked accept on the worker's listener is woken.
+        let accepting = std::thread::spawn(move || {
+            let r = l.accept().map(|_| ());
+            drop(l); // the worker's listener closes; its number is free for reuse
+            r
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        stop_listening(std::slice::from_ref(&dup));
+        assert!(accepting.join().expect("thread").is_err(), "accept woken");
+
+        // The freed number goes to an unrelated socket: draining again must not touch it.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut a =
+            std::net::TcpStream::connect(other.local_addr().expect("addr")).expect("connect");
+        let (mut b, _) = other.accept().expect("accept");
+        let mut held = vec![other];
+        let reused = [a.as_raw_fd(), b.as_raw_fd(), held[0].as_raw_fd()].contains(&number);
+        while !reused && held.len() < 64 {
+            let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let hit = s.as_raw_fd() == number;
+            held.push(s);
+            if hit {
+                break;
+            }
+        }
+        stop_listening(std::slice::from_ref(&dup));
+        a.write_all(b"x").expect("write");
+        let mut buf = [0u8; 1];
+        b.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            b.read(&mut buf).expect("read"),
+            1,
+            "the unrelated socket still works"
+        );
+        for h in &held {
+            let c = std::net::TcpStream::connect(h.local_addr().expect("addr"));
+            assert!(c.is_ok(), "an unrelated listener still listens");
+        }
     }
 }

@@ -124,6 +124,7 @@ fn metrics_pass_promtool_check() {
         "# TYPE ringgate_time_to_first_byte_seconds histogram",
         "# TYPE ringgate_request_duration_quantile_seconds summary",
         "# TYPE ringgate_retries_total counter",
+        "# TYPE ringgate_panics_total counter",
         "# TYPE ringgate_ratelimit_rejections_total counter",
         "# TYPE ringgate_upstream_pool_idle gauge",
         "# TYPE ringgate_upstream_reuse_ratio gauge",

@@ -72,6 +72,7 @@ fn tls_eof<T>(res: BufResult<usize, T>) -> BufResult<usize, T> {
 /// Accepts plain connections on `listener` until the worker drains (the main thread shuts
 /// the socket down, which fails the pending accept), spawning one proxy task each.
 pub async fn accept_plain(w: Rc<Worker>, listener: TcpListener) {
+    let mut failures = AcceptFailures::new(w.id, "plain");
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -81,7 +82,12 @@ pub async fn accept_plain(w: Rc<Worker>, listener: TcpListener) {
                 };
                 let w2 = w.clone();
                 monoio::spawn(async move {
-                    crate::proxy::serve_connection(w2, ClientStream::Plain(stream), peer).await;
+                    let serve = crate::proxy::serve_connection(
+                        w2.clone(),
+                        ClientStream::Plain(stream),
+                        peer,
+                    );
+                    crate::task::guarded(&w2.metrics, w2.id, peer, serve).await;
                     drop(guard);
                 });
             }
@@ -89,10 +95,49 @@ pub async fn accept_plain(w: Rc<Worker>, listener: TcpListener) {
                 if w.shared.draining.load(Ordering::Relaxed) {
                     break;
                 }
-                // EMFILE and friends: back off instead of spinning on the error.
-                tracing::warn!(worker = w.id, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(20)).await;
+                failures.handle(&w, &listener, &e).await;
             }
+        }
+    }
+}
+
+/// What an accept loop does about a failed accept (see [`crate::fds`]): out of descriptors,
+/// refuse the waiting clients at once through the spare descriptor; otherwise, or without a
+/// spare, back off briefly instead of spinning on the error. Logged at most once a second.
+pub(crate) struct AcceptFailures {
+    spare: crate::fds::Spare,
+    errors: crate::fds::AcceptErrors,
+}
+
+/// Waiting clients refused per failed accept at most, so the loop gets back to its runtime.
+const MAX_REFUSED_AT_ONCE: usize = 256;
+
+impl AcceptFailures {
+    /// For worker `worker`'s listener named `listener` in logs (`plain`, `tls`).
+    pub(crate) fn new(worker: usize, listener: &'static str) -> Self {
+        AcceptFailures {
+            spare: crate::fds::Spare::new(),
+            errors: crate::fds::AcceptErrors::new(format!("w{worker}/{listener}")),
+        }
+    }
+
+    /// Handles one failed accept on `listener`.
+    pub(crate) async fn handle(&mut self, w: &Worker, listener: &TcpListener, e: &io::Error) {
+        use std::os::fd::AsRawFd;
+        let refused = if crate::fds::out_of_descriptors(e) {
+            self.spare
+                .refuse_waiting(listener.as_raw_fd(), MAX_REFUSED_AT_ONCE)
+        } else {
+            None
+        };
+        self.errors.note(e, refused.unwrap_or(0));
+        match refused {
+            Some(n) if n > 0 => {
+                w.metrics
+                    .refused_connections
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            _ => monoio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

@@ -24,6 +24,7 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
     // The TLS settings last seen in a config: removing `[server.tls]` on a reload is
     // restart-only, so this listener keeps serving the last certificates it had.
     let mut last: Option<(Arc<ServerConfig>, Duration)> = None;
+    let mut failures = super::AcceptFailures::new(w.id, "tls");
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -50,7 +51,10 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                     continue;
                 };
                 let w2 = w.clone();
-                monoio::spawn(async move {
+                let w3 = w.clone();
+                // The handshake runs inside the guard too: a panic in rustls closes only
+                // this connection.
+                let serve = async move {
                     // Set before the handshake: the socket is inside rustls' stream after it.
                     let _ = tcp.set_nodelay(true);
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
@@ -80,6 +84,9 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                         }
                         None => {}
                     }
+                };
+                monoio::spawn(async move {
+                    crate::task::guarded(&w3.metrics, w3.id, peer, serve).await;
                     drop(guard);
                 });
             }
@@ -87,8 +94,7 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                 if w.shared.draining.load(Ordering::Relaxed) {
                     break;
                 }
-                tracing::warn!(worker = w.id, error = %e, "TLS accept failed");
-                monoio::time::sleep(Duration::from_millis(20)).await;
+                failures.handle(&w, &listener, &e).await;
             }
         }
     }

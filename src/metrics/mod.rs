@@ -78,6 +78,7 @@ pub struct WorkerMetrics {
     tls_handshakes: AtomicU64,
     tls_handshake_errors: AtomicU64,
     tls_handshake_timeouts: AtomicU64,
+    panics: AtomicU64,
     published: Mutex<Stats>,
 }
 
@@ -144,6 +145,16 @@ impl WorkerMetrics {
             self.tls_handshake_errors.load(Ordering::Relaxed),
             self.tls_handshake_timeouts.load(Ordering::Relaxed),
         )
+    }
+
+    /// Counts a panic: caught while serving a connection, or one that ended the worker thread.
+    pub fn note_panic(&self) {
+        add(&self.panics, 1);
+    }
+
+    /// Panics counted by [`WorkerMetrics::note_panic`].
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// Records the driver this worker runs.

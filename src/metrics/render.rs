@@ -278,12 +278,23 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
     t.family(
         "ringgate_refused_connections_total",
         "counter",
-        "Client connections closed at max_connections",
+        "Client connections closed at once: over max_connections, or waiting while the process was out of descriptors",
     );
     t.sample(
         "ringgate_refused_connections_total",
         &[],
         sum(ws, |w| &w.refused_connections),
+    );
+
+    t.family(
+        "ringgate_panics_total",
+        "counter",
+        "Panics: caught while serving a client connection (only that connection was closed), or one that ended a worker thread",
+    );
+    t.sample(
+        "ringgate_panics_total",
+        &[],
+        ws.iter().map(|w| w.panics()).sum::<u64>(),
     );
 
     t.family(

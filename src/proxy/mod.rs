@@ -76,6 +76,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
     // connection's: an idle keep-alive connection holds only `rb` and its task.
     let mut scratch = Vec::new();
     loop {
+        let epoch = crate::task::poll_epoch();
         if rb.is_empty() {
             // Idle: no config snapshot held (an old generation is not kept alive by idle
             // clients) and only a small read buffer posted.
@@ -167,6 +168,12 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             let _ = stream.shutdown().await;
             return;
         }
+        // A request that never waited (its bytes were buffered, the kernel took the answer
+        // at once: epoll does both inline) kept the worker to itself: give it back before
+        // the next, or one pipelining client stalls every other connection of the worker.
+        if crate::task::ran_without_waiting(epoch) {
+            crate::task::yield_now().await;
+        }
     }
 }
 
@@ -187,6 +194,7 @@ async fn handle_request(
     let head: &RequestHead = head;
     let cfg = &snap.config;
     let request_id = headers::request_id(head, w);
+    crate::task::set_request_id(&request_id);
     let client_timeout = cfg.server.idle_timeout;
     // A request that is rejected before its body is read leaves the body on the wire, so
     // the connection cannot carry another request.
@@ -194,10 +202,15 @@ async fn handle_request(
 
     let path = head.path();
     if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
+        // A dead worker leaves its listener's clients unserved: let the probe restart us.
+        let (status, body): (u16, &[u8]) = match w.shared.workers_dead() {
+            0 => (200, b"OK"),
+            _ => (503, b"a worker died"),
+        };
         let ok = respond_plain(
             client,
-            200,
-            b"OK",
+            status,
+            body,
             head.method == "HEAD",
             &request_id,
             head.keep_alive && !has_body,
@@ -207,7 +220,7 @@ async fn handle_request(
         .await;
         return Outcome {
             keep_alive: ok && head.keep_alive && !has_body,
-            status: 200,
+            status,
             ..Outcome::default()
         };
     }

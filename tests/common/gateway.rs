@@ -76,6 +76,21 @@ impl Gateway {
 
     /// As [`Gateway::start`], with extra environment variables.
     pub fn start_with_env(config: &str, driver: Driver, env: &[(&str, &str)]) -> Gateway {
+        Self::start_inner(config, driver, env, None)
+    }
+
+    /// As [`Gateway::start`], with `RLIMIT_NOFILE` set to `nofile` (soft and hard, so the
+    /// gateway cannot raise it) in the child before it runs.
+    pub fn start_with_nofile(config: &str, driver: Driver, nofile: u64) -> Gateway {
+        Self::start_inner(config, driver, &[], Some(nofile))
+    }
+
+    fn start_inner(
+        config: &str,
+        driver: Driver,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Gateway {
         let dir = temp_dir("gw");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -100,6 +115,23 @@ impl Gateway {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it only reads `lim`, copied into the
+            // closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().expect("spawn ringgate");
         let gw = Gateway {
