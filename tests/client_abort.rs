@@ -260,3 +260,68 @@ fn broken_responses_are_counted_as_broken() {
         assert_eq!(r.json()["error"]["code"], "upstream_bad_response");
     }
 }
+
+/// Tokens generated before the client left are still counted: the stream never reached its
+/// usage chunk, so they are estimated, and the estimate says so.
+#[test]
+fn tokens_of_an_abandoned_stream_are_estimated_and_counted() {
+    let mock = ringgate_mock::MockProvider::start("127.0.0.1:0").expect("mock");
+    let cfg = format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.mock]
+url = "http://{}/v1"
+
+[models.m]
+upstream = "mock"
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+route_by_model = true
+"#,
+        mock.addr()
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    let body =
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hello there"}]}"#;
+    let mut c = Conn::connect(gw.addr);
+    c.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-mock-gate: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let (status, _) = c.read_head().expect("head");
+    assert_eq!(status, 200);
+    assert!(c.read_chunk().expect("first event").is_some());
+    drop(c);
+    assert!(
+        eventually(|| metric_with(
+            &gw,
+            "ringgate_tokens_estimated_total",
+            "kind=\"completion\""
+        ) >= 1.0),
+        "no estimate recorded:\n{}",
+        gw.admin_get("/metrics").text()
+    );
+    let total = metric_with(&gw, "ringgate_tokens_total", "kind=\"prompt\"");
+    assert!(
+        total >= (body.len() / 4) as f64,
+        "prompt estimate counted: {total}"
+    );
+    assert!(eventually(|| metric_with(
+        &gw,
+        "ringgate_requests_total",
+        "status=\"499\""
+    ) >= 1.0));
+    mock.release_gate();
+}

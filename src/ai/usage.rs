@@ -204,6 +204,9 @@ pub struct SseScanner {
     cr_ended_event: bool,
     usage: Option<Usage>,
     stripped: bool,
+    /// Events with data other than `[DONE]` and the usage-only chunk: the basis of an
+    /// estimate when a stream ends without its usage.
+    data_events: u64,
 }
 
 #[derive(Deserialize)]
@@ -232,7 +235,13 @@ impl SseScanner {
             cr_ended_event: false,
             usage: None,
             stripped: false,
+            data_events: 0,
         }
+    }
+
+    /// Completed events that carried data (not `[DONE]`, not the usage-only chunk).
+    pub fn data_events(&self) -> u64 {
+        self.data_events
     }
 
     /// Observes the next piece. When stripping, appends to `out` what is to be forwarded:
@@ -363,6 +372,9 @@ impl SseScanner {
                         && probe.choices.as_ref().is_none_or(Vec::is_empty);
                 }
             }
+        }
+        if self.data_lines > 0 && !drop_it && self.data.trim_ascii() != b"[DONE]" {
+            self.data_events += 1;
         }
         if self.strip {
             if drop_it {

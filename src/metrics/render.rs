@@ -473,6 +473,23 @@ fn render_ai(t: &mut Text, st: &Stats) {
         }
     }
     t.family(
+        "ringgate_tokens_estimated_total",
+        "counter",
+        "Of ringgate_tokens_total, tokens estimated because a stream ended without its usage (prompt: body bytes / 4; completion: one per data event)",
+    );
+    for (model, m) in &st.models {
+        for (kind, n) in [
+            ("prompt", m.estimated_prompt),
+            ("completion", m.estimated_completion),
+        ] {
+            t.sample(
+                "ringgate_tokens_estimated_total",
+                &[("model", model), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    t.family(
         "ringgate_cost_usd_total",
         "counter",
         "US dollars spent by model, at the configured prices",

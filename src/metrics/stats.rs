@@ -360,6 +360,10 @@ pub struct UsageStats {
     pub cost_usd: f64,
     /// Requests that moved on to a fallback model after this one failed.
     pub fallbacks: u64,
+    /// Of `prompt`, tokens estimated (a stream that ended without its usage).
+    pub estimated_prompt: u64,
+    /// Of `completion`, tokens estimated.
+    pub estimated_completion: u64,
 }
 
 impl UsageStats {
@@ -370,6 +374,8 @@ impl UsageStats {
         self.completion += o.completion;
         self.cost_usd += o.cost_usd;
         self.fallbacks += o.fallbacks;
+        self.estimated_prompt += o.estimated_prompt;
+        self.estimated_completion += o.estimated_completion;
     }
 
     fn add(&mut self, u: &crate::ai::usage::Usage, cost: f64) {
@@ -677,10 +683,15 @@ impl LocalStats {
         client: Option<&str>,
         usage: &crate::ai::usage::Usage,
         cost: f64,
+        estimated: bool,
     ) {
         self.with(|d| {
             if let Some(m) = slot(&mut d.models, model, MAX_ROUTES) {
                 m.add(usage, cost);
+                if estimated {
+                    m.estimated_prompt += usage.prompt;
+                    m.estimated_completion += usage.completion;
+                }
             }
             if let Some(c) = client.and_then(|c| slot(&mut d.clients, c, MAX_CLIENTS)) {
                 c.add(usage, cost);

@@ -20,7 +20,12 @@ pub struct Tap {
     capture_max: usize,
     /// The filtered bytes of the last `observe` or `finish` (reused across reads).
     pub filtered: Vec<u8>,
+    /// Bytes of the request body, for a prompt estimate.
+    prompt_bytes: u64,
 }
+
+/// Bytes per prompt token in an estimate (OpenAI's rule of thumb for English text).
+const BYTES_PER_TOKEN: u64 = 4;
 
 /// Whether a response is an event stream.
 pub fn is_event_stream(resp: &ResponseHead) -> bool {
@@ -42,6 +47,7 @@ impl Tap {
         if !(200..300).contains(&resp.status) || !identity {
             return tap;
         }
+        tap.prompt_bytes = ai.original.len() as u64;
         if is_event_stream(resp) {
             tap.sse = Some(SseScanner::new(ai.strip_usage_chunk));
             tap.filter = ai.strip_usage_chunk;
@@ -96,6 +102,19 @@ impl Tap {
             _ => None,
         }
     }
+
+    /// For a stream that ended (or broke) without reporting its usage after sending data:
+    /// an estimate — the prompt at [`BYTES_PER_TOKEN`] bytes a token, one completion token
+    /// per data event (OpenAI-style streams send about one token per chunk). What was
+    /// generated was paid for, so it is counted and charged rather than dropped.
+    pub fn estimated_usage(&self) -> Option<crate::ai::usage::Usage> {
+        let events = self.sse.as_ref()?.data_events();
+        (events > 0).then(|| crate::ai::usage::Usage {
+            prompt: self.prompt_bytes.div_ceil(BYTES_PER_TOKEN),
+            completion: events,
+            cached_prompt: 0,
+        })
+    }
 }
 
 /// Counts the tokens and dollars a response reported, and charges the client's token
@@ -104,13 +123,17 @@ pub fn account_usage(w: &Worker, req: &Request<'_>, cand: Candidate<'_>, tap: &T
     let Some((_, model)) = cand.model else {
         return;
     };
-    let Some(u) = tap.usage() else {
-        return;
+    let (u, estimated) = match tap.usage() {
+        Some(u) => (u, false),
+        None => match tap.estimated_usage() {
+            Some(u) => (u, true),
+            None => return,
+        },
     };
     let cost = model.price.map_or(0.0, |p| p.cost(&u));
     let client = req.client;
     w.stats
-        .note_usage(&model.name, client.map(|c| &*c.name), &u, cost);
+        .note_usage(&model.name, client.map(|c| &*c.name), &u, cost, estimated);
     if let Some(c) = client {
         if let Some((_, limiter)) = req.limit_at(c.token_limit) {
             limiter.charge(
@@ -139,6 +162,37 @@ mod tests {
         t.observe(b"def");
         t.observe(b"g");
         assert_eq!(t.take_capture(), None, "a partial body is never cached");
+    }
+
+    #[test]
+    fn a_stream_without_usage_is_estimated() {
+        let mut t = Tap {
+            sse: Some(SseScanner::new(true)),
+            prompt_bytes: 41,
+            ..Tap::default()
+        };
+        assert_eq!(
+            t.estimated_usage(),
+            None,
+            "nothing generated, nothing estimated"
+        );
+        for i in 0..3 {
+            t.observe(
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"w{i}\"}}}}]}}\n\n")
+                    .as_bytes(),
+            );
+        }
+        t.observe(b": keep-alive\n\n");
+        assert_eq!(t.usage(), None, "the stream broke before its usage");
+        let u = t.estimated_usage().expect("an estimate");
+        assert_eq!((u.prompt, u.completion), (11, 3));
+        t.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
+        assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((9, 4)));
+        assert_eq!(
+            t.sse.as_ref().map(SseScanner::data_events),
+            Some(3),
+            "neither the usage chunk nor [DONE] is a data event"
+        );
     }
 
     #[test]
