@@ -203,13 +203,27 @@ pub fn run(path: &Path) -> i32 {
     // connections and start draining: through our own duplicates of the listening sockets.
     worker::stop_listening(&listener_fds);
     let deadline = std::time::Instant::now() + server.shutdown_grace + Duration::from_secs(2);
+    let mut stuck = 0usize;
     for h in handles {
         while !h.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         if h.is_finished() {
             let _ = h.join();
+        } else {
+            stuck += 1;
         }
+    }
+    let cut = shared.cut_at_drain.load(Ordering::SeqCst);
+    if cut > 0 || stuck > 0 {
+        // An orchestrator reads the exit code: a drain that cut requests is not a clean stop.
+        tracing::error!(
+            cut_connections = cut,
+            stuck_workers = stuck,
+            grace_ms = server.shutdown_grace.as_millis() as u64,
+            "stopped: the grace period ended with requests in flight; they were cut"
+        );
+        return 1;
     }
     tracing::info!("stopped");
     0

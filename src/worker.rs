@@ -30,6 +30,9 @@ pub struct Shared {
     /// Worker threads that ended before draining (a panic outside a connection, a runtime
     /// that could not be built): `/health` and `/ready` answer 503 while it is not zero.
     pub dead_workers: AtomicUsize,
+    /// Client connections still open (requests in flight) when a worker's drain grace
+    /// period ended: they were cut, and the process exits non-zero.
+    pub cut_at_drain: AtomicUsize,
 }
 
 impl Shared {
@@ -39,6 +42,7 @@ impl Shared {
             store,
             draining: AtomicBool::new(false),
             dead_workers: AtomicUsize::new(0),
+            cut_at_drain: AtomicUsize::new(0),
         }
     }
 
@@ -457,6 +461,9 @@ async fn run(
     }
     w.stats.publish();
     if w.active.get() > 0 {
+        w.shared
+            .cut_at_drain
+            .fetch_add(w.active.get(), Ordering::SeqCst);
         tracing::warn!(
             worker = id,
             open = w.active.get(),

@@ -620,6 +620,38 @@ fn one_gib_each_way_streams_with_bounded_memory() {
     });
 }
 
+/// A drain whose grace period ends with a request still in flight cuts it, says how many
+/// it cut, and exits non-zero: an orchestrator can tell it from a clean stop.
+#[test]
+fn a_drain_that_cuts_requests_exits_non_zero() {
+    each_driver(|d| {
+        let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+        let cfg = config(&mock, "").replace(
+            "header_read_timeout_ms = 1500",
+            "header_read_timeout_ms = 1500\nshutdown_grace_ms = 300",
+        );
+        let mut gw = Gateway::start(&cfg, d);
+        let mut c = Conn::connect(gw.addr);
+        c.send(post("/v1/chat/completions", CHAT_STREAM, "x-mock-gate: 1\r\n").as_bytes())
+            .expect("send");
+        let (status, _) = c.read_head().expect("head");
+        assert_eq!(status, 200);
+        let _ = c.read_chunk().expect("first");
+        gw.terminate();
+        assert_eq!(
+            gw.wait_exit(Duration::from_secs(10)),
+            Some(1),
+            "{d:?}: a drain that cut a stream is not a clean stop"
+        );
+        let logs = gw.logs();
+        assert!(
+            logs.contains("cut_connections=1"),
+            "{d:?}: the log says how many were cut:\n{logs}"
+        );
+        mock.release_gate();
+    });
+}
+
 #[test]
 fn sigterm_lets_an_inflight_stream_finish_then_exits_zero() {
     each_driver(|d| {
