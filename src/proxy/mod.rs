@@ -177,7 +177,22 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
     }
 }
 
-/// Routes and forwards one request whose head has been read.
+/// What metrics and the access log need of a request besides its [`Outcome`].
+struct LogContext<'a> {
+    head: &'a RequestHead,
+    request_id: &'a str,
+    peer: SocketAddr,
+    cfg: &'a crate::config::Config,
+    /// The route that matched (or the models endpoint), once known.
+    route: Option<&'a str>,
+    /// The `[auth]` client's name, once authenticated.
+    client: Option<&'a str>,
+    start: Instant,
+}
+
+/// Routes and forwards one request whose head has been read: screens it, answers `/health`
+/// and `/v1/models` itself, routes and authenticates it, hands it to [`forward::forward`],
+/// and answers (or cuts) whatever failed.
 async fn handle_request(
     w: &Rc<Worker>,
     snap: &crate::reload::Active,
@@ -195,109 +210,45 @@ async fn handle_request(
     let cfg = &snap.config;
     let request_id = headers::request_id(head, w);
     crate::task::set_request_id(&request_id);
-    let client_timeout = cfg.server.idle_timeout;
-    // A request that is rejected before its body is read leaves the body on the wire, so
-    // the connection cannot carry another request.
-    let has_body = !matches!(head.framing, BodyFraming::None);
-
     let path = head.path();
     if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
-        // A dead worker leaves its listener's clients unserved: let the probe restart us.
-        let (status, body): (u16, &[u8]) = match w.shared.workers_dead() {
-            0 => (200, b"OK"),
-            _ => (503, b"a worker died"),
-        };
-        let ok = respond_plain(
+        return health(
+            w,
+            head,
             client,
-            status,
-            body,
-            head.method == "HEAD",
             &request_id,
-            head.keep_alive && !has_body,
             scratch,
-            client_timeout,
+            cfg.server.idle_timeout,
         )
         .await;
-        return Outcome {
-            keep_alive: ok && head.keep_alive && !has_body,
-            status,
-            ..Outcome::default()
-        };
     }
 
+    let mut log = LogContext {
+        head,
+        request_id: &request_id,
+        peer,
+        cfg,
+        route: None,
+        client: None,
+        start,
+    };
     let mut outcome = Outcome::default();
-    let mut route_name: Option<&str> = None;
-    let mut client_name: Option<&str> = None;
     let result: Result<(), Failure> = async {
-        if crate::router::is_never_forwarded(&head.method) {
-            let allow = target
-                .is_ok()
-                .then(|| {
-                    let host = headers::host_without_port(head);
-                    cfg.routes.allowed_methods(host.as_deref(), path)
-                })
-                .flatten()
-                .unwrap_or_else(|| crate::router::DEFAULT_ALLOW.to_string());
-            return Err(ProxyError::MethodNotAllowed {
-                method: head.method.clone(),
-                allow,
-            }
-            .into());
-        }
-        target.map_err(ProxyError::BadPath)?;
-        if cfg.server.underscores_in_headers == crate::config::UnderscoreHeaders::Reject
-            && head.headers.iter().any(|h| h.name.contains('_'))
-        {
-            return Err(ProxyError::UnderscoreHeader.into());
-        }
+        screen(cfg, head, target)?;
         if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
-            route_name = Some(MODELS_ROUTE);
+            log.route = Some(MODELS_ROUTE);
             if let Some(auth) = &cfg.auth {
-                let c = crate::ai::auth::authenticate(auth, head).map_err(|e| {
-                    w.stats
-                        .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
-                    ProxyError::Unauthorized(e)
-                })?;
-                client_name = Some(&c.name);
+                log.client = Some(&authenticate(w, auth, head)?.name);
             }
             return models_endpoint(w, cfg, head, client, &request_id, scratch, &mut outcome).await;
         }
-        let host = headers::host_without_port(head);
-        let no_route = || ProxyError::NoRoute {
-            method: head.method.clone(),
-            path: path.to_string(),
-        };
-        let route = match cfg.routes.find(&head.method, host.as_deref(), path) {
-            Some(r) => r,
-            None => {
-                // A path some route serves, with another method: 405 with what it accepts.
-                return Err(match cfg.routes.allowed_methods(host.as_deref(), path) {
-                    Some(allow) => ProxyError::MethodNotAllowed {
-                        method: head.method.clone(),
-                        allow,
-                    },
-                    None => no_route(),
-                }
-                .into());
-            }
-        };
-        route_name = Some(&route.name);
-        let upstream = match route.upstream {
-            Some(i) => Some(cfg.upstreams.get(i).ok_or_else(no_route)?.as_ref()),
-            None => None,
-        };
+        let (route, upstream) = find_route(cfg, head)?;
+        log.route = Some(&route.name);
         let authed = match (&cfg.auth, route.auth) {
-            (Some(auth), true) => {
-                let c = crate::ai::auth::authenticate(auth, head).map_err(|e| {
-                    w.stats
-                        .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
-                    ProxyError::Unauthorized(e)
-                })?;
-                client_name = Some(&c.name);
-                Some(c)
-            }
+            (Some(auth), true) => Some(authenticate(w, auth, head)?),
             _ => None,
         };
+        log.client = authed.map(|c| &*c.name);
         let limit = route
             .limit
             .and_then(|i| Some((cfg.limits.get(i)?.as_ref(), snap.limiters.get(i)?.as_ref())));
@@ -319,27 +270,135 @@ async fn handle_request(
         forward::forward(w, &req, client, rb, scratch, &mut outcome).await
     }
     .await;
-
-    let (e, response_started) = match result.map_err(|f| {
-        let started = f.response_started();
-        (f.error, started)
-    }) {
+    match result {
         Ok(()) => {
-            record(
-                w,
-                head,
-                &request_id,
-                peer,
-                cfg,
-                route_name,
-                client_name,
-                &outcome,
-                start,
-            );
-            return outcome;
+            record(w, &log, &outcome);
+            outcome
         }
-        Err(f) => f,
+        Err(failure) => answer_failure(w, &log, failure, outcome, client, scratch).await,
+    }
+}
+
+/// `GET /health` on the client listener (the seed's probe): 200, or 503 once a worker
+/// thread died (its listener's clients go unserved: let the probe restart the pod).
+async fn health(
+    w: &Worker,
+    head: &RequestHead,
+    client: &mut ClientStream,
+    request_id: &str,
+    scratch: &mut Vec<u8>,
+    timeout: Duration,
+) -> Outcome {
+    let (status, body): (u16, &[u8]) = match w.shared.workers_dead() {
+        0 => (200, b"OK"),
+        _ => (503, b"a worker died"),
     };
+    // A request that is rejected before its body is read leaves the body on the wire, so
+    // the connection cannot carry another request.
+    let keep_alive = head.keep_alive && matches!(head.framing, BodyFraming::None);
+    let head_only = head.method == "HEAD";
+    let ok = respond_plain(
+        client, status, body, head_only, request_id, keep_alive, scratch, timeout,
+    )
+    .await;
+    Outcome {
+        keep_alive: ok && keep_alive,
+        status,
+        ..Outcome::default()
+    }
+}
+
+/// Requests no route may see: TRACE and CONNECT (405), a path the normalizer refused
+/// (400), header names with `_` under `underscores_in_headers = "reject"` (400).
+fn screen(
+    cfg: &crate::config::Config,
+    head: &RequestHead,
+    target: Result<(), crate::http::path::PathError>,
+) -> Result<(), ProxyError> {
+    if crate::router::is_never_forwarded(&head.method) {
+        let allow = target
+            .is_ok()
+            .then(|| {
+                let host = headers::host_without_port(head);
+                cfg.routes.allowed_methods(host.as_deref(), head.path())
+            })
+            .flatten()
+            .unwrap_or_else(|| crate::router::DEFAULT_ALLOW.to_string());
+        return Err(ProxyError::MethodNotAllowed {
+            method: head.method.clone(),
+            allow,
+        });
+    }
+    target.map_err(ProxyError::BadPath)?;
+    if cfg.server.underscores_in_headers == crate::config::UnderscoreHeaders::Reject
+        && head.headers.iter().any(|h| h.name.contains('_'))
+    {
+        return Err(ProxyError::UnderscoreHeader);
+    }
+    Ok(())
+}
+
+/// The route for `head` and its upstream (None on model-routed routes): 404 when no route
+/// serves the path, 405 with `Allow` when one serves it with other methods.
+fn find_route<'c>(
+    cfg: &'c crate::config::Config,
+    head: &RequestHead,
+) -> Result<
+    (
+        &'c crate::config::Route,
+        Option<&'c crate::config::Upstream>,
+    ),
+    ProxyError,
+> {
+    let path = head.path();
+    let host = headers::host_without_port(head);
+    let no_route = || ProxyError::NoRoute {
+        method: head.method.clone(),
+        path: path.to_string(),
+    };
+    let Some(route) = cfg.routes.find(&head.method, host.as_deref(), path) else {
+        return Err(match cfg.routes.allowed_methods(host.as_deref(), path) {
+            Some(allow) => ProxyError::MethodNotAllowed {
+                method: head.method.clone(),
+                allow,
+            },
+            None => no_route(),
+        });
+    };
+    let upstream = match route.upstream {
+        Some(i) => Some(cfg.upstreams.get(i).ok_or_else(no_route)?.as_ref()),
+        None => None,
+    };
+    Ok((route, upstream))
+}
+
+/// The `[auth]` client presenting `head`'s key; failures are counted by reason.
+fn authenticate<'a>(
+    w: &Worker,
+    auth: &'a crate::config::ai::Auth,
+    head: &RequestHead,
+) -> Result<&'a crate::config::ai::Client, ProxyError> {
+    crate::ai::auth::authenticate(auth, head).map_err(|e| {
+        w.stats
+            .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
+        ProxyError::Unauthorized(e)
+    })
+}
+
+/// The one place a [`Failure`] becomes what the client sees: an error answer in the OpenAI
+/// shape while nothing was sent, a cut connection once the response had started, nothing
+/// at all when the client is gone (recorded as 499).
+async fn answer_failure(
+    w: &Worker,
+    log: &LogContext<'_>,
+    failure: Failure,
+    mut outcome: Outcome,
+    client: &mut ClientStream,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    let (head, request_id) = (log.head, log.request_id);
+    let response_started = failure.response_started();
+    let e = failure.error;
     let (status, _, _) = e.classify();
     if response_started {
         // The status line is out: the only honest signal left is to cut the connection.
@@ -351,17 +410,7 @@ async fn handle_request(
             tracing::warn!(request_id = %request_id, bytes_out = outcome.bytes_out, reason, error = %e, "response cut short after its head went out; closing the client connection");
         }
         outcome.truncated = Some(reason);
-        record(
-            w,
-            head,
-            &request_id,
-            peer,
-            cfg,
-            route_name,
-            client_name,
-            &outcome,
-            start,
-        );
+        record(w, log, &outcome);
         outcome.keep_alive = false;
         return outcome;
     }
@@ -371,17 +420,7 @@ async fn handle_request(
         tracing::warn!(request_id = %request_id, error = %e, "request failed");
     }
     outcome.status = if e.client_gone() { 499 } else { status };
-    record(
-        w,
-        head,
-        &request_id,
-        peer,
-        cfg,
-        route_name,
-        client_name,
-        &outcome,
-        start,
-    );
+    record(w, log, &outcome);
     if e.client_gone() {
         return Outcome::default();
     }
@@ -394,12 +433,14 @@ async fn handle_request(
             | ProxyError::BadRequest(_)
             | ProxyError::BadJson(_)
     );
-    // A body that was read (model-routed routes read it before deciding) does not stop the
-    // connection from carrying the next request.
-    let body_left = has_body && outcome.bytes_in == 0;
+    // A request rejected before its body was read leaves the body on the wire; a body that
+    // was read (model-routed routes read it before deciding) does not stop the connection
+    // from carrying the next request.
+    let body_left = !matches!(head.framing, BodyFraming::None) && outcome.bytes_in == 0;
     let keep =
         head.keep_alive && !body_left && !w.drain.is_draining() && status < 500 && !malformed;
-    let sent = send_error(client, &e, &request_id, keep, scratch, client_timeout).await;
+    let timeout = log.cfg.server.idle_timeout;
+    let sent = send_error(client, &e, request_id, keep, scratch, timeout).await;
     Outcome {
         keep_alive: keep && sent,
         status,
@@ -495,23 +536,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Counts one finished request and writes its access-log line.
-#[allow(clippy::too_many_arguments)]
-fn record(
-    w: &Worker,
-    head: &RequestHead,
-    request_id: &str,
-    peer: SocketAddr,
-    cfg: &crate::config::Config,
-    route: Option<&str>,
-    client: Option<&str>,
-    o: &Outcome,
-    start: Instant,
-) {
-    let total = start.elapsed();
+fn record(w: &Worker, log: &LogContext<'_>, o: &Outcome) {
+    let total = log.start.elapsed();
+    let cfg = log.cfg;
     let obs = crate::metrics::Observation {
-        route,
+        route: log.route,
         upstream: o.upstream.as_deref(),
-        method: &head.method,
+        method: &log.head.method,
         status: o.status,
         bytes_in: o.bytes_in,
         bytes_out: o.bytes_out,
@@ -524,14 +555,14 @@ fn record(
             .model
             .and_then(|i| cfg.models.list.get(i))
             .map(|m| m.name.as_str()),
-        client,
+        client: log.client,
         cache: o.cache.map(crate::ai::cache::CacheStatus::label),
         truncated: o.truncated,
     };
     w.stats.observe(&obs);
     w.metrics.note_request(o.status, total);
-    let client_ip = headers::client_ip_of(head, peer, &cfg.server);
-    crate::metrics::access_log(&obs, request_id, head.path(), client_ip);
+    let client_ip = headers::client_ip_of(log.head, log.peer, &cfg.server);
+    crate::metrics::access_log(&obs, log.request_id, log.head.path(), client_ip);
 }
 
 /// Sends a gateway-made error in the OpenAI shape. Returns whether it was written.
