@@ -184,6 +184,36 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
     assert_eq!(gw.metric("ringgate_config_generation"), Some(2.0));
 }
 
+/// Rolling back to the config that serves, after a rejected one, is a successful reload:
+/// the alert clears, `/config` drops the stale error, and no new generation is made.
+#[test]
+fn rolling_back_to_the_serving_config_clears_the_failure() {
+    let a = MockProvider::start("127.0.0.1:0").expect("mock");
+    let good = config(&a, "good", 30_000);
+    let gw = Gateway::start(&good, Driver::IoUring);
+    assert!(gw.project(&good.replace("upstream = \"main\"", "upstream = \"ghost\"")));
+    assert!(
+        wait_for(Duration::from_secs(5), || gw
+            .metric("ringgate_config_last_reload_successful")
+            == Some(0.0)),
+        "the broken config is rejected"
+    );
+    assert!(gw.admin_get("/config").json()["last_error"].is_object());
+    assert!(gw.project(&good), "the rollback is projected");
+    assert!(
+        wait_for(Duration::from_secs(5), || gw
+            .metric("ringgate_config_last_reload_successful")
+            == Some(1.0)),
+        "the rollback clears the failure; log:\n{}",
+        gw.logs()
+    );
+    let cfg = gw.admin_get("/config").json();
+    assert!(cfg["last_error"].is_null(), "stale error: {cfg}");
+    assert_eq!(cfg["generation"], 1, "same bytes: no new generation");
+    assert_eq!(served_by(&gw).as_deref(), Some("good"));
+    assert!(gw.logs().contains("rolled back"));
+}
+
 #[test]
 fn three_swaps_inside_the_debounce_window_end_in_the_last() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");

@@ -133,6 +133,14 @@ impl ConfigStore {
         let old = self.current();
         let pre = watch::inputs_digest(&snap.bytes, &old.config.watched_files);
         if pre == old.inputs_sha256 {
+            // The generation that serves is what the mount holds again: a rollback after a
+            // rejected config. The failure it replaced is over, so is its alert.
+            if !self.last_successful.swap(true, Ordering::Relaxed) {
+                if let Ok(mut g) = self.last_rejection.lock() {
+                    *g = None;
+                }
+                tracing::info!(generation = old.generation, sha256 = %watch::sha256_hex(&old.sha256), "config rolled back to the serving generation; the rejected one is cleared");
+            }
             return Ok(old.generation);
         }
         match config::load_bytes(&snap.bytes, &self.base_dir) {
