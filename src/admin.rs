@@ -1,6 +1,8 @@
-//! The admin listener: `/metrics`, `/health`, `/ready`, `/config`, `/stats`. A plain
-//! blocking thread, one short request per connection: it serves scrapes and probes, never
-//! client traffic, so it stays off the workers' event loops.
+//! The admin listener: `/metrics`, `/health`, `/ready`, `/config`, `/stats`. Blocking std
+//! I/O off the workers' event loops, one short request per connection, each connection on
+//! its own short-lived thread (at most [`MAX_CONCURRENT`]) under a whole-request deadline
+//! ([`HEAD_DEADLINE`]): a slow, idle or half-sent client cannot delay the kubelet's probes
+//! behind it.
 //!
 //! - `/health`: 200 while the process runs and every worker thread lives; 503 once one
 //!   ended before draining (its share of the port is unserved: restart the pod).
@@ -13,7 +15,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +24,15 @@ use crate::metrics::Registry;
 use crate::reload::watch::sha256_hex;
 use crate::worker::Shared;
 
-/// Binds the admin listener (so a busy port fails start-up) and serves it on a thread.
+/// Admin connections served at once; more are closed at once (a scraper retries, a probe
+/// counts a failure — better than queueing behind a flood).
+pub const MAX_CONCURRENT: usize = 64;
+
+/// Time a client has to send its whole request head (a kubelet probe sends it at once).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Binds the admin listener (so a busy port fails start-up) and serves it: an accept thread
+/// handing each connection to its own thread.
 pub fn spawn(
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -30,17 +40,14 @@ pub fn spawn(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("ringgate-admin".into())
         .spawn(move || {
             let mut errors = crate::fds::AcceptErrors::new("admin".into());
             for conn in listener.incoming() {
                 match conn {
-                    Ok(s) => {
-                        if let Err(e) = serve(s, &shared, &registry) {
-                            tracing::debug!(error = %e, "admin request failed");
-                        }
-                    }
+                    Ok(s) => dispatch(s, &shared, &registry, &open),
                     Err(e) => {
                         errors.note(&e, 0);
                         std::thread::sleep(Duration::from_millis(50));
@@ -51,9 +58,32 @@ pub fn spawn(
     Ok(local)
 }
 
+/// Serves `s` on a thread of its own, unless [`MAX_CONCURRENT`] are busy.
+fn dispatch(s: TcpStream, shared: &Arc<Shared>, registry: &Arc<Registry>, open: &Arc<AtomicUsize>) {
+    if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
+        open.fetch_sub(1, Ordering::AcqRel);
+        tracing::debug!("admin listener busy; connection closed");
+        return;
+    }
+    let (shared, registry, slot) = (shared.clone(), registry.clone(), open.clone());
+    let spawned = std::thread::Builder::new()
+        .name("ringgate-admin-conn".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if let Err(e) = serve(s, &shared, &registry) {
+                tracing::debug!(error = %e, "admin request failed");
+            }
+            slot.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        open.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(error = %e, "cannot start an admin connection thread");
+    }
+}
+
 fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let deadline = std::time::Instant::now() + HEAD_DEADLINE;
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     let limits = HeadLimits {
@@ -61,6 +91,11 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
         max_request_line: 4096,
     };
     let head = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -85,13 +120,23 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
         );
     }
     match head.path() {
-        "/health" if shared.workers_dead() > 0 => {
-            respond(&mut s, 503, "text/plain", b"a worker died", head_only)
-        }
+        "/health" if shared.workers_unhealthy() > 0 => respond(
+            &mut s,
+            503,
+            "text/plain",
+            b"a worker died or is wedged",
+            head_only,
+        ),
         "/health" => respond(&mut s, 200, "text/plain", b"OK", head_only),
         "/ready" => {
-            if shared.workers_dead() > 0 {
-                respond(&mut s, 503, "text/plain", b"a worker died", head_only)
+            if shared.workers_unhealthy() > 0 {
+                respond(
+                    &mut s,
+                    503,
+                    "text/plain",
+                    b"a worker died or is wedged",
+                    head_only,
+                )
             } else if shared.draining.load(Ordering::Relaxed) {
                 respond(&mut s, 503, "text/plain", b"draining", head_only)
             } else if shared.store.current().generation == 0 || !registry.workers_started() {

@@ -112,6 +112,7 @@ pub fn run(path: &Path) -> i32 {
             .map(|_| Arc::new(WorkerMetrics::default()))
             .collect(),
     });
+    let _ = shared.registry.set(registry.clone());
     let admin_addr = match crate::admin::spawn(admin_listen, shared.clone(), registry.clone()) {
         Ok(a) => a,
         Err(e) => {

@@ -33,6 +33,8 @@ pub struct Shared {
     /// Client connections still open (requests in flight) when a worker's drain grace
     /// period ended: they were cut, and the process exits non-zero.
     pub cut_at_drain: AtomicUsize,
+    /// The workers' metrics (their heartbeats), set once they exist.
+    pub registry: std::sync::OnceLock<Arc<crate::metrics::Registry>>,
 }
 
 impl Shared {
@@ -43,7 +45,19 @@ impl Shared {
             draining: AtomicBool::new(false),
             dead_workers: AtomicUsize::new(0),
             cut_at_drain: AtomicUsize::new(0),
+            registry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Workers that cannot serve: ended before draining, or wedged (no heartbeat for
+    /// [`crate::metrics::WEDGED_AFTER`]; not judged while draining, when workers finish one
+    /// by one).
+    pub fn workers_unhealthy(&self) -> usize {
+        let wedged = match self.registry.get() {
+            Some(r) if !self.draining.load(Ordering::Relaxed) => r.wedged_workers(),
+            _ => 0,
+        };
+        self.workers_dead() + wedged
     }
 
     /// How many worker threads ended before draining.
@@ -445,6 +459,7 @@ async fn run(
     });
 
     monoio::spawn(sweep_pools(w.clone()));
+    monoio::spawn(heartbeat(w.clone()));
 
     // Both accept loops end when the main thread shuts their sockets down (SIGTERM).
     let tls_task =
@@ -471,6 +486,15 @@ async fn run(
         );
     } else {
         tracing::info!(worker = id, "drained");
+    }
+}
+
+/// Once a second, for as long as the worker's event loop turns: proves the worker is not
+/// wedged ([`Shared::workers_unhealthy`]).
+async fn heartbeat(w: Rc<Worker>) {
+    loop {
+        w.metrics.beat();
+        monoio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

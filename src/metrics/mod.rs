@@ -79,8 +79,15 @@ pub struct WorkerMetrics {
     tls_handshake_errors: AtomicU64,
     tls_handshake_timeouts: AtomicU64,
     panics: AtomicU64,
+    /// When the worker's event loop last ran its heartbeat task
+    /// ([`crate::clock::monotonic_nanos`]); 0 before its first.
+    heartbeat: AtomicU64,
     published: Mutex<Stats>,
 }
+
+/// A worker whose heartbeat is older than this is wedged: its event loop has not run a
+/// task for that long (a request stuck in a loop), so its clients are not being served.
+pub const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
 fn add(a: &AtomicU64, v: u64) {
     a.fetch_add(v, Ordering::Relaxed);
@@ -152,6 +159,20 @@ impl WorkerMetrics {
         add(&self.panics, 1);
     }
 
+    /// Records that the worker's event loop is turning (its heartbeat task ran).
+    pub fn beat(&self) {
+        self.heartbeat
+            .store(crate::clock::monotonic_nanos(), Ordering::Relaxed);
+    }
+
+    /// Time since the last heartbeat at `now_nanos`; None before the first.
+    pub fn heartbeat_age(&self, now_nanos: u64) -> Option<Duration> {
+        match self.heartbeat.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(Duration::from_nanos(now_nanos.saturating_sub(t))),
+        }
+    }
+
     /// Panics counted by [`WorkerMetrics::note_panic`].
     pub fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
@@ -194,6 +215,19 @@ impl Registry {
             total.merge_from(&w.published(), Merge::Aggregate);
         }
         total
+    }
+
+    /// Workers whose heartbeat is older than [`WEDGED_AFTER`].
+    pub fn wedged_workers(&self) -> usize {
+        self.wedged_workers_at(crate::clock::monotonic_nanos())
+    }
+
+    /// Workers whose heartbeat is older than [`WEDGED_AFTER`] at `now` (monotonic ns).
+    pub fn wedged_workers_at(&self, now: u64) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.heartbeat_age(now).is_some_and(|a| a > WEDGED_AFTER))
+            .count()
     }
 
     /// Whether every worker has started its runtime (and so its listener).

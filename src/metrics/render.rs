@@ -287,6 +287,23 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
     );
 
     t.family(
+        "ringgate_worker_heartbeat_age_seconds",
+        "gauge",
+        "Time since each worker's event loop last ran its once-a-second heartbeat (over 10 s: wedged, /health answers 503)",
+    );
+    let now = crate::clock::monotonic_nanos();
+    for (i, w) in ws.iter().enumerate() {
+        if let Some(age) = w.heartbeat_age(now) {
+            let worker = i.to_string();
+            t.sample(
+                "ringgate_worker_heartbeat_age_seconds",
+                &[("worker", worker.as_str())],
+                age.as_secs_f64(),
+            );
+        }
+    }
+
+    t.family(
         "ringgate_panics_total",
         "counter",
         "Panics: caught while serving a client connection (only that connection was closed), or one that ended a worker thread",

@@ -424,3 +424,25 @@ fn dummy_store() -> crate::reload::ConfigStore {
     .expect("write");
     crate::reload::ConfigStore::load_initial(&f).expect("config")
 }
+
+#[test]
+fn a_worker_without_a_recent_heartbeat_is_wedged() {
+    let (reg, _) = registry(2);
+    let now = crate::clock::monotonic_nanos();
+    assert_eq!(
+        reg.wedged_workers_at(now),
+        0,
+        "no heartbeat yet: starting, not wedged"
+    );
+    reg.workers[0].beat();
+    reg.workers[1].beat();
+    let soon = now + Duration::from_secs(2).as_nanos() as u64;
+    assert_eq!(reg.wedged_workers_at(soon), 0);
+    let later = now + (WEDGED_AFTER + Duration::from_secs(2)).as_nanos() as u64;
+    assert_eq!(reg.wedged_workers_at(later), 2);
+    let text = render(&reg, &dummy_store());
+    assert!(
+        text.contains("ringgate_worker_heartbeat_age_seconds{worker=\"1\"}"),
+        "{text}"
+    );
+}

@@ -289,9 +289,9 @@ async fn health(
     scratch: &mut Vec<u8>,
     timeout: Duration,
 ) -> Outcome {
-    let (status, body): (u16, &[u8]) = match w.shared.workers_dead() {
+    let (status, body): (u16, &[u8]) = match w.shared.workers_unhealthy() {
         0 => (200, b"OK"),
-        _ => (503, b"a worker died"),
+        _ => (503, b"a worker died or is wedged"),
     };
     // A request that is rejected before its body is read leaves the body on the wire, so
     // the connection cannot carry another request.
