@@ -270,11 +270,13 @@ fn respond(
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(body.len() + 128);
     let len = body.len().to_string();
+    let date = http::date::now();
     http::write_response_head(
         &mut out,
         status,
         "",
         &[
+            ("date", &date),
             ("content-type", ctype.as_bytes()),
             ("content-length", len.as_bytes()),
             ("connection", b"close"),

@@ -225,3 +225,24 @@ fn api_key_limit_is_one_bucket_however_the_key_is_spelled() {
         200
     );
 }
+
+/// Every answer the gateway writes itself carries a `Date` (RFC 9110 §6.6.1), as the
+/// upstream's answers do.
+#[test]
+fn gateway_made_answers_carry_a_date() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Gateway::start(&config(&mock, ""), DRIVERS[0]);
+    let is_date = |v: Option<&str>| {
+        v.is_some_and(|d| d.len() == 29 && d.ends_with(" GMT") && d.as_bytes()[3] == b',')
+    };
+    for (what, r) in [
+        ("/health", get(&gw, "/health", "")),
+        ("404", get(&gw, "/nowhere", "")),
+        ("405", get(&gw, "/v1/embeddings", "")),
+        ("400", get(&gw, "/v1/%2e%2e/x", "")),
+        ("admin", gw.admin_get("/ready")),
+        ("proxied", get(&gw, "/public/echo", "")),
+    ] {
+        assert!(is_date(r.header("date")), "{what}: {:?}", r.headers);
+    }
+}

@@ -9,6 +9,7 @@
 //! classic request-smuggling setup, so ambiguity is an error, never a guess.
 
 mod chunked;
+pub mod date;
 mod error;
 mod headers;
 pub mod path;

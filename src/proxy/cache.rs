@@ -237,6 +237,8 @@ pub async fn serve_hit(
     scratch.extend_from_slice(&hit.headers);
     scratch.extend_from_slice(b"content-length: ");
     headers::push_decimal(scratch, hit.body.len() as u64);
+    scratch.extend_from_slice(b"\r\ndate: ");
+    scratch.extend_from_slice(&crate::http::date::now());
     scratch.extend_from_slice(b"\r\nx-cache: HIT\r\nage: ");
     headers::push_decimal(scratch, hit.stored.elapsed().as_secs());
     scratch.extend_from_slice(b"\r\nx-request-id: ");

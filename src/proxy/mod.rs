@@ -485,7 +485,9 @@ async fn models_endpoint(
     let keep_alive =
         head.keep_alive && matches!(head.framing, BodyFraming::None) && !w.drain.is_draining();
     let len = body.len().to_string();
+    let date = http::date::now();
     let mut hdrs: Vec<(&str, &[u8])> = vec![
+        ("date", &date),
         ("content-type", b"application/json"),
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
@@ -578,7 +580,9 @@ pub async fn send_error(
     let mut body = Vec::with_capacity(160);
     openai_error_body(&e.to_string(), kind, code, &mut body);
     let len = body.len().to_string();
+    let date = http::date::now();
     let mut hdrs: Vec<(&str, &[u8])> = vec![
+        ("date", &date),
         ("content-type", b"application/json"),
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
@@ -632,7 +636,9 @@ async fn respond_plain(
     timeout: Duration,
 ) -> bool {
     let len = body.len().to_string();
+    let date = http::date::now();
     let mut hdrs: Vec<(&str, &[u8])> = vec![
+        ("date", &date),
         ("content-type", b"text/plain; charset=utf-8"),
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
