@@ -4,6 +4,12 @@
 //! request through, prints what to curl, and re-projects the ConfigMap each time the file is
 //! saved so a live reload happens the way it does in a pod. `--once` stops after the first
 //! request (used by CI so the demo cannot rot).
+//!
+//! It reports success only for its own processes: every port is checked free before anything
+//! starts (a busy one is an error naming the flag to change), the children must still be
+//! running after the request went through, and each demo keeps its state in a directory of
+//! its own (`target/demo/<port>`). The children die with the demo whatever stops it
+//! (`PR_SET_PDEATHSIG`: Ctrl-C, SIGTERM, SIGHUP, a closed terminal, even SIGKILL).
 
 use ringgate_mock::kubelet;
 
@@ -25,12 +31,92 @@ impl Drop for Children {
     }
 }
 
-fn arg(args: &[String], name: &str, default: u16) -> u16 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// `cargo xtask demo --help`.
+pub const USAGE: &str =
+    "usage: cargo xtask demo [--port N] [--mock-port N] [--admin-port N] [--once]
+
+Runs the mock provider and the gateway on configmaps/ringgate-config.yaml (projected into
+target/demo/<port> the way kubelet projects a ConfigMap), sends one chat completion
+through, prints what to try, and re-projects the ConfigMap each time you save it.
+
+  --port N        the gateway's client port (default 8080)
+  --mock-port N   the mock provider's port (default 9000)
+  --admin-port N  the gateway's admin port: /metrics /config /ready (default 9901)
+  --once          stop after the first request (CI runs this)
+  -h, --help      this text (nothing is built)";
+
+/// The demo's settings.
+#[derive(Debug, PartialEq)]
+struct Options {
+    port: u16,
+    mock_port: u16,
+    admin_port: u16,
+    once: bool,
+}
+
+/// Parses the demo's flags: `--flag value` or `--flag=value`; anything else is an error.
+fn parse(args: &[String]) -> Result<Option<Options>, String> {
+    let mut o = Options {
+        port: 8080,
+        mock_port: 9000,
+        admin_port: 9901,
+        once: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut port = |name: &str| -> Result<u16, String> {
+            let v = inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a port number"))?;
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{name} {v}: not a port number (1-65535)"))
+        };
+        match flag {
+            "--port" => o.port = port("--port")?,
+            "--mock-port" => o.mock_port = port("--mock-port")?,
+            "--admin-port" => o.admin_port = port("--admin-port")?,
+            "--once" if inline.is_none() => o.once = true,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    let ports = [o.port, o.mock_port, o.admin_port];
+    if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
+        return Err(format!("the three ports must differ: {ports:?}"));
+    }
+    Ok(Some(o))
+}
+
+/// Fails when `port` is taken on the loopback address the demo binds, naming the flag.
+fn check_free(port: u16, flag: &str) -> Result<(), String> {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|e| {
+            format!("port {port} is not free ({e}): another demo or service holds it; choose another with {flag} N")
+        })
+}
+
+/// A child process that dies with the demo, whatever stops the demo.
+fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; the closure only makes that one call between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
 }
 
 fn root() -> PathBuf {
@@ -96,15 +182,49 @@ fn wait_ready(port: u16) -> bool {
     false
 }
 
+/// Whether every child still runs (one that exited is reported).
+fn children_alive(children: &mut Children) -> bool {
+    for c in &mut children.0 {
+        if let Ok(Some(st)) = c.try_wait() {
+            eprintln!("demo: a child process exited ({st}); stopping");
+            return false;
+        }
+    }
+    true
+}
+
 /// Runs the demo; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
-    let port = arg(args, "--port", 8080);
-    let mock_port = arg(args, "--mock-port", 9000);
-    let admin_port = arg(args, "--admin-port", 9901);
-    let once = args.iter().any(|a| a == "--once");
+    let Options {
+        port,
+        mock_port,
+        admin_port,
+        once,
+    } = match parse(args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            let _ =
+                std::io::Write::write_all(&mut std::io::stdout(), format!("{USAGE}\n").as_bytes());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("demo: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    for (p, flag) in [
+        (port, "--port"),
+        (mock_port, "--mock-port"),
+        (admin_port, "--admin-port"),
+    ] {
+        if let Err(e) = check_free(p, flag) {
+            eprintln!("demo: {e}");
+            return 1;
+        }
+    }
     let root = root();
-    println!("demo: building ringgate and the mock provider ...");
-    let status = Command::new(env!("CARGO"))
+    println!("demo: building ringgate and the mock provider (cargo build, debug) ...");
+    let status = crate::cargo()
         .current_dir(&root)
         .args([
             "build",
@@ -126,7 +246,8 @@ pub fn run(args: &[String]) -> i32 {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let demo_dir = target.join("demo");
+    // One directory per demo: two demos on different ports never share a projection.
+    let demo_dir = target.join("demo").join(port.to_string());
     let config_dir = demo_dir.join("config");
     let _ = std::fs::remove_dir_all(&demo_dir);
     let secrets = demo_dir.join("secrets");
@@ -161,28 +282,32 @@ pub fn run(args: &[String]) -> i32 {
         return 1;
     }
     let mut children = Children(Vec::new());
-    match Command::new(target.join("debug/mock_provider"))
-        .args(["--listen", &format!("127.0.0.1:{mock_port}")])
-        .spawn()
-    {
+    println!("demo: starting the mock provider on 127.0.0.1:{mock_port} and ringgate on 127.0.0.1:{port} ...");
+    match spawn_tied(Command::new(target.join("debug/mock_provider")).args([
+        "--listen",
+        &format!("127.0.0.1:{mock_port}"),
+        // Spaced SSE events, so streaming is visible with curl -N.
+        "--chunk-interval-ms",
+        "150",
+    ])) {
         Ok(c) => children.0.push(c),
         Err(e) => {
             eprintln!("demo: cannot start the mock provider: {e}");
             return 1;
         }
     }
-    match Command::new(target.join("debug/ringgate"))
-        .arg("--config")
-        .arg(&config_dir)
-        .spawn()
-    {
+    match spawn_tied(
+        Command::new(target.join("debug/ringgate"))
+            .arg("--config")
+            .arg(&config_dir),
+    ) {
         Ok(c) => children.0.push(c),
         Err(e) => {
             eprintln!("demo: cannot start ringgate: {e}");
             return 1;
         }
     }
-    if !wait_ready(port) {
+    if !wait_ready(port) || !children_alive(&mut children) {
         eprintln!("demo: ringgate did not become ready on 127.0.0.1:{port}");
         return 1;
     }
@@ -192,11 +317,21 @@ pub fn run(args: &[String]) -> i32 {
         body.len()
     );
     match http(port, &req) {
-        Ok(r) => println!("demo: one chat completion through the gateway:\n{r}\n"),
+        Ok(r) if r.starts_with("HTTP/1.1 200") => {
+            println!("demo: one chat completion through the gateway:\n{r}\n")
+        }
+        Ok(r) => {
+            eprintln!("demo: the gateway answered, but not 200:\n{r}");
+            return 1;
+        }
         Err(e) => {
             eprintln!("demo: request through the gateway failed: {e}");
             return 1;
         }
+    }
+    // The answers above must have come from this demo's processes.
+    if !children_alive(&mut children) {
+        return 1;
     }
     println!("ringgate is serving on http://127.0.0.1:{port} (admin http://127.0.0.1:{admin_port}), mock provider on :{mock_port}.");
     println!("Try:");
@@ -221,11 +356,8 @@ pub fn run(args: &[String]) -> i32 {
     let mut seen = mtime(&manifest);
     loop {
         std::thread::sleep(Duration::from_millis(300));
-        for c in &mut children.0 {
-            if let Ok(Some(st)) = c.try_wait() {
-                eprintln!("demo: a child exited ({st}); stopping");
-                return 1;
-            }
+        if !children_alive(&mut children) {
+            return 1;
         }
         let now = mtime(&manifest);
         if now != seen {
@@ -236,5 +368,80 @@ pub fn run(args: &[String]) -> i32 {
                 Err(e) => eprintln!("demo: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags() {
+        let ok = |s: &str| parse(&args(s)).expect(s).expect(s);
+        assert_eq!(ok("").port, 8080);
+        let o = ok("--port 18080 --mock-port=19000 --admin-port 19901 --once");
+        assert_eq!(
+            o,
+            Options {
+                port: 18080,
+                mock_port: 19000,
+                admin_port: 19901,
+                once: true
+            }
+        );
+        assert_eq!(parse(&args("--help")), Ok(None));
+        for bad in [
+            "--port 22abc",
+            "--port",
+            "--port 0",
+            "--port 70000",
+            "--bogus",
+            "--once=1",
+            "--port 9000",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    /// The children of a demo die with it: `PR_SET_PDEATHSIG` fires when the thread that
+    /// spawned them ends (the demo spawns them from its main thread, which ends with it).
+    #[test]
+    fn tied_children_die_with_their_parent() {
+        let child = std::thread::spawn(|| spawn_tied(Command::new("sleep").arg("30")))
+            .join()
+            .expect("spawner")
+            .expect("sleep");
+        let mut child = child;
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break Some(st);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status = status.expect("the child outlived its parent");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_busy_port_is_named_with_its_flag() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let err = check_free(port, "--mock-port").expect_err("busy");
+        assert!(
+            err.contains(&port.to_string()) && err.contains("--mock-port"),
+            "{err}"
+        );
+        drop(held);
+        assert!(check_free(port, "--port").is_ok());
     }
 }

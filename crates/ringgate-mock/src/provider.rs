@@ -77,6 +77,9 @@ pub struct MockOptions {
     pub idle_close_ms: Option<u64>,
     /// Every response waits this long first: a slow endpoint for load-balancing tests.
     pub base_delay_ms: u64,
+    /// Pause between SSE events when the request sets no `x-mock-chunk-interval-ms` (the
+    /// demo spaces them so a newcomer sees streaming happen).
+    pub chunk_interval_ms: u64,
 }
 
 /// One request as the mock received it.
@@ -1115,6 +1118,9 @@ fn handle_request(
     let req = shared.request_serial.fetch_add(1, Ordering::SeqCst) + 1;
     let gate_snapshot = *lock(&shared.gate);
     let mut knobs = Knobs::from_head(&head);
+    if head.header("x-mock-chunk-interval-ms").is_none() {
+        knobs.interval_ms = shared.opts.chunk_interval_ms;
+    }
     // `x-mock-fail-first: N` limits the failure knobs (status, drop, delay) to the first N
     // requests this mock sees with the same `x-mock-fail-key`, so retries can succeed.
     if let Some(n) = num(head.header("x-mock-fail-first")) {

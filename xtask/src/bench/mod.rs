@@ -105,7 +105,22 @@ impl Settings {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N] [--reloads N] [--idle-connections N]";
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N] [--reloads N] [--idle-connections N]
+
+Direct, nginx (the seed's config) and ringgate side by side on this machine, in rotated
+rounds: throughput and CPU per request, latency at the same load, SSE event delay, reload
+under load, idle-connection memory. Writes target/bench/report.md, latency.svg, results.json.
+Builds ringgate and the load client with --release first. Installs nginx-light with apt-get
+when nginx is missing (needs root), and pins the proxy to core 0, client and upstream to core 1.
+
+  --quick               one short round of everything (~1 min; CI runs it)      default off
+  --rounds N            rounds per scenario                                     default 5 (quick 1)
+  --duration SECS       seconds per measured run                                default 10 (quick 2)
+  --warmup SECS         seconds of warm-up before each run, not counted         default 2 (quick 0.5)
+  --connections N       keep-alive connections of the closed-loop client        default 64 (quick 32)
+  --reloads N           config re-projections in the reload scenario            default 100 (quick 10)
+  --idle-connections N  idle keep-alive connections for the memory scenario     default 10000 (quick 1000)
+  -h, --help            this text (nothing is built)";
 
 /// The three paths of scenario 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,11 +190,20 @@ fn target_dir() -> PathBuf {
 
 /// Runs the bench; returns the exit code (non-zero only when the harness itself failed).
 pub fn run(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        // `| head` closes the pipe early: not an error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{USAGE}\n").as_bytes());
+        return 0;
+    }
+    if let Err(e) = Settings::parse(args) {
+        eprintln!("bench: {e}");
+        return 2;
+    }
     // `cargo xtask` builds without optimizations; a debug load client would be the bottleneck
     // it is meant to measure around. Re-run this command from a release build.
     if cfg!(debug_assertions) {
         progress!("building the load client with optimizations (cargo run --release -p xtask) ...");
-        let status = Command::new(env!("CARGO"))
+        let status = crate::cargo()
             .current_dir(root())
             .args(["run", "--release", "--quiet", "-p", "xtask", "--", "bench"])
             .args(args)
@@ -224,7 +248,7 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         .map_err(|e| format!("pinning to core {}: {e}", cores.client))?;
 
     progress!("building ringgate (release) ...");
-    let status = Command::new(env!("CARGO"))
+    let status = crate::cargo()
         .current_dir(root())
         .args([
             "build",

@@ -1,13 +1,14 @@
 //! Standalone mock OpenAI-compatible provider ([`ringgate_mock::MockProvider`]), for
 //! `cargo xtask demo` and trying the gateway by hand.
 //!
-//! Usage: `cargo run -p ringgate-mock -- [--listen ADDR] [--idle-close-ms N]`
+//! Usage: `cargo run -p ringgate-mock -- [--listen ADDR] [--idle-close-ms N] [--chunk-interval-ms N]`
 //! (default listen address `127.0.0.1:9000`). Runs until killed.
 
 use ringgate_mock::{MockOptions, MockProvider};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: mock_provider [--listen ADDR] [--idle-close-ms N]";
+const USAGE: &str =
+    "usage: mock_provider [--listen ADDR] [--idle-close-ms N] [--chunk-interval-ms N]";
 
 /// Parses the command line into a listen address and options.
 fn parse_args(args: impl Iterator<Item = String>) -> Result<(String, MockOptions), String> {
@@ -33,6 +34,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<(String, MockOptions
                     .parse::<u64>()
                     .map_err(|_| format!("--idle-close-ms: not a number: {v}"))?;
                 opts.idle_close_ms = Some(ms);
+            }
+            "--chunk-interval-ms" => {
+                let v = value("--chunk-interval-ms")?;
+                opts.chunk_interval_ms = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("--chunk-interval-ms: not a number: {v}"))?;
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument: {other}\n{USAGE}")),
