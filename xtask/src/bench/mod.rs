@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: ringgate side by side with nginx and with no proxy at all, on this
-//! machine, in one run (../shared/design/performance.md).
+//! machine, in one run (method: README.md, section Benchmarks).
 //!
 //! Scenarios, in order:
 //! 1. throughput: closed-loop keep-alive POSTs of a chat completion through direct / nginx

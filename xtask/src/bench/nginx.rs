@@ -1,5 +1,5 @@
 //! nginx as the bench runs it: the fixed-JSON upstream, and the proxy with the seed article's
-//! `/v1/chat/completions` location (../shared/seed), each a private instance (own prefix,
+//! `/v1/chat/completions` location (the seed article's NGINX gateway), each a private instance (own prefix,
 //! pid, logs, temp dirs) so nothing touches a system nginx.
 
 use std::path::{Path, PathBuf};

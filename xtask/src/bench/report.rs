@@ -127,7 +127,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     );
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench{}`. Method: ../shared/design/performance.md. All numbers \
+        "Written by `cargo xtask bench{}`. Method: README.md, section Benchmarks. All numbers \
          come from this one run on this machine; compare within the run only.\n",
         if s.quick { " --quick" } else { "" }
     );
