@@ -168,6 +168,7 @@ pub fn run(path: &Path) -> i32 {
     );
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    log_worker_count(server.workers, cores);
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     for (id, m) in registry.workers.iter().enumerate() {
@@ -228,6 +229,36 @@ pub fn run(path: &Path) -> i32 {
     }
     tracing::info!("stopped");
     0
+}
+
+/// Says at start-up how many workers run and why: with `workers = 0` the count follows what
+/// the process may use — its CPU affinity and its cgroup's CPU quota (a pod's CPU limit),
+/// as `available_parallelism` reads them — not the node's core count.
+fn log_worker_count(workers: usize, available: usize) {
+    let quota = cgroup_cpu_quota();
+    let affinity = {
+        // SAFETY: a zeroed cpu_set_t filled by sched_getaffinity for this process.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let ok =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        (ok == 0).then(|| unsafe { libc::CPU_COUNT(&set) } as usize)
+    };
+    tracing::info!(
+        workers,
+        available_parallelism = available,
+        cpu_affinity = ?affinity,
+        cgroup_cpu_quota = ?quota,
+        "workers: one per CPU the process may use (server.workers = 0), else as configured"
+    );
+}
+
+/// The cgroup v2 CPU quota in CPUs (`cpu.max`: "quota period"), when one is set.
+fn cgroup_cpu_quota() -> Option<f64> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/cpu.max").ok()?;
+    let mut parts = text.split_whitespace();
+    let quota: f64 = parts.next()?.parse().ok()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    (period > 0.0).then_some(quota / period)
 }
 
 /// Binds and listens once without SO_REUSEPORT (but with SO_REUSEADDR, so TIME_WAIT from a
