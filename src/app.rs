@@ -66,7 +66,7 @@ pub fn check(path: &Path) -> i32 {
 pub fn run(path: &Path) -> i32 {
     let file = config::config_file_path(path);
     if !watch::is_configmap_mount(&file) {
-        tracing::warn!(path = %file.display(), "config path has no `..data` beside it (plain file or subPath mount): edits to the ConfigMap will never reach this pod; mount the ConfigMap as a directory");
+        tracing::warn!(path = %file.display(), "config path has no `..data` beside it: a plain file (edits to it are picked up), or in Kubernetes a subPath mount, which never receives ConfigMap updates: mount the ConfigMap as a directory");
     }
     let store = match ConfigStore::load_initial(&file) {
         Ok(s) => Arc::new(s),

@@ -151,3 +151,37 @@ fn check_refuses_empty_configs_and_misindented_manifests() {
     assert!(out.contains("ok (1 routes"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `kubectl get configmap -o yaml` prints `gateway.toml` as one double-quoted scalar (escaped
+/// newlines, long lines wrapped with a trailing backslash): `ringgate check` reads that form
+/// too, so a config fetched from a cluster can be checked as it is.
+#[test]
+fn check_reads_the_double_quoted_form_kubectl_prints() {
+    let dir = std::env::temp_dir().join(format!("ringgate-check-quoted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let yaml = dir.join("cm.yaml");
+    let manifest = concat!(
+        "apiVersion: v1\n",
+        "data:\n",
+        "  gateway.toml: \"[upstreams.u]\\nurl = \\\"http://127.0.0.1:1\\\"\\n\\n[[routes]]\\nname\n",
+        "    = \\\"r\\\"\\nprefix = \\\"/\\\"\\nupstream = \\\"u\\\"\\nretry_budget_ms \\\n",
+        "    = 30000\\n\"\n",
+        "kind: ConfigMap\n",
+        "metadata:\n",
+        "  name: ringgate-config\n",
+    );
+    std::fs::write(&yaml, manifest).expect("write");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (1 routes"), "{out}");
+    // The same form with an error in it is reported, not read as empty.
+    std::fs::write(
+        &yaml,
+        manifest.replace("upstream = \\\"u\\\"", "upstream = \\\"ghost\\\""),
+    )
+    .expect("write");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("routes[0].upstream"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -446,5 +446,7 @@ fn a_plain_file_config_warns_that_it_never_updates() {
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(up, "{logs}");
     assert!(logs.contains("no `..data` beside it"), "{logs}");
+    // A local file's edits are seen: the warning must not claim otherwise.
+    assert!(logs.contains("edits to it are picked up"), "{logs}");
     let _ = std::fs::remove_dir_all(dir);
 }

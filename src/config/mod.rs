@@ -122,9 +122,22 @@ pub fn toml_block_in_configmap_yaml(yaml: &str) -> Result<(String, usize), Strin
         }
     }
     let rest = key_line.trim_start()[key.len()..].trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        // What `kubectl get configmap -o yaml` prints: one double-quoted scalar. Its lines
+        // are not the TOML's, so errors are reported at the TOML's own lines.
+        let mut text = quoted.to_string();
+        for l in &lines[k + 1..] {
+            text.push('\n');
+            text.push_str(l);
+        }
+        return yaml_double_quoted(&text)
+            .map(|t| (t, 0))
+            .map_err(|e| format!("{}: {e}", at(k)));
+    }
     if !rest.starts_with('|') {
         return Err(format!(
-            "{}: only the block form `{CONFIG_FILE_NAME}: |` is understood",
+            "{}: only the block form `{CONFIG_FILE_NAME}: |` and the double-quoted form \
+             `{CONFIG_FILE_NAME}: \"...\"` are understood",
             at(k)
         ));
     }
@@ -158,4 +171,85 @@ pub fn toml_block_in_configmap_yaml(yaml: &str) -> Result<(String, usize), Strin
         ));
     }
     Ok((out, k + 1))
+}
+
+/// Decodes a YAML double-quoted scalar whose opening quote was already taken; `text` runs to
+/// the end of the manifest (only what precedes the closing quote is used). Escapes as YAML
+/// 1.2 defines them; a line break folds to a space, an empty line to a newline, and a
+/// backslash before a line break joins the lines.
+fn yaml_double_quoted(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let skip_indent = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+            chars.next();
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Ok(out),
+            '\\' => {
+                let Some(e) = chars.next() else { break };
+                match e {
+                    '\n' => skip_indent(&mut chars),
+                    'n' => out.push('\n'),
+                    't' | '\t' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    '0' => out.push('\0'),
+                    'a' => out.push('\u{7}'),
+                    'b' => out.push('\u{8}'),
+                    'v' => out.push('\u{b}'),
+                    'f' => out.push('\u{c}'),
+                    'e' => out.push('\u{1b}'),
+                    ' ' => out.push(' '),
+                    '"' => out.push('"'),
+                    '/' => out.push('/'),
+                    '\\' => out.push('\\'),
+                    'N' => out.push('\u{85}'),
+                    '_' => out.push('\u{a0}'),
+                    'L' => out.push('\u{2028}'),
+                    'P' => out.push('\u{2029}'),
+                    'x' | 'u' | 'U' => {
+                        let n = match e {
+                            'x' => 2,
+                            'u' => 4,
+                            _ => 8,
+                        };
+                        let hex: String = chars.by_ref().take(n).collect();
+                        let ch = u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .filter(|_| hex.len() == n)
+                            .and_then(char::from_u32)
+                            .ok_or_else(|| format!("bad escape \\{e}{hex} in the quoted value"))?;
+                        out.push(ch);
+                    }
+                    other => return Err(format!("unknown escape \\{other} in the quoted value")),
+                }
+            }
+            '\n' => {
+                // Folding: trailing blanks before the break go, and so does the indentation
+                // after it; one break is a space, each further (empty) line a newline.
+                while out.ends_with(' ') || out.ends_with('\t') {
+                    out.pop();
+                }
+                let mut breaks = 0;
+                loop {
+                    skip_indent(&mut chars);
+                    if chars.peek() == Some(&'\n') {
+                        chars.next();
+                        breaks += 1;
+                    } else {
+                        break;
+                    }
+                }
+                if breaks == 0 {
+                    out.push(' ');
+                } else {
+                    out.extend(std::iter::repeat_n('\n', breaks));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Err("the double-quoted value is not closed".to_string())
 }
