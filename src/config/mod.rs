@@ -56,8 +56,7 @@ pub fn load_bytes_with(
             message: format!("config is not UTF-8: {e}"),
         }])
     })?;
-    let raw: raw::RawConfig = toml::from_str(text)
-        .map_err(|e| ConfigErrors(vec![validate::error_from_toml(text, &e)]))?;
+    let raw = validate::parse_raw(text)?;
     validate::validate_and_compile(&raw, text, base_dir, secrets)
 }
 

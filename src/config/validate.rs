@@ -56,8 +56,92 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Most keys one parse drops to find the next error (each costs a parse of the text).
+const MAX_SCHEMA_ERRORS: usize = 32;
+
+/// Reads the TOML into [`RawConfig`], reporting every unknown key and every value of the
+/// wrong type, not only the first: after each such error the offending key is dropped from
+/// a copy of the document and the copy parsed again. Lines and key paths refer to `text`.
+pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
+    let first = match toml::from_str::<RawConfig>(text) {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    let mut errors = vec![error_from_toml(text, &first)];
+    let (Ok(original), Ok(mut doc)) = (
+        toml_edit::Document::parse(text.to_string()),
+        text.parse::<toml_edit::DocumentMut>(),
+    ) else {
+        // Not TOML at all: the syntax error is the one to fix first.
+        return Err(ConfigErrors(errors));
+    };
+    let mut removed: Vec<String> = Vec::new();
+    while errors.len() < MAX_SCHEMA_ERRORS {
+        let Some(path) = errors
+            .last()
+            .map(|e| e.path.clone())
+            .filter(|p| !p.is_empty())
+        else {
+            break;
+        };
+        if !remove_path(doc.as_table_mut(), &path) {
+            break;
+        }
+        removed.push(path);
+        let patched = doc.to_string();
+        let e = match toml::from_str::<RawConfig>(&patched) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let mut err = error_from_toml(&patched, &e);
+        // A required key dropped above is not a new error.
+        if err.message.starts_with("missing field")
+            && removed.iter().any(|r| {
+                r.rsplit_once('.').map_or(r.as_str(), |(_, k)| k) == missing_field(&err.message)
+            })
+        {
+            break;
+        }
+        err.line = line_of_path(&original, text, &err.path).or(err.line);
+        errors.push(err);
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+/// The field named by serde's "missing field `x`".
+fn missing_field(message: &str) -> &str {
+    message.split('`').nth(1).unwrap_or_default()
+}
+
+/// Drops the key at `path` (`routes[1].upstream`, `server.listen`); false when absent.
+fn remove_path(table: &mut toml_edit::Table, path: &str) -> bool {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let (name, index) = match head.split_once('[') {
+        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (head, None),
+    };
+    let Some(rest) = rest else {
+        return index.is_none() && table.remove(name).is_some();
+    };
+    match (table.get_mut(name), index) {
+        (Some(toml_edit::Item::Table(t)), None) => remove_path(t, rest),
+        (Some(toml_edit::Item::ArrayOfTables(a)), Some(i)) => {
+            a.get_mut(i).is_some_and(|t| remove_path(t, rest))
+        }
+        (Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))), None) => {
+            !rest.contains('.') && t.remove(rest).is_some()
+        }
+        _ => false,
+    }
+}
+
 /// Turns a serde/TOML error into a located [`ConfigError`], naming the key path at the
-/// error's position when the text is still valid TOML (an unknown key, a wrong type).
+/// error's position when the text is still valid TOML (an unknown key, a wrong type), with
+/// a hint: the nearest known key for a typo, "integer milliseconds" for a duration.
 pub fn error_from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
     let (line, path) = match e.span() {
         Some(span) => (
@@ -69,11 +153,52 @@ pub fn error_from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
         ),
         None => (None, String::new()),
     };
+    let mut message = e.message().trim().to_string();
+    if let Some(hint) = hint_for(&path, &message) {
+        message.push_str("; ");
+        message.push_str(&hint);
+    }
     ConfigError {
         path,
         line,
-        message: e.message().trim().to_string(),
+        message,
     }
+}
+
+/// A hint for a schema error: the closest known key to an unknown one, the unit of a
+/// duration.
+fn hint_for(path: &str, message: &str) -> Option<String> {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (unknown, expected) = rest.split_once('`')?;
+        let best = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|k| (edit_distance(unknown, k), k))
+            .min()?;
+        let close = best.0 <= 2.max(unknown.len() / 3);
+        return close.then(|| format!("did you mean `{}`?", best.1));
+    }
+    if path.ends_with("_ms") && message.starts_with("invalid type") {
+        return Some("durations are integer milliseconds (e.g. 30000 for 30 s)".to_string());
+    }
+    None
+}
+
+/// Levenshtein distance (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
@@ -998,6 +1123,62 @@ fn compile_route(
 
 #[cfg(test)]
 mod tests {
+
+    /// Every schema error at once, in line order, each with its hint.
+    #[test]
+    fn every_schema_error_is_reported_with_a_hint() {
+        let text = "[server]\nlisen = \"127.0.0.1:1\"\nidle_timeout_ms = \"60s\"\nworkers = \"two\"\n[upstreams.u]\nurl = \"http://127.0.0.1:1\"\nkeepalve = 3\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\nread_timeout_ms = 1.5\n";
+        let errs = match parse_raw(text) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0,
+        };
+        let got: Vec<(Option<usize>, &str)> =
+            errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(2), "server.lisen"),
+                (Some(3), "server.idle_timeout_ms"),
+                (Some(4), "server.workers"),
+                (Some(7), "upstreams.u.keepalve"),
+                (Some(12), "routes[0].read_timeout_ms"),
+            ]
+        );
+        assert!(
+            errs[0].message.ends_with("did you mean `listen`?"),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[3].message.ends_with("did you mean `keepalive`?"),
+            "{}",
+            errs[3]
+        );
+        assert!(
+            errs[1].message.contains("integer milliseconds"),
+            "{}",
+            errs[1]
+        );
+        assert!(
+            errs[4].message.contains("integer milliseconds"),
+            "{}",
+            errs[4]
+        );
+        assert!(!errs[2].message.contains("milliseconds"), "{}", errs[2]);
+        // A required key of the wrong type is one error, not also a "missing field".
+        let errs = match parse_raw("[upstreams.u]\nurl = 3\n") {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0,
+        };
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        // A far-off name gets no guess.
+        let errs = match parse_raw("[server]\nzzzzzzzz = 1\n") {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0,
+        };
+        assert!(!errs[0].message.contains("did you mean"), "{}", errs[0]);
+    }
+
     use super::*;
 
     fn errors_of(toml_text: &str) -> Vec<ConfigError> {
