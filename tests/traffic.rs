@@ -557,3 +557,30 @@ fn a_hostile_reset_header_is_capped() {
         assert_eq!(health.status, 200);
     }
 }
+
+/// `ringgate_requests_in_flight` counts a stream until its body ends: the gauge to scale on.
+#[test]
+fn the_in_flight_gauge_counts_streams_until_they_end() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [mock.addr().to_string()];
+    let gw = Gateway::start(&config(&eps, "round_robin", "", 1, "", ""), Driver::IoUring);
+    let gauge = || gw.metric("ringgate_requests_in_flight");
+    let settled = |want: f64| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if gauge() == Some(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(settled(0.0), "{:?}", gauge());
+    let mut streams: Vec<Conn> = (0..3).map(|_| open_gated_stream(&gw)).collect();
+    assert!(settled(3.0), "three live streams: {:?}", gauge());
+    mock.release_gate();
+    for s in &mut streams {
+        finish_stream(s);
+    }
+    assert!(settled(0.0), "all done: {:?}", gauge());
+}

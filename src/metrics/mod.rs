@@ -66,6 +66,9 @@ pub struct WorkerMetrics {
     rejected_heads: AtomicU64,
     /// Open client connections.
     pub active_connections: AtomicI64,
+    /// Requests being served (head read, response not finished), streams included: the
+    /// signal to scale on, since CPU says little about long streams.
+    pub requests_in_flight: AtomicI64,
     /// Client connections refused at `max_connections`.
     pub refused_connections: AtomicU64,
     upstream_connects: AtomicU64,

@@ -276,6 +276,16 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         .sum();
     t.sample("ringgate_active_connections", &[], active);
     t.family(
+        "ringgate_requests_in_flight",
+        "gauge",
+        "Requests being served, streams included (scale on this: CPU says little about long streams)",
+    );
+    let in_flight: i64 = ws
+        .iter()
+        .map(|w| w.requests_in_flight.load(Ordering::Relaxed))
+        .sum();
+    t.sample("ringgate_requests_in_flight", &[], in_flight);
+    t.family(
         "ringgate_refused_connections_total",
         "counter",
         "Client connections closed at once: over max_connections, or waiting while the process was out of descriptors",

@@ -150,6 +150,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
         };
         rb.consume(head_len);
         scratch = w.take_buffer(4096);
+        let in_flight = GaugeSlot::enter(&w.metrics.requests_in_flight);
         // Boxed: the request's state machine is several KiB; inline, every idle keep-alive
         // connection's task would carry it between requests.
         let outcome = Box::pin(handle_request(
@@ -162,6 +163,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             &mut scratch,
         ))
         .await;
+        drop(in_flight);
         w.give_buffer(std::mem::take(&mut scratch));
         rb.shrink_if_idle(IDLE_READ_BUFFER, 4 * IDLE_READ_BUFFER);
         if !outcome.keep_alive || w.drain.is_draining() {
@@ -188,6 +190,22 @@ struct LogContext<'a> {
     /// The `[auth]` client's name, once authenticated.
     client: Option<&'a str>,
     start: Instant,
+}
+
+/// One unit of a gauge, released on drop (also when a panic unwinds the request).
+struct GaugeSlot<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> GaugeSlot<'a> {
+    fn enter(gauge: &'a std::sync::atomic::AtomicI64) -> Self {
+        gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        GaugeSlot(gauge)
+    }
+}
+
+impl Drop for GaugeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Routes and forwards one request whose head has been read: screens it, answers `/health`
