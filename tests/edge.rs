@@ -246,3 +246,30 @@ fn gateway_made_answers_carry_a_date() {
         assert!(is_date(r.header("date")), "{what}: {:?}", r.headers);
     }
 }
+
+/// The access log counts the bytes of answers the gateway wrote itself, as it counts
+/// proxied ones.
+#[test]
+fn the_access_log_counts_gateway_made_answers() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Gateway::start(&config(&mock, ""), DRIVERS[0]);
+    let r = get(&gw, "/nowhere-at-all", "x-request-id: count-me-404\r\n");
+    assert_eq!(r.status, 404);
+    let start = std::time::Instant::now();
+    let line = loop {
+        let logs = gw.logs();
+        if let Some(l) = logs
+            .lines()
+            .find(|l| l.contains("count-me-404") && l.contains("access"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no access line:\n{logs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let want = format!("bytes_out={}", r.body.len());
+    assert!(line.contains(&want), "{line} lacks {want}");
+}

@@ -438,8 +438,8 @@ async fn answer_failure(
         tracing::warn!(request_id = %request_id, error = %e, "request failed");
     }
     outcome.status = if e.client_gone() { 499 } else { status };
-    record(w, log, &outcome);
     if e.client_gone() {
+        record(w, log, &outcome);
         return Outcome::default();
     }
     // A malformed request closes the connection: what follows it cannot be trusted.
@@ -459,8 +459,11 @@ async fn answer_failure(
         head.keep_alive && !body_left && !w.drain.is_draining() && status < 500 && !malformed;
     let timeout = log.cfg.server.idle_timeout;
     let sent = send_error(client, &e, request_id, keep, scratch, timeout).await;
+    // The access log counts what the gateway wrote itself, as it counts proxied bytes.
+    outcome.bytes_out = sent.unwrap_or(0);
+    record(w, log, &outcome);
     Outcome {
-        keep_alive: keep && sent,
+        keep_alive: keep && sent.is_some(),
         status,
         ..Outcome::default()
     }
@@ -585,7 +588,8 @@ fn record(w: &Worker, log: &LogContext<'_>, o: &Outcome) {
     crate::metrics::access_log(&obs, log.request_id, log.head.path(), client_ip);
 }
 
-/// Sends a gateway-made error in the OpenAI shape. Returns whether it was written.
+/// Sends a gateway-made error in the OpenAI shape. Returns the body bytes written, None
+/// when the write failed.
 pub async fn send_error(
     client: &mut ClientStream,
     e: &ProxyError,
@@ -593,7 +597,7 @@ pub async fn send_error(
     keep_alive: bool,
     scratch: &mut Vec<u8>,
     timeout: Duration,
-) -> bool {
+) -> Option<u64> {
     let (status, kind, code) = e.classify();
     let mut body = Vec::with_capacity(160);
     openai_error_body(&e.to_string(), kind, code, &mut body);
@@ -639,7 +643,7 @@ pub async fn send_error(
     if let Some(b) = buf {
         *scratch = b;
     }
-    res.is_ok()
+    res.ok().map(|()| body.len() as u64)
 }
 
 #[allow(clippy::too_many_arguments)]
