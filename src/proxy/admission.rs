@@ -42,24 +42,24 @@ impl Drop for InFlight<'_> {
 }
 
 /// Admits `req` or says why not. The returned slot must live until the response is done.
-pub async fn admit<'r>(w: &Rc<Worker>, req: &Request<'r>) -> Result<InFlight<'r>, ProxyError> {
+pub async fn admit<'r>(worker: &Rc<Worker>, req: &Request<'r>) -> Result<InFlight<'r>, ProxyError> {
     let route = req.route;
     let slot = InFlight::enter(route.max_in_flight, &route.in_flight)
         .ok_or_else(|| ProxyError::RouteBusy(route.name.clone()))?;
     if let Some((spec, limiter)) = req.limit {
         let ip = headers::real_client_ip(req);
         let key = limit_key(&spec.key, req.head, req.client.map(|c| &*c.name), &ip);
-        check(w, spec, limiter, &key.as_bytes()).await?;
+        check(worker, spec, limiter, &key.as_bytes()).await?;
     }
     if let Some(c) = req.client {
         if let Some((spec, limiter)) = req.limit_at(c.limit) {
-            check(w, spec, limiter, c.name.as_bytes()).await?;
+            check(worker, spec, limiter, c.name.as_bytes()).await?;
         }
         if let Some((spec, limiter)) = req.limit_at(c.token_limit) {
             if let Decision::Reject { retry_after, .. } =
                 limiter.peek(c.name.as_bytes(), crate::clock::monotonic_nanos())
             {
-                w.stats.note_ratelimit_rejection(&spec.name);
+                worker.stats.note_ratelimit_rejection(&spec.name);
                 return Err(ProxyError::TokensExhausted {
                     client: c.name.to_string(),
                     retry_after_secs: whole_seconds(retry_after),
@@ -140,7 +140,7 @@ pub fn limit_key<'a>(
 /// Applies one rate limit: admits, holds the request to the rate (`nodelay = false`), or
 /// refuses with 429.
 async fn check(
-    w: &Worker,
+    worker: &Worker,
     spec: &LimitSpec,
     limiter: &KeyedLimiter,
     key: &[u8],
@@ -152,7 +152,7 @@ async fn check(
             Ok(())
         }
         Decision::Reject { retry_after, reset } => {
-            w.stats.note_ratelimit_rejection(&spec.name);
+            worker.stats.note_ratelimit_rejection(&spec.name);
             Err(ProxyError::RateLimited {
                 limit: spec.name.clone(),
                 retry_after_secs: whole_seconds(retry_after),

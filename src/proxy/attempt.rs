@@ -29,7 +29,7 @@ pub struct Exchange {
     /// The upstream connection.
     pub conn: UpConn,
     /// Bytes read from it after the head (the body's start).
-    pub urb: ReadBuf,
+    pub upstream_buf: ReadBuf,
     /// The response head.
     pub resp: ResponseHead,
     /// Time spent connecting (zero on a pooled connection).
@@ -45,7 +45,7 @@ pub struct ClientSide<'a> {
     /// The client connection.
     pub client: &'a mut ClientStream,
     /// Bytes read from the client not yet used (the body's start).
-    pub crb: &'a mut ReadBuf,
+    pub client_buf: &'a mut ReadBuf,
     /// The write buffer.
     pub scratch: &'a mut Vec<u8>,
     /// Whether `100 Continue` already went out.
@@ -56,7 +56,7 @@ pub struct ClientSide<'a> {
 /// and body, the response head.
 #[allow(clippy::too_many_arguments)]
 pub async fn attempt(
-    w: &Rc<Worker>,
+    worker: &Rc<Worker>,
     req: &Request<'_>,
     up: &Upstream,
     slot: EndpointSlot,
@@ -71,12 +71,12 @@ pub async fn attempt(
     let pooled = if fresh {
         None
     } else {
-        w.pool.borrow_mut().take(up, ep)
+        worker.pool.borrow_mut().take(up, ep)
     };
     let mut connect_time = Duration::ZERO;
     let mut conn = match pooled {
         Some(c) => {
-            w.stats.note_upstream_connection(&up.name, true);
+            worker.stats.note_upstream_connection(&up.name, true);
             c
         }
         None => {
@@ -84,8 +84,8 @@ pub async fn attempt(
                 .await
                 .map_err(Failure::upstream)?;
             connect_time = started.elapsed();
-            w.pool.borrow_mut().note_connect();
-            w.stats.note_upstream_connection(&up.name, false);
+            worker.pool.borrow_mut().note_connect();
+            worker.stats.note_upstream_connection(&up.name, false);
             UpConn {
                 stream,
                 requests: 0,
@@ -110,17 +110,17 @@ pub async fn attempt(
     if streamed {
         stream_body(req, &mut conn.stream, side, body).await?;
     }
-    let mut urb = ReadBuf::from_vec(w.take_buffer(8192), MAX_RESPONSE_HEAD);
+    let mut upstream_buf = ReadBuf::from_vec(worker.take_buffer(8192), MAX_RESPONSE_HEAD);
     let head = client_watch::unless_client_leaves(
         side.client.raw_fd(),
-        read_response_head(&mut conn.stream, &mut urb, route.read_timeout),
+        read_response_head(&mut conn.stream, &mut upstream_buf, route.read_timeout),
         || (ProxyError::ClientClosed, false),
     )
     .await;
     match head {
         Ok(resp) => Ok(Exchange {
             conn,
-            urb,
+            upstream_buf,
             resp,
             connect_time,
             started,
@@ -129,11 +129,11 @@ pub async fn attempt(
         Err((ProxyError::ClientClosed, _)) => {
             // Nobody waits for this answer: the connection (and the provider's work on it)
             // is dropped here.
-            w.give_buffer(urb.into_vec());
+            worker.give_buffer(upstream_buf.into_vec());
             Err(Failure::request(ProxyError::ClientClosed))
         }
         Err((error, got_bytes)) => {
-            w.give_buffer(urb.into_vec());
+            worker.give_buffer(upstream_buf.into_vec());
             let closed = matches!(
                 error,
                 ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_)
@@ -163,7 +163,7 @@ async fn stream_body(
     }
     let mut copy = BodyStream {
         client: side.client,
-        crb: side.crb,
+        client_buf: side.client_buf,
         upstream,
         out: side.scratch,
         client_timeout,

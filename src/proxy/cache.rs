@@ -121,7 +121,7 @@ fn identity<'a>(req: &Request<'a>, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
 
 /// Decides and looks up: the plan for this request (the lookup is counted).
 pub fn lookup(
-    w: &crate::worker::Worker,
+    worker: &crate::worker::Worker,
     req: &Request<'_>,
     first: Candidate<'_>,
     ai: Option<&AiRequest>,
@@ -177,7 +177,7 @@ pub fn lookup(
         }
     };
     if let Some(s) = plan.status() {
-        w.stats.note_cache(&req.route.name, s);
+        worker.stats.note_cache(&req.route.name, s);
     }
     plan
 }

@@ -99,18 +99,20 @@ impl UpstreamRequest {
         }
     }
 
-    /// Builds the head (and, for model-routed requests, the body) for `cand`.
+    /// Builds the head (and, for model-routed requests, the body) for `candidate`.
     pub fn prepare(
         &mut self,
         req: &Request<'_>,
-        cand: Candidate<'_>,
+        candidate: Candidate<'_>,
         ai: Option<&AiRequest>,
         body: &mut RequestBody,
     ) {
-        let up = cand.upstream;
+        let up = candidate.upstream;
         if let (Some(a), RequestBody::Retained(b)) = (ai, &mut *body) {
             b.clear();
-            let provider_model = cand.model.and_then(|(_, m)| m.provider_model.as_deref());
+            let provider_model = candidate
+                .model
+                .and_then(|(_, m)| m.provider_model.as_deref());
             crate::ai::body::rewrite(&a.original, &a.info, provider_model, a.strip_usage_chunk, b);
         }
         let head = req.head;

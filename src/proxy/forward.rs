@@ -76,14 +76,14 @@ impl<'a> Request<'a> {
 /// ([`Failure::phase`]): the caller answers it, or cuts the connection when the response
 /// had started.
 pub async fn forward(
-    w: &Rc<Worker>,
+    worker: &Rc<Worker>,
     req: &Request<'_>,
     client: &mut ClientStream,
-    crb: &mut ReadBuf,
+    client_buf: &mut ReadBuf,
     scratch: &mut Vec<u8>,
     outcome: &mut Outcome,
 ) -> Result<(), Failure> {
-    let _slot = admission::admit(w, req).await?;
+    let _slot = admission::admit(worker, req).await?;
 
     // Model-routed requests and cached routes need the whole body in hand: to read the
     // model, to key the cache, and to re-send it to a fallback.
@@ -107,7 +107,7 @@ pub async fn forward(
             copies: if route.route_by_model { 2 } else { 1 },
         };
         // Room is checked before `100 Continue`: a refused client never sends its body.
-        let mut reservation = w.body_budget.reserve(0, server.body_buffer_bytes)?;
+        let mut reservation = worker.body_budget.reserve(0, server.body_buffer_bytes)?;
         if let BodyFraming::Length(n) = req.head.framing {
             reservation.grow_to(n.saturating_mul(limits.copies))?;
         }
@@ -117,7 +117,7 @@ pub async fn forward(
         }
         request_body::read_whole(
             client,
-            crb,
+            client_buf,
             req.head.framing,
             buf,
             &mut reservation,
@@ -154,10 +154,10 @@ pub async fn forward(
     };
     outcome.model = first.model.map(|(i, _)| i);
 
-    let cache_plan = cache::lookup(w, req, first, ai.as_ref(), &body);
+    let cache_plan = cache::lookup(worker, req, first, ai.as_ref(), &body);
     outcome.cache = cache_plan.status();
     if let cache::CachePlan::Hit(hit) = &cache_plan {
-        let draining = w.drain.is_draining();
+        let draining = worker.drain.is_draining();
         return cache::serve_hit(req, draining, client, scratch, hit, outcome)
             .await
             .map_err(Failure::response);
@@ -165,18 +165,18 @@ pub async fn forward(
 
     let mut side = ClientSide {
         client,
-        crb,
+        client_buf,
         scratch,
         continue_sent,
     };
     let (exchange, answered_by) =
-        exchange(w, req, &candidates, ai.as_ref(), &mut body, &mut side).await?;
+        exchange(worker, req, &candidates, ai.as_ref(), &mut body, &mut side).await?;
     if let RequestBody::Streamed(n) = body {
         outcome.bytes_in = n;
     }
     let (client, scratch) = (side.client, side.scratch);
     pipe::respond(
-        w,
+        worker,
         req,
         exchange,
         answered_by,
@@ -192,7 +192,7 @@ pub async fn forward(
 /// The try loop: attempts on the candidates' endpoints until one yields a response to
 /// deliver (returned with the candidate that gave it) or the retry state gives up.
 async fn exchange<'c>(
-    w: &Rc<Worker>,
+    worker: &Rc<Worker>,
     req: &Request<'_>,
     candidates: &[Candidate<'c>],
     ai: Option<&AiRequest>,
@@ -202,7 +202,14 @@ async fn exchange<'c>(
     let route = req.route;
     let mut current = 0usize;
     let mut upstream_req = UpstreamRequest::new(req);
-    switch_to(w, req, candidates[current], ai, body, &mut upstream_req);
+    switch_to(
+        worker,
+        req,
+        candidates[current],
+        ai,
+        body,
+        &mut upstream_req,
+    );
     let mut retry = RetryState::new(
         &route.retry_on,
         route.tries,
@@ -213,15 +220,15 @@ async fn exchange<'c>(
     );
     // Endpoints of the current candidate already tried: a retry goes elsewhere if it can.
     let mut tried: Vec<usize> = Vec::with_capacity(route.tries as usize);
-    let mut jitter = |max: Duration| w.balancer.jitter(max);
+    let mut jitter = |max: Duration| worker.balancer.jitter(max);
     loop {
-        let cand = candidates[current];
-        let up = cand.upstream;
-        let state = w.balancer.state(up);
+        let candidate = candidates[current];
+        let up = candidate.upstream;
+        let state = worker.balancer.state(up);
         let shed = quota::shedding(up);
         let picked = match shed {
             Some(_) => None,
-            None => w.balancer.pick(up, &state, &tried, Instant::now()),
+            None => worker.balancer.pick(up, &state, &tried, Instant::now()),
         };
         let (result, next) = match picked {
             None => {
@@ -240,9 +247,17 @@ async fn exchange<'c>(
                 let fresh = retry.fresh_connection();
                 let slot = state.enter(ep);
                 let body_ref = &*body;
-                let result =
-                    attempt::attempt(w, req, up, slot, side, &upstream_req.head, body_ref, fresh)
-                        .await;
+                let result = attempt::attempt(
+                    worker,
+                    req,
+                    up,
+                    slot,
+                    side,
+                    &upstream_req.head,
+                    body_ref,
+                    fresh,
+                )
+                .await;
                 let now = Instant::now();
                 let next = match &result {
                     Ok(ex) => {
@@ -279,10 +294,12 @@ async fn exchange<'c>(
             }
         };
         match next {
-            Next::Done => return result.map(|ex| (ex, cand)),
+            Next::Done => return result.map(|ex| (ex, candidate)),
             Next::Reconnect => continue,
             Next::Retry { wait, reason } => {
-                w.stats.note_retry(&route.name, retry::reason_label(reason));
+                worker
+                    .stats
+                    .note_retry(&route.name, retry::reason_label(reason));
                 tracing::debug!(route = %route.name, reason = retry::reason_label(reason), wait_ms = wait.as_millis() as u64, "retrying");
                 drop(result);
                 let backoff = async {
@@ -297,32 +314,35 @@ async fn exchange<'c>(
             Next::Fallback { reason } => {
                 let next_cand = candidates[(current + 1).min(candidates.len() - 1)];
                 if let Some(reason) = reason {
-                    w.stats.note_retry(&route.name, retry::reason_label(reason));
+                    worker
+                        .stats
+                        .note_retry(&route.name, retry::reason_label(reason));
                 }
-                if let Some((_, m)) = cand.model {
-                    w.stats.note_fallback(&m.name);
+                if let Some((_, m)) = candidate.model {
+                    worker.stats.note_fallback(&m.name);
                     tracing::info!(route = %route.name, from = %m.name, to = %next_cand.model_name(), reason = reason.map_or("unavailable", retry::reason_label), "falling back to the next model");
                 }
                 current = (current + 1).min(candidates.len() - 1);
-                switch_to(w, req, next_cand, ai, body, &mut upstream_req);
+                switch_to(worker, req, next_cand, ai, body, &mut upstream_req);
                 tried.clear();
             }
         }
     }
 }
 
-/// Prepares the request for `cand` and counts it on the candidate's model.
+/// Prepares the request for `candidate` and counts it on the candidate's model.
 fn switch_to(
-    w: &Worker,
+    worker: &Worker,
     req: &Request<'_>,
-    cand: Candidate<'_>,
+    candidate: Candidate<'_>,
     ai: Option<&AiRequest>,
     body: &mut RequestBody,
     upstream_req: &mut UpstreamRequest,
 ) {
-    upstream_req.prepare(req, cand, ai, body);
-    if let Some((_, m)) = cand.model {
-        w.stats
+    upstream_req.prepare(req, candidate, ai, body);
+    if let Some((_, m)) = candidate.model {
+        worker
+            .stats
             .note_model_request(&m.name, req.client.map(|c| &*c.name));
     }
 }

@@ -11,12 +11,12 @@ use crate::http::{is_hop_by_hop, RequestHead, ResponseHead};
 use crate::worker::Worker;
 
 /// The request id: the client's `x-request-id` when it is sane, otherwise a new one.
-pub fn request_id(head: &RequestHead, w: &Worker) -> String {
+pub fn request_id(head: &RequestHead, worker: &Worker) -> String {
     match head.header("x-request-id") {
         Some(v) if (1..=128).contains(&v.len()) && v.iter().all(|b| (0x21..0x7f).contains(b)) => {
             String::from_utf8_lossy(v).into_owned()
         }
-        _ => w.new_request_id(),
+        _ => worker.new_request_id(),
     }
 }
 

@@ -68,9 +68,9 @@ const IDLE_READ_BUFFER: usize = 2048;
 
 /// Serves one accepted client connection until it closes, errs, idles out or the worker
 /// drains.
-pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: SocketAddr) {
+pub async fn serve_connection(worker: Rc<Worker>, mut stream: ClientStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let max_header_bytes = w.snapshot().config.server.max_header_bytes;
+    let max_header_bytes = worker.snapshot().config.server.max_header_bytes;
     let mut rb = ReadBuf::new(IDLE_READ_BUFFER, max_header_bytes);
     // The response-writing buffer is the worker's while a request runs, not the
     // connection's: an idle keep-alive connection holds only `rb` and its task.
@@ -81,7 +81,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             // Idle: no config snapshot held (an old generation is not kept alive by idle
             // clients) and only a small read buffer posted.
             let (idle, max_header_bytes) = {
-                let snap = w.snapshot();
+                let snap = worker.snapshot();
                 (
                     snap.config.server.idle_timeout,
                     snap.config.server.max_header_bytes,
@@ -90,7 +90,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             rb.set_max(max_header_bytes);
             let got = monoio::select! {
                 r = rb.fill(&mut stream, idle) => Some(r),
-                _ = w.drain.wait() => None,
+                _ = worker.drain.wait() => None,
             };
             match got {
                 Some(Ok(_)) => {}
@@ -102,7 +102,7 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             }
         }
         // A request sees one config snapshot from its first byte to its last.
-        let snap = w.snapshot();
+        let snap = worker.snapshot();
         let server = &snap.config.server;
         rb.set_max(server.max_header_bytes);
         let deadline = Instant::now() + server.header_read_timeout;
@@ -133,8 +133,8 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(%peer, error = %e, "rejected request head");
-                w.metrics.note_rejected_head();
-                let id = w.new_request_id();
+                worker.metrics.note_rejected_head();
+                let id = worker.new_request_id();
                 let _ = send_error(
                     &mut stream,
                     &e,
@@ -149,12 +149,12 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
             }
         };
         rb.consume(head_len);
-        scratch = w.take_buffer(4096);
-        let in_flight = GaugeSlot::enter(&w.metrics.requests_in_flight);
+        scratch = worker.take_buffer(4096);
+        let in_flight = GaugeSlot::enter(&worker.metrics.requests_in_flight);
         // Boxed: the request's state machine is several KiB; inline, every idle keep-alive
         // connection's task would carry it between requests.
         let outcome = Box::pin(handle_request(
-            &w,
+            &worker,
             &snap,
             &mut stream,
             &mut rb,
@@ -164,9 +164,9 @@ pub async fn serve_connection(w: Rc<Worker>, mut stream: ClientStream, peer: Soc
         ))
         .await;
         drop(in_flight);
-        w.give_buffer(std::mem::take(&mut scratch));
+        worker.give_buffer(std::mem::take(&mut scratch));
         rb.shrink_if_idle(IDLE_READ_BUFFER, 4 * IDLE_READ_BUFFER);
-        if !outcome.keep_alive || w.drain.is_draining() {
+        if !outcome.keep_alive || worker.drain.is_draining() {
             let _ = stream.shutdown().await;
             return;
         }
@@ -212,7 +212,7 @@ impl Drop for GaugeSlot<'_> {
 /// and `/v1/models` itself, routes and authenticates it, hands it to [`forward::forward`],
 /// and answers (or cuts) whatever failed.
 async fn handle_request(
-    w: &Rc<Worker>,
+    worker: &Rc<Worker>,
     snap: &crate::reload::Active,
     client: &mut ClientStream,
     rb: &mut ReadBuf,
@@ -226,12 +226,12 @@ async fn handle_request(
     let target = head.normalize_path();
     let head: &RequestHead = head;
     let cfg = &snap.config;
-    let request_id = headers::request_id(head, w);
+    let request_id = headers::request_id(head, worker);
     crate::task::set_request_id(&request_id);
     let path = head.path();
     if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
         return health(
-            w,
+            worker,
             head,
             client,
             &request_id,
@@ -256,14 +256,23 @@ async fn handle_request(
         if !cfg.models.is_empty() && (path == "/v1/models" || path.starts_with("/v1/models/")) {
             log.route = Some(MODELS_ROUTE);
             if let Some(auth) = &cfg.auth {
-                log.client = Some(&authenticate(w, auth, head)?.name);
+                log.client = Some(&authenticate(worker, auth, head)?.name);
             }
-            return models_endpoint(w, cfg, head, client, &request_id, scratch, &mut outcome).await;
+            return models_endpoint(
+                worker,
+                cfg,
+                head,
+                client,
+                &request_id,
+                scratch,
+                &mut outcome,
+            )
+            .await;
         }
         let (route, upstream) = find_route(cfg, head)?;
         log.route = Some(&route.name);
         let authed = match (&cfg.auth, route.auth) {
-            (Some(auth), true) => Some(authenticate(w, auth, head)?),
+            (Some(auth), true) => Some(authenticate(worker, auth, head)?),
             _ => None,
         };
         log.client = authed.map(|c| &*c.name);
@@ -285,29 +294,29 @@ async fn handle_request(
             request_id: &request_id,
             started: start,
         };
-        forward::forward(w, &req, client, rb, scratch, &mut outcome).await
+        forward::forward(worker, &req, client, rb, scratch, &mut outcome).await
     }
     .await;
     match result {
         Ok(()) => {
-            record(w, &log, &outcome);
+            record(worker, &log, &outcome);
             outcome
         }
-        Err(failure) => answer_failure(w, &log, failure, outcome, client, scratch).await,
+        Err(failure) => answer_failure(worker, &log, failure, outcome, client, scratch).await,
     }
 }
 
 /// `GET /health` on the client listener (the seed's probe): 200, or 503 once a worker
 /// thread died (its listener's clients go unserved: let the probe restart the pod).
 async fn health(
-    w: &Worker,
+    worker: &Worker,
     head: &RequestHead,
     client: &mut ClientStream,
     request_id: &str,
     scratch: &mut Vec<u8>,
     timeout: Duration,
 ) -> Outcome {
-    let (status, body): (u16, &[u8]) = match w.shared.workers_unhealthy() {
+    let (status, body): (u16, &[u8]) = match worker.shared.workers_unhealthy() {
         0 => (200, b"OK"),
         _ => (503, b"a worker died or is wedged"),
     };
@@ -392,12 +401,13 @@ fn find_route<'c>(
 
 /// The `[auth]` client presenting `head`'s key; failures are counted by reason.
 fn authenticate<'a>(
-    w: &Worker,
+    worker: &Worker,
     auth: &'a crate::config::ai::Auth,
     head: &RequestHead,
 ) -> Result<&'a crate::config::ai::Client, ProxyError> {
     crate::ai::auth::authenticate(auth, head).map_err(|e| {
-        w.stats
+        worker
+            .stats
             .note_auth_failure(e == crate::ai::auth::AuthError::Unknown);
         ProxyError::Unauthorized(e)
     })
@@ -407,7 +417,7 @@ fn authenticate<'a>(
 /// shape while nothing was sent, a cut connection once the response had started, nothing
 /// at all when the client is gone (recorded as 499).
 async fn answer_failure(
-    w: &Worker,
+    worker: &Worker,
     log: &LogContext<'_>,
     failure: Failure,
     mut outcome: Outcome,
@@ -428,7 +438,7 @@ async fn answer_failure(
             tracing::warn!(request_id = %request_id, bytes_out = outcome.bytes_out, reason, error = %e, "response cut short after its head went out; closing the client connection");
         }
         outcome.truncated = Some(reason);
-        record(w, log, &outcome);
+        record(worker, log, &outcome);
         outcome.keep_alive = false;
         return outcome;
     }
@@ -439,7 +449,7 @@ async fn answer_failure(
     }
     outcome.status = if e.client_gone() { 499 } else { status };
     if e.client_gone() {
-        record(w, log, &outcome);
+        record(worker, log, &outcome);
         return Outcome::default();
     }
     // A malformed request closes the connection: what follows it cannot be trusted.
@@ -456,12 +466,12 @@ async fn answer_failure(
     // from carrying the next request.
     let body_left = !matches!(head.framing, BodyFraming::None) && outcome.bytes_in == 0;
     let keep =
-        head.keep_alive && !body_left && !w.drain.is_draining() && status < 500 && !malformed;
+        head.keep_alive && !body_left && !worker.drain.is_draining() && status < 500 && !malformed;
     let timeout = log.cfg.server.idle_timeout;
     let sent = send_error(client, &e, request_id, keep, scratch, timeout).await;
     // The access log counts what the gateway wrote itself, as it counts proxied bytes.
     outcome.bytes_out = sent.unwrap_or(0);
-    record(w, log, &outcome);
+    record(worker, log, &outcome);
     Outcome {
         keep_alive: keep && sent.is_some(),
         status,
@@ -475,7 +485,7 @@ pub const MODELS_ROUTE: &str = "(models)";
 /// `GET /v1/models` and `GET /v1/models/{id}`, answered from `[models]` (names and aliases).
 #[allow(clippy::too_many_arguments)]
 async fn models_endpoint(
-    w: &Rc<Worker>,
+    worker: &Rc<Worker>,
     cfg: &crate::config::Config,
     head: &RequestHead,
     client: &mut ClientStream,
@@ -504,7 +514,7 @@ async fn models_endpoint(
         }
     };
     let keep_alive =
-        head.keep_alive && matches!(head.framing, BodyFraming::None) && !w.drain.is_draining();
+        head.keep_alive && matches!(head.framing, BodyFraming::None) && !worker.drain.is_draining();
     let len = body.len().to_string();
     let date = http::date::now();
     let mut hdrs: Vec<(&str, &[u8])> = vec![
@@ -559,7 +569,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Counts one finished request and writes its access-log line.
-fn record(w: &Worker, log: &LogContext<'_>, o: &Outcome) {
+fn record(worker: &Worker, log: &LogContext<'_>, o: &Outcome) {
     let total = log.start.elapsed();
     let cfg = log.cfg;
     let obs = crate::metrics::Observation {
@@ -582,8 +592,8 @@ fn record(w: &Worker, log: &LogContext<'_>, o: &Outcome) {
         cache: o.cache.map(crate::ai::cache::CacheStatus::label),
         truncated: o.truncated,
     };
-    w.stats.observe(&obs);
-    w.metrics.note_request(o.status, total);
+    worker.stats.observe(&obs);
+    worker.metrics.note_request(o.status, total);
     let client_ip = headers::client_ip_of(log.head, log.peer, &cfg.server);
     crate::metrics::access_log(&obs, log.request_id, log.head.path(), client_ip);
 }

@@ -44,10 +44,10 @@ pub fn client_framing(upstream: BodyFraming, filtered: bool, client_minor: u8) -
 /// `Phase::Response`.
 #[allow(clippy::too_many_arguments)]
 pub async fn respond(
-    w: &Rc<Worker>,
+    worker: &Rc<Worker>,
     req: &Request<'_>,
     exchange: Exchange,
-    cand: Candidate<'_>,
+    candidate: Candidate<'_>,
     ai: Option<&AiRequest>,
     cache_plan: CachePlan,
     client: &mut ClientStream,
@@ -56,7 +56,7 @@ pub async fn respond(
 ) -> Result<(), Failure> {
     let Exchange {
         mut conn,
-        mut urb,
+        mut upstream_buf,
         resp,
         connect_time,
         started,
@@ -64,8 +64,8 @@ pub async fn respond(
     } = exchange;
     let head = req.head;
     let t_header = started.elapsed();
-    outcome.upstream = Some(cand.upstream.name.clone());
-    outcome.model = cand.model.map(|(i, _)| i);
+    outcome.upstream = Some(candidate.upstream.name.clone());
+    outcome.model = candidate.model.map(|(i, _)| i);
     outcome.connect = Some(connect_time);
     outcome.header = Some(t_header);
     outcome.status = resp.status;
@@ -90,7 +90,8 @@ pub async fn respond(
     };
 
     let cframing = client_framing(uframing, tap.filter, head.minor_version);
-    let keep_alive = head.keep_alive && cframing != ClientFraming::Close && !w.drain.is_draining();
+    let keep_alive =
+        head.keep_alive && cframing != ClientFraming::Close && !worker.drain.is_draining();
     let extra: &[u8] = match outcome.cache {
         Some(CacheStatus::Miss) => b"x-cache: MISS\r\n",
         Some(CacheStatus::Bypass) => b"x-cache: BYPASS\r\n",
@@ -102,7 +103,7 @@ pub async fn respond(
     let rechunk = cframing == ClientFraming::Chunked;
     let mut pipe = ResponsePipe {
         up: &mut conn.stream,
-        urb: &mut urb,
+        upstream_buf: &mut upstream_buf,
         client,
         out: scratch,
         read_timeout: req.route.read_timeout,
@@ -126,7 +127,7 @@ pub async fn respond(
     let mut tap = std::mem::take(&mut pipe.tap);
     outcome.ttfb = first_body.map(|t| t.saturating_duration_since(req.started));
     outcome.response = Some(started.elapsed());
-    tap::account_usage(w, req, cand, &tap);
+    tap::account_usage(worker, req, candidate, &tap);
     outcome.bytes_out = match copied {
         Ok(n) => n,
         Err(e) => {
@@ -144,16 +145,18 @@ pub async fn respond(
         cache::store(req, key, &resp, body);
     }
 
-    let reusable =
-        resp.keep_alive && urb.is_empty() && !matches!(uframing, BodyFraming::CloseDelimited);
+    let reusable = resp.keep_alive
+        && upstream_buf.is_empty()
+        && !matches!(uframing, BodyFraming::CloseDelimited);
     if reusable {
-        w.pool
+        worker
+            .pool
             .borrow_mut()
-            .put(cand.upstream, slot.endpoint(), conn);
+            .put(candidate.upstream, slot.endpoint(), conn);
     }
     drop(slot);
-    w.give_buffer(urb.into_vec());
-    w.metrics.note_upstream_timing(connect_time, t_header);
+    worker.give_buffer(upstream_buf.into_vec());
+    worker.metrics.note_upstream_timing(connect_time, t_header);
     outcome.keep_alive = keep_alive;
     Ok(())
 }
@@ -232,7 +235,7 @@ pub fn reframe_chunks(
 /// buffer that still holds the response head (sent with the first body bytes).
 pub struct ResponsePipe<'a, U> {
     up: &'a mut U,
-    urb: &'a mut ReadBuf,
+    upstream_buf: &'a mut ReadBuf,
     client: &'a mut ClientStream,
     out: &'a mut Vec<u8>,
     read_timeout: Duration,
@@ -271,9 +274,10 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
     /// is abandoned: the provider stops generating for nobody).
     async fn fill(&mut self) -> Result<Filled, ProxyError> {
         let fd = self.client.raw_fd();
-        let (urb, up, timeout) = (&mut *self.urb, &mut *self.up, self.read_timeout);
+        let (upstream_buf, up, timeout) =
+            (&mut *self.upstream_buf, &mut *self.up, self.read_timeout);
         let read = async move {
-            match urb.fill(up, timeout).await {
+            match upstream_buf.fill(up, timeout).await {
                 Ok(_) => Ok(Filled::Data),
                 Err(ReadError::Eof) => Ok(Filled::Eof),
                 Err(e) => Err(upstream_read_err(e)),
@@ -296,22 +300,22 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
         if remaining == 0 && rechunk {
             self.out.extend_from_slice(http::LAST_CHUNK);
         }
-        if remaining == 0 || (self.urb.is_empty() && !self.out.is_empty()) {
+        if remaining == 0 || (self.upstream_buf.is_empty() && !self.out.is_empty()) {
             self.flush().await?;
         }
         while remaining > 0 {
-            if self.urb.is_empty() {
+            if self.upstream_buf.is_empty() {
                 self.fill_more().await?;
             }
-            let k = self.urb.available(remaining);
+            let k = self.upstream_buf.available(remaining);
             self.decoded += k as u64;
             emit(
                 Some(&mut self.tap),
                 self.out,
                 rechunk,
-                &self.urb.data()[..k],
+                &self.upstream_buf.data()[..k],
             );
-            self.urb.consume(k);
+            self.upstream_buf.consume(k);
             remaining -= k as u64;
             if remaining == 0 && rechunk {
                 self.tap.finish();
@@ -332,7 +336,7 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
         loop {
             let done = reframe_chunks(
                 &mut dec,
-                self.urb,
+                self.upstream_buf,
                 self.out,
                 rechunk,
                 &mut total,
@@ -362,12 +366,17 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
             self.flush().await?;
         }
         loop {
-            if !self.urb.is_empty() {
-                let n = self.urb.len();
-                emit(Some(&mut self.tap), self.out, rechunk, self.urb.data());
+            if !self.upstream_buf.is_empty() {
+                let n = self.upstream_buf.len();
+                emit(
+                    Some(&mut self.tap),
+                    self.out,
+                    rechunk,
+                    self.upstream_buf.data(),
+                );
                 total += n as u64;
                 self.decoded = total;
-                self.urb.consume(n);
+                self.upstream_buf.consume(n);
                 if !self.out.is_empty() {
                     self.flush().await?;
                     self.first_body.get_or_insert_with(Instant::now);

@@ -141,14 +141,15 @@ pub struct ReadLimits {
 /// Reads from the client within both the idle timeout and the body's deadline.
 async fn fill_within(
     client: &mut ClientStream,
-    crb: &mut ReadBuf,
+    client_buf: &mut ReadBuf,
     limits: &ReadLimits,
 ) -> Result<(), ProxyError> {
     let left = limits.deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(ProxyError::ClientTimeout);
     }
-    crb.fill(client, left.min(limits.idle))
+    client_buf
+        .fill(client, left.min(limits.idle))
         .await
         .map_err(client_read_err)?;
     Ok(())
@@ -158,7 +159,7 @@ async fn fill_within(
 /// `limits.max`, growing `reservation` as it arrives.
 pub async fn read_whole(
     client: &mut ClientStream,
-    crb: &mut ReadBuf,
+    client_buf: &mut ReadBuf,
     framing: BodyFraming,
     buf: &mut Vec<u8>,
     reservation: &mut BodyReservation<'_>,
@@ -168,19 +169,19 @@ pub async fn read_whole(
         reservation.grow_to(n.saturating_mul(limits.copies))?;
         buf.reserve_exact(usize::try_from(n).unwrap_or(usize::MAX));
         while (buf.len() as u64) < n {
-            if crb.is_empty() {
-                fill_within(client, crb, limits).await?;
+            if client_buf.is_empty() {
+                fill_within(client, client_buf, limits).await?;
             }
-            let k = crb.available(n - buf.len() as u64);
-            buf.extend_from_slice(&crb.data()[..k]);
-            crb.consume(k);
+            let k = client_buf.available(n - buf.len() as u64);
+            buf.extend_from_slice(&client_buf.data()[..k]);
+            client_buf.consume(k);
         }
         return Ok(());
     }
     let mut dec = ChunkedDecoder::new();
     let mut total = 0u64;
     loop {
-        let done = reframe_chunks(&mut dec, crb, buf, false, &mut total, None)
+        let done = reframe_chunks(&mut dec, client_buf, buf, false, &mut total, None)
             .map_err(ProxyError::BadRequest)?;
         if total > limits.max {
             return Err(ProxyError::BodyTooLarge { limit: limits.max });
@@ -189,7 +190,7 @@ pub async fn read_whole(
         if done {
             return Ok(());
         }
-        fill_within(client, crb, limits).await?;
+        fill_within(client, client_buf, limits).await?;
     }
 }
 
@@ -198,7 +199,7 @@ pub struct BodyStream<'a> {
     /// The client the body comes from, and its read buffer.
     pub client: &'a mut ClientStream,
     /// Bytes of the client already read.
-    pub crb: &'a mut ReadBuf,
+    pub client_buf: &'a mut ReadBuf,
     /// The upstream it goes to.
     pub upstream: &'a mut UpstreamStream,
     /// Write buffer.
@@ -214,16 +215,16 @@ impl BodyStream<'_> {
     pub async fn length(&mut self, n: u64) -> Result<(), ProxyError> {
         let mut remaining = n;
         while remaining > 0 {
-            if self.crb.is_empty() {
-                self.crb
+            if self.client_buf.is_empty() {
+                self.client_buf
                     .fill(self.client, self.client_timeout)
                     .await
                     .map_err(client_read_err)?;
             }
-            let k = self.crb.available(remaining);
+            let k = self.client_buf.available(remaining);
             self.out.clear();
-            self.out.extend_from_slice(&self.crb.data()[..k]);
-            self.crb.consume(k);
+            self.out.extend_from_slice(&self.client_buf.data()[..k]);
+            self.client_buf.consume(k);
             remaining -= k as u64;
             send_upstream(self.upstream, self.out, self.send_timeout).await?;
         }
@@ -236,7 +237,7 @@ impl BodyStream<'_> {
         let mut total: u64 = 0;
         loop {
             self.out.clear();
-            let done = reframe_chunks(&mut dec, self.crb, self.out, true, &mut total, None)
+            let done = reframe_chunks(&mut dec, self.client_buf, self.out, true, &mut total, None)
                 .map_err(ProxyError::BadRequest)?;
             if total > max_body {
                 return Err(ProxyError::BodyTooLarge { limit: max_body });
@@ -247,7 +248,7 @@ impl BodyStream<'_> {
             if done {
                 return Ok(());
             }
-            self.crb
+            self.client_buf
                 .fill(self.client, self.client_timeout)
                 .await
                 .map_err(client_read_err)?;

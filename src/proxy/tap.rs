@@ -119,8 +119,8 @@ impl Tap {
 
 /// Counts the tokens and dollars a response reported, and charges the client's token
 /// budget. Runs also when the stream broke midway: what was used was used.
-pub fn account_usage(w: &Worker, req: &Request<'_>, cand: Candidate<'_>, tap: &Tap) {
-    let Some((_, model)) = cand.model else {
+pub fn account_usage(worker: &Worker, req: &Request<'_>, candidate: Candidate<'_>, tap: &Tap) {
+    let Some((_, model)) = candidate.model else {
         return;
     };
     let (u, estimated) = match tap.usage() {
@@ -132,7 +132,8 @@ pub fn account_usage(w: &Worker, req: &Request<'_>, cand: Candidate<'_>, tap: &T
     };
     let cost = model.price.map_or(0.0, |p| p.cost(&u));
     let client = req.client;
-    w.stats
+    worker
+        .stats
         .note_usage(&model.name, client.map(|c| &*c.name), &u, cost, estimated);
     if let Some(c) = client {
         if let Some((_, limiter)) = req.limit_at(c.token_limit) {
