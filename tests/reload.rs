@@ -205,7 +205,7 @@ fn a_key_added_and_removed_and_every_later_change_still_seen() {
     let mut files = BTreeMap::new();
     files.insert(
         "gateway.toml".to_string(),
-        common::gateway::render(&config(&a, "k1", 30_000), gw.addr, gw.admin).into_bytes(),
+        gw.render(&config(&a, "k1", 30_000)).into_bytes(),
     );
     files.insert("extra.txt".to_string(), b"hello".to_vec());
     assert!(gw.volume.project(&files).expect("project"));
@@ -242,7 +242,7 @@ fn lost_events_and_a_remounted_directory_are_caught_by_the_poll() {
     let mut files = BTreeMap::new();
     files.insert(
         "gateway.toml".to_string(),
-        common::gateway::render(&config(&a, "p1", 500), gw.addr, gw.admin).into_bytes(),
+        gw.render(&config(&a, "p1", 500)).into_bytes(),
     );
     fresh.project(&files).expect("project");
     assert!(
@@ -304,7 +304,7 @@ fn two_hundred_changes_under_load_fail_nothing() {
     let mut latencies = Vec::new();
     for i in 1..=200 {
         let tag = format!("g{i}");
-        let text = common::gateway::render(&config(&a, &tag, 30_000), gw.addr, gw.admin);
+        let text = gw.render(&config(&a, &tag, 30_000));
         let mut files = BTreeMap::new();
         files.insert("gateway.toml".to_string(), text.into_bytes());
         let mut renamed = None;
@@ -388,33 +388,36 @@ fn pools_survive_a_reload_unless_their_upstream_changed() {
 fn a_plain_file_config_warns_that_it_never_updates() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
     let dir = common::gateway::temp_dir("plain");
-    let port = common::gateway::free_port();
-    let admin = common::gateway::free_port();
     let file = dir.join("gateway.toml");
-    let text = common::gateway::render(
-        &config(&a, "plain", 30_000),
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        format!("127.0.0.1:{admin}").parse().expect("addr"),
-    );
+    let text = common::gateway::render_any(&config(&a, "plain", 30_000));
     std::fs::write(&file, text).expect("write");
     let log = dir.join("log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
         .arg("--config")
         .arg(&file)
+        .arg("--print-ports")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
-    let up = wait_for(Duration::from_secs(10), || {
-        request(
-            format!("127.0.0.1:{port}").parse().expect("addr"),
-            "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
-        )
-        .is_ok_and(|r| r.status == 200)
+    let ports = common::gateway::read_ports(
+        child.stdout.take().expect("stdout"),
+        Duration::from_secs(10),
+    );
+    let up = ports.as_ref().is_ok_and(|p| {
+        wait_for(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(None))
+                && request(
+                    p.listen,
+                    "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+                )
+                .is_ok_and(|r| r.status == 200)
+        })
     });
     let _ = child.kill();
     let _ = child.wait();
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(up, "{logs}");
+    assert!(up, "{ports:?}\n{logs}");
     assert!(logs.contains("no `..data` beside it"), "{logs}");
     let _ = std::fs::remove_dir_all(dir);
 }
