@@ -90,7 +90,8 @@ fn chat(gw: &Gateway, body: &str, headers: &str) -> Response {
     .expect("request")
 }
 
-/// Polls a metric until it reaches `want` (stats are published once a second).
+/// Polls a metric (bounded: 5 s; stats are published once a second) until it equals
+/// `want`; the last value read otherwise, so callers compare the result with `Some(want)`.
 fn wait_metric(gw: &Gateway, name: &str, want: f64) -> Option<f64> {
     let start = Instant::now();
     let mut last = None;
@@ -610,8 +611,9 @@ fn openai_ai_layer() {
     assert_eq!(seen["fallback_model"], "deepseek-chat", "{seen}");
     assert_eq!(seen["bad_key"], "AuthenticationError");
     assert_eq!(seen["unknown_model"], "NotFoundError");
-    assert!(
-        wait_metric(&gw, "ringgate_client_requests_total{client=\"sdk\"}", 5.0).is_some(),
+    assert_eq!(
+        wait_metric(&gw, "ringgate_client_requests_total{client=\"sdk\"}", 5.0),
+        Some(5.0),
         "requests counted for the client"
     );
 }

@@ -68,13 +68,17 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The poll interval of the tests that check the digest dedupe: every 100 ms the watcher
+/// re-reads the unchanged file, so a missing dedupe would reload (or reject) again and again.
+const FAST_POLL_MS: u64 = 100;
+
 #[test]
 fn a_change_applies_and_identical_reapply_does_not() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
-    let gw = Gateway::start(&config(&a, "one", 30_000), Driver::IoUring);
+    let gw = Gateway::start(&config(&a, "one", FAST_POLL_MS), Driver::IoUring);
     assert_eq!(served_by(&gw).as_deref(), Some("one"));
     assert_eq!(gw.metric("ringgate_config_generation"), Some(1.0));
-    assert!(gw.project(&config(&a, "two", 30_000)));
+    assert!(gw.project(&config(&a, "two", FAST_POLL_MS)));
     assert!(
         wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
             == Some("two")),
@@ -89,20 +93,37 @@ fn a_change_applies_and_identical_reapply_does_not() {
         gw.volume.data_target().ok()
     );
     assert_eq!(cfg["sha256"].as_str().map(str::len), Some(64));
-    // kubelet writes nothing for identical bytes; the gateway does not reload either.
-    assert!(!gw.project(&config(&a, "two", 30_000)));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(gw.metric("ringgate_config_generation"), Some(2.0));
+    // kubelet writes nothing for identical bytes.
+    assert!(!gw.project(&config(&a, "two", FAST_POLL_MS)));
+    // A projection that swaps `..data` with the same gateway.toml (only an unrelated key
+    // changed): the watcher sees the event and re-reads identical bytes.
+    let mut files = BTreeMap::new();
+    files.insert(
+        "gateway.toml".to_string(),
+        gw.render(&config(&a, "two", FAST_POLL_MS)).into_bytes(),
+    );
+    files.insert("unrelated.txt".to_string(), b"x".to_vec());
+    assert!(gw.volume.project(&files).expect("project"));
+    // Then a real change. Every re-read of identical bytes in between (the event above,
+    // the 100 ms polls) would have counted a generation without the dedupe.
+    assert!(gw.project(&config(&a, "three", FAST_POLL_MS)));
+    assert!(
+        wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+            == Some("three")),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(gw.metric("ringgate_config_generation"), Some(3.0));
     assert_eq!(
         gw.metric("ringgate_config_reloads_total{result=\"applied\"}"),
-        Some(1.0)
+        Some(2.0)
     );
 }
 
 #[test]
 fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
-    let gw = Gateway::start(&config(&a, "good", 30_000), Driver::Epoll);
+    let gw = Gateway::start(&config(&a, "good", FAST_POLL_MS), Driver::Epoll);
     let broken = [
         ("bad toml", "[server\nlisten = 1\n".to_string(), "line 1"),
         (
@@ -163,20 +184,20 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
         );
         assert_eq!(cfg["generation"], 1);
     }
-    // Not retried while the bytes stay the same.
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(
-        gw.metric("ringgate_config_reloads_total{result=\"rejected\"}"),
-        Some(broken.len() as f64)
-    );
     assert!(
         gw.logs().contains("routes[0].upstream"),
         "the error is logged with its key path"
     );
-    assert!(gw.project(&config(&a, "fixed", 30_000)));
+    assert!(gw.project(&config(&a, "fixed", FAST_POLL_MS)));
     assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
         .as_deref()
         == Some("fixed")));
+    // Not retried while the bytes stayed the same: the 100 ms polls re-read each broken
+    // config many times meanwhile, and each retry would have counted a rejection.
+    assert_eq!(
+        gw.metric("ringgate_config_reloads_total{result=\"rejected\"}"),
+        Some(broken.len() as f64)
+    );
     assert_eq!(
         gw.metric("ringgate_config_last_reload_successful"),
         Some(1.0)

@@ -235,7 +235,8 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// `promtool check metrics` accepts `text` (skipped when promtool is not installed).
+/// `promtool check metrics` accepts `text` (a missing promtool fails, unless
+/// `RINGGATE_TEST_ALLOW_SKIP=1`).
 fn promtool_accepts(text: &str) {
     use std::process::{Command, Stdio};
     let Ok(mut child) = Command::new("promtool")
@@ -245,7 +246,10 @@ fn promtool_accepts(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        eprintln!("promtool not installed; skipped");
+        common::gateway::tool_missing(
+            "promtool",
+            "Debian package `prometheus`; .ci/run installs it",
+        );
         return;
     };
     child
@@ -522,7 +526,7 @@ fn curl_with_cacert_against_the_tls_listener() {
         .output()
         .is_err()
     {
-        eprintln!("curl not installed; skipped");
+        common::gateway::tool_missing("curl", ".ci/run installs it");
         return;
     }
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");

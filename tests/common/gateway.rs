@@ -35,6 +35,35 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The environment variable that lets a test skip when a tool it runs (promtool, curl) is
+/// not installed. Unset, a missing tool fails the test: CI installs them (`.ci/run`), and a
+/// silent skip would pass without checking anything.
+pub const ALLOW_SKIP_ENV: &str = "RINGGATE_TEST_ALLOW_SKIP";
+
+/// `tool` is not installed: panics, unless [`ALLOW_SKIP_ENV`] is `1`, when it prints a
+/// `SKIPPED` line and returns (the caller then skips its check).
+pub fn tool_missing(tool: &str, hint: &str) {
+    if std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: `{tool}` is not installed ({hint}); {ALLOW_SKIP_ENV}=1 allows it");
+    } else {
+        panic!("`{tool}` is not installed ({hint}); set {ALLOW_SKIP_ENV}=1 to skip instead");
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What a config template's `{listen}` and `{admin}` become: port 0, which the gateway
 /// resolves and reports.
 pub const ANY_PORT: &str = "127.0.0.1:0";
