@@ -270,7 +270,9 @@ fn falls_back_to_the_next_provider_before_the_first_byte_only() {
     .expect("send");
     let (status, _) = c.read_head().expect("head");
     assert_eq!(status, 200);
-    let rest = c.read_to_close();
+    let rest = c
+        .read_to_close()
+        .expect("the cut stream's connection closes");
     assert!(
         String::from_utf8_lossy(&rest).contains("data: "),
         "first event arrived"

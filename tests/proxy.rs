@@ -287,11 +287,12 @@ fn hardening_list() {
                 r.json()["error"]["message"].is_string(),
                 "{d:?} {name}: OpenAI error shape"
             );
-            if *want != 400 || !name.contains("chunk") {
-                assert_eq!(r.header("connection"), Some("close"), "{d:?} {name}");
-            }
-            // The gateway closes the connection after a rejected request.
-            let rest = c.read_to_close();
+            assert_eq!(r.header("connection"), Some("close"), "{d:?} {name}");
+            // The gateway closes the connection after a rejected request (a read timeout
+            // is an error here, not a close).
+            let rest = c
+                .read_to_close()
+                .unwrap_or_else(|e| panic!("{d:?} {name}: the connection stays open: {e}"));
             assert!(rest.is_empty(), "{d:?} {name}: nothing after the error");
         }
         assert!(
@@ -326,7 +327,10 @@ fn slowloris_is_cut_at_header_read_timeout() {
                 break;
             }
         }
-        let rest = String::from_utf8_lossy(&c.read_to_close()).into_owned();
+        let rest = c
+            .read_to_close()
+            .expect("the gateway closes the slow connection");
+        let rest = String::from_utf8_lossy(&rest).into_owned();
         assert!(rest.starts_with("HTTP/1.1 408"), "{d:?}: {rest}");
         assert!(
             start.elapsed() < Duration::from_secs(10),
@@ -370,21 +374,20 @@ fn upstream_failures_map_to_502_and_504() {
         .expect("send");
         let (status, _) = c.read_head().expect("head");
         assert_eq!(status, 200);
-        let mut clean_end = false;
-        loop {
-            match c.read_chunk() {
-                Ok(Some(_)) => continue,
-                Ok(None) => {
-                    clean_end = true;
-                    break;
-                }
-                Err(_) => break,
-            }
+        // Bounded: the mock sends a few events before it drops.
+        let end = (0..10_000)
+            .map(|_| c.read_chunk())
+            .find(|r| !matches!(r, Ok(Some(_))));
+        // A cut is the connection closing (or reset) before the last chunk; a clean end or
+        // a read timeout (the gateway holding the connection open) is not.
+        match end {
+            Some(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            other => panic!("{d:?}: a truncated upstream body must be cut, got {other:?}"),
         }
-        assert!(
-            !clean_end,
-            "{d:?}: a truncated upstream body must not end cleanly"
-        );
         // The worker still serves.
         let r = request(
             gw.addr,

@@ -149,7 +149,8 @@ fn no_retry_once_a_response_byte_went_out_and_none_for_big_bodies() {
     c.send(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\nx-mock-drop: mid-body\r\n\r\n{body}", body.len()).as_bytes()).expect("send");
     let (status, _) = c.read_head().expect("head");
     assert_eq!(status, 200);
-    let _ = c.read_to_close();
+    c.read_to_close()
+        .expect("the cut stream's connection closes");
     assert_eq!(
         mock.request_count() - before,
         1,

@@ -442,14 +442,20 @@ impl Conn {
         Ok(n)
     }
 
-    /// Reads until the connection closes; returns everything unread.
-    pub fn read_to_close(&mut self) -> Vec<u8> {
-        while let Ok(n) = self.fill() {
-            if n == 0 {
-                break;
+    /// Reads until the peer closes the connection (end of stream, or a reset: a close with
+    /// input left unread resets); returns everything unread. A read timeout (10 s after
+    /// [`Conn::connect`]) is an error, never "closed": the peer kept the connection open.
+    pub fn read_to_close(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            match self.fill() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        std::mem::take(&mut self.buf)
+        Ok(std::mem::take(&mut self.buf))
     }
 
     /// Reads the head of one response (status, headers).
@@ -533,7 +539,7 @@ impl Conn {
             }
             body = self.buf.drain(..len).collect();
         } else {
-            body = self.read_to_close();
+            body = self.read_to_close()?;
         }
         Ok(Response {
             status,
