@@ -62,8 +62,16 @@ pub fn check(path: &Path) -> i32 {
     }
 }
 
+/// How the gateway was asked to run, besides its config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Print the bound addresses on stdout once every listener is up (see [`print_ports`]):
+    /// how a supervisor that configured port 0 learns where the gateway listens.
+    pub print_ports: bool,
+}
+
 /// Runs the gateway until SIGTERM/SIGINT, then drains. Returns the exit code.
-pub fn run(path: &Path) -> i32 {
+pub fn run(path: &Path, opts: RunOptions) -> i32 {
     let file = config::config_file_path(path);
     if !watch::is_configmap_mount(&file) {
         tracing::warn!(path = %file.display(), "config path has no `..data` beside it: a plain file (edits to it are picked up), or in Kubernetes a subPath mount, which never receives ConfigMap updates: mount the ConfigMap as a directory");
@@ -88,7 +96,11 @@ pub fn run(path: &Path) -> i32 {
         plain: server.listen,
         tls: server.tls.as_ref().map(|t| t.listen),
     };
-    for addr in std::iter::once(listens.plain).chain(listens.tls) {
+    // A port 0 is a fresh port the kernel picks: no one can be listening there yet.
+    for addr in std::iter::once(listens.plain)
+        .chain(listens.tls)
+        .filter(|a| a.port() != 0)
+    {
         if let Err(e) = probe_listen(addr) {
             eprintln!("cannot listen on {addr}: {e}");
             return 1;
@@ -171,6 +183,8 @@ pub fn run(path: &Path) -> i32 {
     log_worker_count(server.workers, cores);
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
+    let mut listener_fds = Vec::new();
+    let mut listens = listens;
     for (id, m) in registry.workers.iter().enumerate() {
         match worker::spawn(id, shared.clone(), m.clone(), listens, cores, tx.clone()) {
             Ok(h) => handles.push(h),
@@ -179,23 +193,39 @@ pub fn run(path: &Path) -> i32 {
                 return 1;
             }
         }
+        // The first worker binds alone: a configured port 0 becomes whatever port the kernel
+        // gave it, and every later worker joins that one port through SO_REUSEPORT (binding
+        // port 0 each would give each worker a port of its own).
+        if id == 0 {
+            match await_bound(&rx) {
+                Ok(b) => {
+                    listens = worker::Listens {
+                        plain: b.plain,
+                        tls: b.tls,
+                    };
+                    listener_fds.extend(b.fds);
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 1;
+                }
+            }
+        }
     }
     drop(tx);
-    let mut listener_fds = Vec::new();
-    for _ in 0..handles.len() {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(fds)) => listener_fds.extend(fds),
-            Ok(Err(e)) => {
+    for _ in 1..handles.len() {
+        match await_bound(&rx) {
+            Ok(b) => listener_fds.extend(b.fds),
+            Err(e) => {
                 eprintln!("{e}");
-                return 1;
-            }
-            Err(_) => {
-                eprintln!("workers did not start within 10 s");
                 return 1;
             }
         }
     }
-    tracing::info!(listen = %server.listen, tls_listen = ?listens.tls, admin = %admin_addr, workers = handles.len(), "ringgate serving");
+    tracing::info!(listen = %listens.plain, tls_listen = ?listens.tls, admin = %admin_addr, workers = handles.len(), "ringgate serving");
+    if opts.print_ports {
+        print_ports(listens, admin_addr);
+    }
 
     let sig = signals.forever().next();
     tracing::info!(signal = ?sig, grace_ms = server.shutdown_grace.as_millis() as u64, "draining");
@@ -259,6 +289,27 @@ fn cgroup_cpu_quota() -> Option<f64> {
     let quota: f64 = parts.next()?.parse().ok()?;
     let period: f64 = parts.next()?.parse().ok()?;
     (period > 0.0).then_some(quota / period)
+}
+
+/// Waits (bounded) for one worker's bind report.
+fn await_bound(rx: &mpsc::Receiver<worker::BindReport>) -> Result<worker::Bound, String> {
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(report) => report,
+        Err(_) => Err("workers did not start within 10 s".into()),
+    }
+}
+
+/// Prints the one machine-readable line `ringgate ports listen=IP:PORT admin=IP:PORT
+/// [tls=IP:PORT]` on stdout and flushes it: every address as bound, so port 0 is resolved.
+fn print_ports(listens: worker::Listens, admin: std::net::SocketAddr) {
+    use std::io::Write;
+    let mut line = format!("ringgate ports listen={} admin={admin}", listens.plain);
+    if let Some(t) = listens.tls {
+        line.push_str(&format!(" tls={t}"));
+    }
+    let mut out = std::io::stdout().lock();
+    // Nobody reading stdout is no reason to stop serving.
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
 /// Binds and listens once without SO_REUSEPORT (but with SO_REUSEADDR, so TIME_WAIT from a

@@ -12,6 +12,10 @@ struct Cli {
     /// Config: a TOML file, or a directory (a mounted ConfigMap) holding gateway.toml.
     #[arg(long, short = 'c', value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Once listening, print `ringgate ports listen=IP:PORT admin=IP:PORT [tls=IP:PORT]` on
+    /// stdout: the addresses as bound, so a config with port 0 can be found.
+    #[arg(long)]
+    print_ports: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -47,7 +51,12 @@ fn main() {
         (None, Some(path)) => {
             init_logging();
             ringgate::task::install_panic_hook();
-            ringgate::app::run(&path)
+            ringgate::app::run(
+                &path,
+                ringgate::app::RunOptions {
+                    print_ports: cli.print_ports,
+                },
+            )
         }
         (None, None) => {
             eprintln!("ringgate: --config PATH is required (see --help)");

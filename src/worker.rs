@@ -298,7 +298,19 @@ impl Drop for DrainWait<'_> {
 pub type ListenerFds = Vec<Arc<OwnedFd>>;
 
 /// What a worker reports once its listeners are bound, or why binding failed.
-pub type BindReport = Result<ListenerFds, String>;
+pub type BindReport = Result<Bound, String>;
+
+/// A worker's bound listeners: what the main thread needs to stop them, and the addresses
+/// the kernel gave them (a configured port 0 becomes the port every later worker joins).
+#[derive(Debug)]
+pub struct Bound {
+    /// Owned duplicates of the listening sockets, for the drain.
+    pub fds: ListenerFds,
+    /// The plain listener's address as bound.
+    pub plain: SocketAddr,
+    /// The TLS listener's address as bound, with `[server.tls]`.
+    pub tls: Option<SocketAddr>,
+}
 
 /// An owned duplicate of the listening socket `l` (close-on-exec).
 pub fn dup_listener(l: &impl AsRawFd) -> std::io::Result<Arc<OwnedFd>> {
@@ -421,8 +433,26 @@ async fn run(
             return;
         }
     };
+    let plain = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = bound.send(Err(format!(
+                "worker {id}: cannot read the listener's address: {e}"
+            )));
+            return;
+        }
+    };
+    let tls = match tls_listener.as_ref().map(|l| l.local_addr()).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = bound.send(Err(format!(
+                "worker {id}: cannot read the TLS listener's address: {e}"
+            )));
+            return;
+        }
+    };
     life.listeners.replace(fds.clone());
-    let _ = bound.send(Ok(fds));
+    let _ = bound.send(Ok(Bound { fds, plain, tls }));
     drop(bound);
 
     let cell = shared.store.cell();

@@ -90,7 +90,8 @@ fn chat(gw: &Gateway, body: &str, headers: &str) -> Response {
     .expect("request")
 }
 
-/// Polls a metric until it reaches `want` (stats are published once a second).
+/// Polls a metric (bounded: 5 s; stats are published once a second) until it equals
+/// `want`; the last value read otherwise, so callers compare the result with `Some(want)`.
 fn wait_metric(gw: &Gateway, name: &str, want: f64) -> Option<f64> {
     let start = Instant::now();
     let mut last = None;
@@ -269,7 +270,9 @@ fn falls_back_to_the_next_provider_before_the_first_byte_only() {
     .expect("send");
     let (status, _) = c.read_head().expect("head");
     assert_eq!(status, 200);
-    let rest = c.read_to_close();
+    let rest = c
+        .read_to_close()
+        .expect("the cut stream's connection closes");
     assert!(
         String::from_utf8_lossy(&rest).contains("data: "),
         "first event arrived"
@@ -610,8 +613,9 @@ fn openai_ai_layer() {
     assert_eq!(seen["fallback_model"], "deepseek-chat", "{seen}");
     assert_eq!(seen["bad_key"], "AuthenticationError");
     assert_eq!(seen["unknown_model"], "NotFoundError");
-    assert!(
-        wait_metric(&gw, "ringgate_client_requests_total{client=\"sdk\"}", 5.0).is_some(),
+    assert_eq!(
+        wait_metric(&gw, "ringgate_client_requests_total{client=\"sdk\"}", 5.0),
+        Some(5.0),
         "requests counted for the client"
     );
 }

@@ -74,7 +74,24 @@ fn traffic(gw: &Gateway) {
     assert_eq!(r.status, 404);
 }
 
-/// Runs `promtool check metrics` on `text`; `None` when promtool is not installed.
+/// Waits (bounded) until the workers published the stats of [`traffic`]: they publish
+/// once a second, so a fixed sleep would be a guess.
+fn wait_published(gw: &Gateway) {
+    let published = common::gateway::wait_until(Duration::from_secs(10), || {
+        gw.metric("ringgate_request_duration_seconds_count{route=\"chat\"}") == Some(6.0)
+            && gw.metric("ringgate_request_duration_seconds_count{route=\"models\"}") == Some(1.0)
+            && gw.metric("ringgate_requests_total{route=\"(none)\",method=\"GET\",status=\"404\"}")
+                == Some(1.0)
+    });
+    assert!(
+        published,
+        "stats of the traffic never published:\n{}",
+        gw.admin_get("/metrics").text()
+    );
+}
+
+/// Runs `promtool check metrics` on `text`; a missing promtool fails the test unless
+/// `RINGGATE_TEST_ALLOW_SKIP=1`, and then this is `None`.
 fn promtool(text: &str) -> Option<(bool, String)> {
     let mut child = match Command::new("promtool")
         .args(["check", "metrics"])
@@ -84,7 +101,13 @@ fn promtool(text: &str) -> Option<(bool, String)> {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            common::gateway::tool_missing(
+                "promtool",
+                "Debian package `prometheus`; .ci/run installs it",
+            );
+            return None;
+        }
         Err(e) => panic!("cannot run promtool: {e}"),
     };
     child
@@ -107,8 +130,7 @@ fn metrics_pass_promtool_check() {
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");
     let gw = Gateway::start(&config(&mock), Driver::IoUring);
     traffic(&gw);
-    // Workers publish their stats once a second.
-    std::thread::sleep(Duration::from_millis(1300));
+    wait_published(&gw);
     let r = gw.admin_get("/metrics");
     assert_eq!(r.status, 200);
     assert!(r
@@ -143,11 +165,8 @@ fn metrics_pass_promtool_check() {
         Some(7.0)
     );
     assert!(!text.contains("sk-secret"), "a key leaked into /metrics");
-    match promtool(&text) {
-        None => eprintln!(
-            "SKIPPED promtool check: `promtool` is not installed (Debian package `prometheus`; .ci/run installs it)"
-        ),
-        Some((ok, msg)) => assert!(ok, "promtool check metrics failed:\n{msg}\n---\n{text}"),
+    if let Some((ok, msg)) = promtool(&text) {
+        assert!(ok, "promtool check metrics failed:\n{msg}\n---\n{text}");
     }
 }
 
@@ -186,7 +205,7 @@ fn per_route_metrics_and_stats_after_traffic() {
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");
     let gw = Gateway::start(&config(&mock), Driver::IoUring);
     traffic(&gw);
-    std::thread::sleep(Duration::from_millis(1300));
+    wait_published(&gw);
     let text = gw.admin_get("/metrics").text();
     let m = |k: &str| gw.metric(k);
     assert_eq!(
@@ -272,21 +291,58 @@ fn per_route_metrics_and_stats_after_traffic() {
         !logs.contains("sk-secret-test-key"),
         "a key reached the log"
     );
+}
 
-    // Draining: /ready answers 503 (or the admin port is already gone) once SIGTERM is
-    // handled; the signal takes a moment to arrive, so poll, bounded.
+/// Draining with a stream in flight: the process stays up until the stream ends, and
+/// `/ready` answers 503 (strictly: a refused or failed admin request is not "drained").
+#[test]
+fn ready_is_503_while_draining_a_stream() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let mut gw = Gateway::start(&config(&mock), Driver::IoUring);
+    assert_eq!(gw.admin_get("/ready").status, 200);
+    let mut c = common::gateway::Conn::connect(gw.addr);
+    c.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nx-mock-gate: 1\r\ncontent-length: {}\r\n\r\n{CHAT_STREAM}",
+            CHAT_STREAM.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let (status, _) = c.read_head().expect("stream head");
+    assert_eq!(status, 200);
+    // The first event is out: the stream is in flight, held by the mock's gate.
+    assert!(c.read_chunk().expect("first event").is_some());
     gw.terminate();
-    let drained = (0..100).any(|_| {
+    let mut last = None;
+    let drained = common::gateway::wait_until(Duration::from_secs(10), || {
         let r = request(
             gw.admin,
             "GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
         );
-        if r.as_ref().is_ok_and(|r| r.status == 200) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            false
-        } else {
-            r.map_or(true, |r| r.status == 503)
-        }
+        let s = r.as_ref().map(|r| r.status).map_err(|e| e.kind());
+        last = Some(s);
+        s == Ok(503)
     });
-    assert!(drained, "/ready never left 200 after SIGTERM");
+    assert!(
+        drained,
+        "/ready never answered 503 while draining: last {last:?}"
+    );
+    assert!(gw.is_running(), "the in-flight stream holds the process up");
+    mock.release_gate();
+    let mut rest = Vec::new();
+    while let Some(chunk) = c.read_chunk().expect("the stream runs to its end") {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("[DONE]"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gw.logs()
+    );
 }

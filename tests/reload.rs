@@ -68,13 +68,17 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The poll interval of the tests that check the digest dedupe: every 100 ms the watcher
+/// re-reads the unchanged file, so a missing dedupe would reload (or reject) again and again.
+const FAST_POLL_MS: u64 = 100;
+
 #[test]
 fn a_change_applies_and_identical_reapply_does_not() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
-    let gw = Gateway::start(&config(&a, "one", 30_000), Driver::IoUring);
+    let gw = Gateway::start(&config(&a, "one", FAST_POLL_MS), Driver::IoUring);
     assert_eq!(served_by(&gw).as_deref(), Some("one"));
     assert_eq!(gw.metric("ringgate_config_generation"), Some(1.0));
-    assert!(gw.project(&config(&a, "two", 30_000)));
+    assert!(gw.project(&config(&a, "two", FAST_POLL_MS)));
     assert!(
         wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
             == Some("two")),
@@ -89,20 +93,37 @@ fn a_change_applies_and_identical_reapply_does_not() {
         gw.volume.data_target().ok()
     );
     assert_eq!(cfg["sha256"].as_str().map(str::len), Some(64));
-    // kubelet writes nothing for identical bytes; the gateway does not reload either.
-    assert!(!gw.project(&config(&a, "two", 30_000)));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(gw.metric("ringgate_config_generation"), Some(2.0));
+    // kubelet writes nothing for identical bytes.
+    assert!(!gw.project(&config(&a, "two", FAST_POLL_MS)));
+    // A projection that swaps `..data` with the same gateway.toml (only an unrelated key
+    // changed): the watcher sees the event and re-reads identical bytes.
+    let mut files = BTreeMap::new();
+    files.insert(
+        "gateway.toml".to_string(),
+        gw.render(&config(&a, "two", FAST_POLL_MS)).into_bytes(),
+    );
+    files.insert("unrelated.txt".to_string(), b"x".to_vec());
+    assert!(gw.volume.project(&files).expect("project"));
+    // Then a real change. Every re-read of identical bytes in between (the event above,
+    // the 100 ms polls) would have counted a generation without the dedupe.
+    assert!(gw.project(&config(&a, "three", FAST_POLL_MS)));
+    assert!(
+        wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+            == Some("three")),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(gw.metric("ringgate_config_generation"), Some(3.0));
     assert_eq!(
         gw.metric("ringgate_config_reloads_total{result=\"applied\"}"),
-        Some(1.0)
+        Some(2.0)
     );
 }
 
 #[test]
 fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
-    let gw = Gateway::start(&config(&a, "good", 30_000), Driver::Epoll);
+    let gw = Gateway::start(&config(&a, "good", FAST_POLL_MS), Driver::Epoll);
     let broken = [
         ("bad toml", "[server\nlisten = 1\n".to_string(), "line 1"),
         (
@@ -163,20 +184,20 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
         );
         assert_eq!(cfg["generation"], 1);
     }
-    // Not retried while the bytes stay the same.
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(
-        gw.metric("ringgate_config_reloads_total{result=\"rejected\"}"),
-        Some(broken.len() as f64)
-    );
     assert!(
         gw.logs().contains("routes[0].upstream"),
         "the error is logged with its key path"
     );
-    assert!(gw.project(&config(&a, "fixed", 30_000)));
+    assert!(gw.project(&config(&a, "fixed", FAST_POLL_MS)));
     assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
         .as_deref()
         == Some("fixed")));
+    // Not retried while the bytes stayed the same: the 100 ms polls re-read each broken
+    // config many times meanwhile, and each retry would have counted a rejection.
+    assert_eq!(
+        gw.metric("ringgate_config_reloads_total{result=\"rejected\"}"),
+        Some(broken.len() as f64)
+    );
     assert_eq!(
         gw.metric("ringgate_config_last_reload_successful"),
         Some(1.0)
@@ -235,7 +256,7 @@ fn a_key_added_and_removed_and_every_later_change_still_seen() {
     let mut files = BTreeMap::new();
     files.insert(
         "gateway.toml".to_string(),
-        common::gateway::render(&config(&a, "k1", 30_000), gw.addr, gw.admin).into_bytes(),
+        gw.render(&config(&a, "k1", 30_000)).into_bytes(),
     );
     files.insert("extra.txt".to_string(), b"hello".to_vec());
     assert!(gw.volume.project(&files).expect("project"));
@@ -272,7 +293,7 @@ fn lost_events_and_a_remounted_directory_are_caught_by_the_poll() {
     let mut files = BTreeMap::new();
     files.insert(
         "gateway.toml".to_string(),
-        common::gateway::render(&config(&a, "p1", 500), gw.addr, gw.admin).into_bytes(),
+        gw.render(&config(&a, "p1", 500)).into_bytes(),
     );
     fresh.project(&files).expect("project");
     assert!(
@@ -334,7 +355,7 @@ fn two_hundred_changes_under_load_fail_nothing() {
     let mut latencies = Vec::new();
     for i in 1..=200 {
         let tag = format!("g{i}");
-        let text = common::gateway::render(&config(&a, &tag, 30_000), gw.addr, gw.admin);
+        let text = gw.render(&config(&a, &tag, 30_000));
         let mut files = BTreeMap::new();
         files.insert("gateway.toml".to_string(), text.into_bytes());
         let mut renamed = None;
@@ -418,33 +439,36 @@ fn pools_survive_a_reload_unless_their_upstream_changed() {
 fn a_plain_file_config_warns_that_it_never_updates() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
     let dir = common::gateway::temp_dir("plain");
-    let port = common::gateway::free_port();
-    let admin = common::gateway::free_port();
     let file = dir.join("gateway.toml");
-    let text = common::gateway::render(
-        &config(&a, "plain", 30_000),
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        format!("127.0.0.1:{admin}").parse().expect("addr"),
-    );
+    let text = common::gateway::render_any(&config(&a, "plain", 30_000));
     std::fs::write(&file, text).expect("write");
     let log = dir.join("log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
         .arg("--config")
         .arg(&file)
+        .arg("--print-ports")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
-    let up = wait_for(Duration::from_secs(10), || {
-        request(
-            format!("127.0.0.1:{port}").parse().expect("addr"),
-            "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
-        )
-        .is_ok_and(|r| r.status == 200)
+    let ports = common::gateway::read_ports(
+        child.stdout.take().expect("stdout"),
+        Duration::from_secs(10),
+    );
+    let up = ports.as_ref().is_ok_and(|p| {
+        wait_for(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(None))
+                && request(
+                    p.listen,
+                    "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+                )
+                .is_ok_and(|r| r.status == 200)
+        })
     });
     let _ = child.kill();
     let _ = child.wait();
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(up, "{logs}");
+    assert!(up, "{ports:?}\n{logs}");
     assert!(logs.contains("no `..data` beside it"), "{logs}");
     // A local file's edits are seen: the warning must not claim otherwise.
     assert!(logs.contains("edits to it are picked up"), "{logs}");

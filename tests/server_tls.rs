@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::gateway::{free_port, request, temp_dir, Driver, Gateway, DRIVERS};
+use common::gateway::{request, temp_dir, Driver, Gateway, DRIVERS};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use ringgate_mock::kubelet::ProjectedVolume;
 use ringgate_mock::MockProvider;
@@ -187,9 +187,9 @@ fn project_pair(vol: &ProjectedVolume, cert_pem: &str, key_pem: &str) {
     vol.project(&files).expect("project secret");
 }
 
-/// A gateway config with a TLS listener on `tls_port`; `tls_extra` goes inside
-/// `[server.tls]` (after cert/key), `sni` after it.
-fn config(mock: &MockProvider, tls_port: u16, cert: &Path, key: &Path, tls_extra: &str) -> String {
+/// A gateway config with a TLS listener on port 0 (the gateway reports the port it got);
+/// `tls_extra` goes inside `[server.tls]` (after cert/key), `sni` after it.
+fn config(mock: &MockProvider, cert: &Path, key: &Path, tls_extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -197,7 +197,7 @@ listen = "{{listen}}"
 workers = 2
 
 [server.tls]
-listen = "127.0.0.1:{tls_port}"
+listen = "127.0.0.1:0"
 cert_file = "{cert}"
 key_file = "{key}"
 {tls_extra}
@@ -235,7 +235,8 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// `promtool check metrics` accepts `text` (skipped when promtool is not installed).
+/// `promtool check metrics` accepts `text` (a missing promtool fails, unless
+/// `RINGGATE_TEST_ALLOW_SKIP=1`).
 fn promtool_accepts(text: &str) {
     use std::process::{Command, Stdio};
     let Ok(mut child) = Command::new("promtool")
@@ -245,7 +246,10 @@ fn promtool_accepts(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        eprintln!("promtool not installed; skipped");
+        common::gateway::tool_missing(
+            "promtool",
+            "Debian package `prometheus`; .ci/run installs it",
+        );
         return;
     };
     child
@@ -293,16 +297,9 @@ fn https_requests_keep_alive_and_sni_picks_the_certificate() {
     );
     let client = client_config(&ca.pem);
     for driver in DRIVERS {
-        let tls_port = free_port();
-        let cfg = config(
-            &mock,
-            tls_port,
-            &d.join("default.crt"),
-            &d.join("default.key"),
-            &sni,
-        );
+        let cfg = config(&mock, &d.join("default.crt"), &d.join("default.key"), &sni);
         let gw = Gateway::start(&cfg, driver);
-        let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+        let tls_addr: SocketAddr = gw.tls.expect("tls listener reported");
 
         let mut c = HttpsConn::connect(tls_addr, "localhost", &client).expect("connect");
         assert_eq!(
@@ -363,16 +360,14 @@ fn rotated_certificate_reaches_new_connections_while_old_ones_keep_working() {
         let second = leaf(&ca, &["localhost"]);
         let (dir, vol) = secret_volume("rotate");
         project_pair(&vol, &first.cert_pem, &first.key_pem);
-        let tls_port = free_port();
-        let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
         let cfg = config(
             &mock,
-            tls_port,
             &vol.dir().join("tls.crt"),
             &vol.dir().join("tls.key"),
             "",
         );
         let gw = Gateway::start(&cfg, driver);
+        let tls_addr: SocketAddr = gw.tls.expect("tls listener reported");
         let generation = |gw: &Gateway| gw.metric("ringgate_config_generation").unwrap_or(0.0);
 
         let mut old = HttpsConn::connect(tls_addr, "localhost", &client).expect("conn A");
@@ -465,16 +460,14 @@ fn handshake_timeout_and_garbage_close_only_that_connection() {
     let (dir, vol) = secret_volume("hs");
     project_pair(&vol, &cert.cert_pem, &cert.key_pem);
     for driver in DRIVERS {
-        let tls_port = free_port();
-        let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
         let cfg = config(
             &mock,
-            tls_port,
             &vol.dir().join("tls.crt"),
             &vol.dir().join("tls.key"),
             "handshake_timeout_ms = 300",
         );
         let gw = Gateway::start(&cfg, driver);
+        let tls_addr: SocketAddr = gw.tls.expect("tls listener reported");
         // A good connection open the whole time.
         let mut good = HttpsConn::connect(tls_addr, "localhost", &client).expect("good");
         assert_eq!(good.get("/v1/echo").expect("good").0, 200);
@@ -533,7 +526,7 @@ fn curl_with_cacert_against_the_tls_listener() {
         .output()
         .is_err()
     {
-        eprintln!("curl not installed; skipped");
+        common::gateway::tool_missing("curl", ".ci/run installs it");
         return;
     }
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");
@@ -543,22 +536,21 @@ fn curl_with_cacert_against_the_tls_listener() {
     project_pair(&vol, &cert.cert_pem, &cert.key_pem);
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).expect("ca file");
-    let tls_port = free_port();
     let cfg = config(
         &mock,
-        tls_port,
         &vol.dir().join("tls.crt"),
         &vol.dir().join("tls.key"),
         "",
     );
     let _gw = Gateway::start(&cfg, Driver::IoUring);
+    let tls_addr: SocketAddr = _gw.tls.expect("tls listener reported");
     let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
         .arg(&ca_file)
         .arg("--resolve")
-        .arg(format!("localhost:{tls_port}:127.0.0.1"))
-        .arg(format!("https://localhost:{tls_port}/v1/echo"))
-        .arg(format!("https://localhost:{tls_port}/v1/models"))
+        .arg(format!("localhost:{}:127.0.0.1", tls_addr.port()))
+        .arg(format!("https://localhost:{}/v1/echo", tls_addr.port()))
+        .arg(format!("https://localhost:{}/v1/models", tls_addr.port()))
         .args(["-w", "\n%{http_code}\n"])
         .output()
         .expect("run curl");

@@ -149,7 +149,8 @@ fn no_retry_once_a_response_byte_went_out_and_none_for_big_bodies() {
     c.send(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\nx-mock-drop: mid-body\r\n\r\n{body}", body.len()).as_bytes()).expect("send");
     let (status, _) = c.read_head().expect("head");
     assert_eq!(status, 200);
-    let _ = c.read_to_close();
+    c.read_to_close()
+        .expect("the cut stream's connection closes");
     assert_eq!(
         mock.request_count() - before,
         1,
@@ -268,6 +269,22 @@ fn a_failing_endpoint_is_ejected_and_comes_back() {
             "retried onto the good endpoint"
         );
     }
+    // Retries alone would also answer 200 every time, trying the dead endpoint first on
+    // every other request (10 retries). Ejected after `max_fails = 2`, it is tried only
+    // again each time its (doubling) fail_timeout ends.
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(10), || gw
+            .metric("ringgate_requests_total{route=\"api\",method=\"GET\",status=\"200\"}")
+            == Some(20.0)),
+        "stats published"
+    );
+    let retries = gw
+        .metric("ringgate_retries_total{route=\"api\",reason=\"error\"}")
+        .unwrap_or(0.0);
+    assert!(
+        (2.0..10.0).contains(&retries),
+        "the dead endpoint was ejected: {retries} retries for 20 requests"
+    );
     // All endpoints dead: fail fast with 503 once both are ejected, not a hang.
     let gw = Gateway::start(
         &config(
@@ -355,19 +372,14 @@ fn route_concurrency_limit_answers_503_beyond_it() {
         &config(&eps, "round_robin", "", 1, "", "max_in_flight = 2"),
         Driver::IoUring,
     );
-    let mut slow = Vec::new();
-    for _ in 0..2 {
-        let mut c = Conn::connect(gw.addr);
-        c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-delay-ms: 400\r\n\r\n")
-            .expect("send");
-        slow.push(c);
-    }
-    std::thread::sleep(Duration::from_millis(150));
+    // Two streams held open by the mock's gate fill the route: no timing window.
+    let mut held: Vec<Conn> = (0..2).map(|_| open_gated_stream(&gw)).collect();
     let r = get(&gw, "/v1/echo", "");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "route_at_capacity");
-    for mut c in slow {
-        assert_eq!(c.read_response(false).expect("slow").status, 200);
+    mock.release_gate();
+    for c in &mut held {
+        finish_stream(c);
     }
     assert_eq!(get(&gw, "/v1/echo", "").status, 200, "capacity is back");
 }

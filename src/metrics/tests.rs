@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::render::{escape_label, render_stats};
 use super::stats::{MAX_ROUTES, NO_ROUTE, OTHER};
@@ -241,10 +241,14 @@ fn synthetic_render_passes_promtool() {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(_) => {
-            eprintln!("SKIPPED: promtool is not installed (Debian package `prometheus`)");
+        // CI installs promtool (.ci/run): a silent skip would check nothing.
+        Err(e) if std::env::var("RINGGATE_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1") => {
+            eprintln!("SKIPPED: cannot run promtool ({e}); RINGGATE_TEST_ALLOW_SKIP=1 allows it");
             return;
         }
+        Err(e) => panic!(
+            "cannot run promtool ({e}): install it (Debian package `prometheus`) or set RINGGATE_TEST_ALLOW_SKIP=1"
+        ),
     };
     child
         .stdin
@@ -367,49 +371,65 @@ fn stats_json_has_routes_and_percentiles() {
     assert_eq!(v["ratelimit_rejections"]["premium"], 2);
 }
 
-#[test]
-fn access_log_does_not_panic_without_subscriber() {
-    access_log(
-        &obs(Some("chat"), 200, 5),
-        "req-1",
-        "/v1/chat?key=secret",
-        std::net::IpAddr::from([127, 0, 0, 1]),
-    );
+/// What a `tracing` subscriber writes, kept for the test to read.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
-/// Recording cost per request (run: `cargo test --release --lib metrics::tests::recording_cost
-/// -- --ignored --nocapture`).
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+/// The access line as JSON (`RINGGATE_LOG_FORMAT=json`): the query is dropped from the path
+/// (clients put keys there), the request id and timings are there, absent ones omitted.
 #[test]
-#[ignore = "timing loop, run by hand in release"]
-fn recording_cost() {
-    let (reg, locals) = registry(1);
-    let l = &locals[0];
-    let routes = ["chat", "embeddings", "models", "fallback"];
-    // Warm up: names interned, histograms grown.
-    for r in routes {
-        l.observe(&obs(Some(r), 200, 900));
-    }
-    let n = 5_000_000u64;
-    let start = Instant::now();
-    for i in 0..n {
-        let r = routes[(i % 4) as usize];
-        let mut o = obs(Some(r), 200, 1 + i % 500);
-        o.total = Duration::from_micros(100 + (i * 7919) % 900_000);
-        l.observe(&o);
-        if i % 1_000_000 == 0 {
-            l.publish();
-        }
-    }
-    let per = start.elapsed().as_nanos() as f64 / n as f64;
-    let t = Instant::now();
-    l.publish();
-    let publish = t.elapsed();
-    let t = Instant::now();
-    let text = render(&reg, &dummy_store());
-    let scrape = t.elapsed();
-    println!(
-        "observe: {per:.1} ns/request (5 timings, 4 routes); publish: {publish:?}; render: {scrape:?} ({} bytes)",
-        text.len()
+fn access_log_drops_the_query_and_carries_the_request_id() {
+    let cap = Capture::default();
+    let sub = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(cap.clone())
+        .finish();
+    let mut o = obs(Some("chat"), 200, 5);
+    o.ttfb = None;
+    tracing::subscriber::with_default(sub, || {
+        access_log(
+            &o,
+            "req-1",
+            "/v1/chat?key=secret",
+            std::net::IpAddr::from([127, 0, 0, 1]),
+        );
+    });
+    let text =
+        String::from_utf8(cap.0.lock().map(|v| v.clone()).unwrap_or_default()).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("one JSON line");
+    assert_eq!(v["target"], "ringgate::access", "{v}");
+    assert_eq!(v["path"], "/v1/chat", "{v}");
+    assert_eq!(v["request_id"], "req-1", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["route"], "chat", "{v}");
+    assert_eq!(v["client_ip"], "127.0.0.1", "{v}");
+    assert_eq!(v["request_time"], 0.005, "{v}");
+    assert!(v.get("ttfb").is_none(), "an absent timing is omitted: {v}");
+    assert!(
+        !text.contains("secret"),
+        "the query reached the log: {text}"
     );
 }
 

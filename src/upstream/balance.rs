@@ -268,3 +268,213 @@ impl Balancer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The balancer with synthetic instants: no sockets, no sleeps.
+
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The upstreams `one` (a lone endpoint) and `three` (three endpoints, `balance` as
+    /// given), `max_fails = 2`, `fail_timeout_ms = 100`.
+    fn upstreams(balance: &str) -> (Arc<Upstream>, Arc<Upstream>) {
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.one]\nurl = \"http://127.0.0.1:1\"\nmax_fails = 2\nfail_timeout_ms = 100\n\
+             [upstreams.three]\nurl = \"http://127.0.0.1:1\"\n\
+             endpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\nbalance = \"{balance}\"\n\
+             max_fails = 2\nfail_timeout_ms = 100\n\
+             [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"three\"\n"
+        );
+        let cfg = crate::config::load_bytes(toml.as_bytes(), std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let find = |n: &str| {
+            cfg.upstreams
+                .iter()
+                .find(|u| u.name == n)
+                .cloned()
+                .unwrap_or_else(|| panic!("upstream {n}"))
+        };
+        (find("one"), find("three"))
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn ejected_after_max_fails_in_a_row_and_back_after_fail_timeout() {
+        let (_, up) = upstreams("round_robin");
+        let b = Balancer::new(7);
+        let st = b.state(&up);
+        let t0 = Instant::now();
+        assert!(!st.failure(0, &up, t0), "one failure is not max_fails");
+        // A success in between resets the count.
+        st.success(0, 10 * MS, t0);
+        assert!(!st.failure(0, &up, t0));
+        assert!(st.failure(0, &up, t0), "the second failure in a row ejects");
+        assert!(st.endpoints()[0].is_ejected(t0));
+        assert!(st.endpoints()[0].is_ejected(t0 + 99 * MS));
+        assert!(!st.endpoints()[0].is_ejected(t0 + 100 * MS));
+        // While ejected it is never picked; the others still are.
+        for _ in 0..30 {
+            let p = b
+                .pick(&up, &st, &[], t0 + 50 * MS)
+                .expect("a healthy endpoint");
+            assert_ne!(p, 0);
+        }
+        let after: Vec<usize> = (0..30)
+            .filter_map(|_| b.pick(&up, &st, &[], t0 + 100 * MS))
+            .collect();
+        assert!(after.contains(&0), "tried again once fail_timeout ended");
+    }
+
+    #[test]
+    fn ejection_doubles_in_a_row_up_to_32_times_and_a_success_resets_it() {
+        let (_, up) = upstreams("round_robin");
+        let st = Balancer::new(1).state(&up);
+        let mut now = Instant::now();
+        let mut lengths = Vec::new();
+        for _ in 0..8 {
+            assert!(!st.failure(1, &up, now));
+            assert!(st.failure(1, &up, now));
+            let until = st.endpoints()[1].ejected_until.get().expect("ejected");
+            lengths.push((until - now).as_millis());
+            now = until;
+        }
+        assert_eq!(lengths, [100, 200, 400, 800, 1600, 3200, 3200, 3200]);
+        st.success(1, 5 * MS, now);
+        assert!(!st.failure(1, &up, now));
+        assert!(st.failure(1, &up, now));
+        let until = st.endpoints()[1].ejected_until.get().expect("ejected");
+        assert_eq!(
+            (until - now).as_millis(),
+            100,
+            "a success starts the doubling over"
+        );
+    }
+
+    #[test]
+    fn a_lone_endpoint_is_never_ejected() {
+        let (one, _) = upstreams("round_robin");
+        let b = Balancer::new(3);
+        let st = b.state(&one);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(!st.failure(0, &one, t0));
+        }
+        assert!(!st.endpoints()[0].is_ejected(t0));
+        assert_eq!(b.pick(&one, &st, &[], t0), Some(0));
+    }
+
+    #[test]
+    fn every_endpoint_ejected_picks_none() {
+        let (_, up) = upstreams("least_request");
+        let b = Balancer::new(3);
+        let st = b.state(&up);
+        let t0 = Instant::now();
+        for ep in 0..3 {
+            st.failure(ep, &up, t0);
+            assert!(st.failure(ep, &up, t0));
+        }
+        assert_eq!(b.pick(&up, &st, &[], t0), None);
+        assert!(b.pick(&up, &st, &[], t0 + 100 * MS).is_some());
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn() {
+        let (_, up) = upstreams("round_robin");
+        let b = Balancer::new(9);
+        let st = b.state(&up);
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..9).filter_map(|_| b.pick(&up, &st, &[], now)).collect();
+        for w in picks.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % 3, "{picks:?}");
+        }
+    }
+
+    #[test]
+    fn least_request_follows_the_in_flight_slots() {
+        let (_, up) = upstreams("least_request");
+        let b = Balancer::new(5);
+        let st = b.state(&up);
+        let now = Instant::now();
+        // Endpoint 0 holds two requests, endpoint 1 one: endpoint 2 wins every pick.
+        let held = [st.enter(0), st.enter(0), st.enter(1)];
+        for _ in 0..10 {
+            assert_eq!(b.pick(&up, &st, &[], now), Some(2));
+        }
+        let more = st.enter(2);
+        let more2 = st.enter(2);
+        // Now 2/1/2: endpoint 1.
+        for _ in 0..10 {
+            assert_eq!(b.pick(&up, &st, &[], now), Some(1));
+        }
+        // Slots released on drop: the counts follow.
+        drop(held);
+        assert_eq!(
+            st.endpoints()
+                .iter()
+                .map(EndpointState::inflight)
+                .collect::<Vec<_>>(),
+            [0, 0, 2]
+        );
+        let picks: Vec<usize> = (0..10).filter_map(|_| b.pick(&up, &st, &[], now)).collect();
+        assert!(!picks.contains(&2), "{picks:?}");
+        assert!(
+            picks.contains(&0) && picks.contains(&1),
+            "ties taken in turn: {picks:?}"
+        );
+        drop((more, more2));
+    }
+
+    #[test]
+    fn tried_endpoints_are_avoided_while_another_is_healthy() {
+        for balance in ["round_robin", "least_request", "p2c_ewma"] {
+            let (_, up) = upstreams(balance);
+            let b = Balancer::new(11);
+            let st = b.state(&up);
+            let now = Instant::now();
+            for _ in 0..20 {
+                assert_eq!(b.pick(&up, &st, &[0, 2], now), Some(1), "{balance}");
+            }
+            // Every endpoint tried: any healthy one again, not none.
+            assert!(b.pick(&up, &st, &[0, 1, 2], now).is_some(), "{balance}");
+            // The fresh one ejected: a tried healthy one rather than none.
+            st.failure(1, &up, now);
+            st.failure(1, &up, now);
+            let p = b.pick(&up, &st, &[0, 2], now);
+            assert!(matches!(p, Some(0) | Some(2)), "{balance}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn p2c_ewma_prefers_the_fast_endpoint_and_forgets_a_slow_sample_in_time() {
+        let (_, up) = upstreams("p2c_ewma");
+        let b = Balancer::new(13);
+        let st = b.state(&up);
+        let t0 = Instant::now();
+        st.success(0, 200 * MS, t0);
+        st.success(1, 2 * MS, t0);
+        st.success(2, 200 * MS, t0);
+        let picks: Vec<usize> = (0..200).filter_map(|_| b.pick(&up, &st, &[], t0)).collect();
+        let fast = picks.iter().filter(|&&p| p == 1).count();
+        // p2c: the fast endpoint wins every pair it is in (2 of 3 pairs).
+        assert!(fast > 100, "fast picked {fast} of 200");
+        // Peak: a worse sample counts at once.
+        st.success(1, 400 * MS, t0);
+        assert!(st.endpoints()[1].cost(t0) > st.endpoints()[0].cost(t0));
+        // Decay: with no new sample the cost falls towards zero (τ = 10 s).
+        let c0 = st.endpoints()[1].cost(t0);
+        let c10 = st.endpoints()[1].cost(t0 + Duration::from_secs(10));
+        assert!((c10 / c0 - (-1.0f64).exp()).abs() < 1e-6, "{c0} -> {c10}");
+        // A better sample is averaged in, not jumped to.
+        st.success(1, 2 * MS, t0 + Duration::from_secs(1));
+        let e = st.endpoints()[1].ewma_micros.get();
+        assert!(e > 2_000.0 && e < 400_000.0, "{e}");
+        // In-flight requests weigh on the cost.
+        let before = st.endpoints()[0].cost(t0);
+        let _slot = st.enter(0);
+        assert!((st.endpoints()[0].cost(t0) - 2.0 * before).abs() < 1e-6);
+    }
+}

@@ -11,14 +11,24 @@ use crate::config::Config;
 /// Resolves every upstream endpoint of `config` that is a name, storing the addresses.
 /// Failures are logged and leave the previous addresses (or none) in place.
 pub fn resolve_config(config: &Config) {
+    resolve_config_with(config, |host, port| {
+        (host, port).to_socket_addrs().map(Iterator::collect)
+    });
+}
+
+/// [`resolve_config`] with the lookup given: tests pass a resolver whose answers they
+/// control (a changed address, a failed lookup) instead of the system's.
+pub fn resolve_config_with(
+    config: &Config,
+    resolve: impl Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+) {
     for up in &config.upstreams {
         for (ep, slot) in up.endpoints.iter().zip(up.addrs.iter()) {
             if ep.host.parse::<std::net::IpAddr>().is_ok() {
                 continue;
             }
-            match (ep.host.as_str(), ep.port).to_socket_addrs() {
-                Ok(list) => {
-                    let mut addrs: Vec<SocketAddr> = list.collect();
+            match resolve(ep.host.as_str(), ep.port) {
+                Ok(mut addrs) => {
                     addrs.dedup();
                     if addrs.is_empty() {
                         tracing::warn!(upstream = %up.name, host = %ep.host, "host resolved to no address");
@@ -32,5 +42,63 @@ pub fn resolve_config(config: &Config) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn config() -> Config {
+        let toml = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.u]\nurl = \"http://api.provider.test:8080\"\n\
+             endpoints = [\"10.0.0.9:8080\"]\n\
+             [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+        crate::config::load_bytes_with(
+            toml.as_bytes(),
+            std::path::Path::new("."),
+            crate::config::SecretFiles::Read,
+        )
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+
+    fn addrs(cfg: &Config, ep: usize) -> Vec<SocketAddr> {
+        (**cfg.upstreams[0].addrs[ep].load()).clone()
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn re_resolution_follows_the_name_and_a_failed_lookup_keeps_the_old_addresses() {
+        let cfg = config();
+        let answer: RefCell<std::io::Result<Vec<SocketAddr>>> =
+            RefCell::new(Ok(vec![sa("10.1.1.1:8080"), sa("10.1.1.2:8080")]));
+        let asked = RefCell::new(Vec::new());
+        let resolve = |host: &str, port: u16| {
+            asked.borrow_mut().push((host.to_string(), port));
+            match &*answer.borrow() {
+                Ok(a) => Ok(a.clone()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            }
+        };
+        resolve_config_with(&cfg, resolve);
+        assert_eq!(addrs(&cfg, 0), [sa("10.1.1.1:8080"), sa("10.1.1.2:8080")]);
+        // An IP endpoint is never looked up.
+        assert_eq!(*asked.borrow(), [("api.provider.test".to_string(), 8080)]);
+        // The name moved: the next round picks the new address up.
+        *answer.borrow_mut() = Ok(vec![sa("10.2.2.2:8080")]);
+        resolve_config_with(&cfg, resolve);
+        assert_eq!(addrs(&cfg, 0), [sa("10.2.2.2:8080")]);
+        // A failed lookup, or one with no address, keeps what worked last.
+        *answer.borrow_mut() = Err(std::io::Error::other("SERVFAIL"));
+        resolve_config_with(&cfg, resolve);
+        assert_eq!(addrs(&cfg, 0), [sa("10.2.2.2:8080")]);
+        *answer.borrow_mut() = Ok(Vec::new());
+        resolve_config_with(&cfg, resolve);
+        assert_eq!(addrs(&cfg, 0), [sa("10.2.2.2:8080")]);
     }
 }

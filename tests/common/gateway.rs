@@ -1,13 +1,14 @@
 //! Starts the real `ringgate` binary for integration tests: a config written into a
-//! kubelet-style projected directory, ephemeral loopback ports, a chosen I/O driver, and a
-//! SIGTERM on drop. Plus a minimal blocking HTTP/1.1 client for assertions.
+//! kubelet-style projected directory, listeners on port 0 whose bound ports the gateway
+//! reports (`--print-ports`), a chosen I/O driver, and a SIGTERM on drop. Plus a minimal
+//! blocking HTTP/1.1 client for assertions.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringgate_mock::kubelet::ProjectedVolume;
@@ -24,12 +25,108 @@ pub enum Driver {
 /// Both drivers, for tests that must pass on each.
 pub const DRIVERS: [Driver; 2] = [Driver::IoUring, Driver::Epoll];
 
-/// A free loopback port (bound then released; good enough on a test machine).
+/// A loopback port nobody listens on, for a test that needs a refused connection (a dead
+/// upstream). Never used for a listener the test then expects to own: gateways bind port 0
+/// and report their ports.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// The environment variable that lets a test skip when a tool it runs (promtool, curl) is
+/// not installed. Unset, a missing tool fails the test: CI installs them (`.ci/run`), and a
+/// silent skip would pass without checking anything.
+pub const ALLOW_SKIP_ENV: &str = "RINGGATE_TEST_ALLOW_SKIP";
+
+/// `tool` is not installed: panics, unless [`ALLOW_SKIP_ENV`] is `1`, when it prints a
+/// `SKIPPED` line and returns (the caller then skips its check).
+pub fn tool_missing(tool: &str, hint: &str) {
+    if std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: `{tool}` is not installed ({hint}); {ALLOW_SKIP_ENV}=1 allows it");
+    } else {
+        panic!("`{tool}` is not installed ({hint}); set {ALLOW_SKIP_ENV}=1 to skip instead");
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a config template's `{listen}` and `{admin}` become: port 0, which the gateway
+/// resolves and reports.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// The addresses a gateway reported with `--print-ports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// The plain client listener.
+    pub listen: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The TLS client listener, with `[server.tls]`.
+    pub tls: Option<SocketAddr>,
+}
+
+/// Parses `ringgate ports listen=A admin=B [tls=C]`.
+pub fn parse_ports(line: &str) -> Option<Ports> {
+    let rest = line.trim().strip_prefix("ringgate ports ")?;
+    let (mut listen, mut admin, mut tls) = (None, None, None);
+    for kv in rest.split(' ') {
+        let (k, v) = kv.split_once('=')?;
+        let a: SocketAddr = v.parse().ok()?;
+        match k {
+            "listen" => listen = Some(a),
+            "admin" => admin = Some(a),
+            "tls" => tls = Some(a),
+            _ => return None,
+        }
+    }
+    Some(Ports {
+        listen: listen?,
+        admin: admin?,
+        tls,
+    })
+}
+
+/// Reads the child's stdout on a thread until the ports line, then keeps draining it (so
+/// the child never blocks on a full pipe). `Err` when stdout ended first (the child exited)
+/// or nothing came within `limit`.
+pub fn read_ports(stdout: ChildStdout, limit: Duration) -> Result<Ports, String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { return };
+            if let Some(p) = parse_ports(&line) {
+                let _ = tx.send(p);
+                break;
+            }
+        }
+        drop(tx);
+        for _ in lines {}
+    });
+    match rx.recv_timeout(limit) {
+        Ok(p) => Ok(p),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err("the gateway exited before reporting its ports".into())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err(format!("the gateway reported no ports within {limit:?}"))
+        }
+    }
 }
 
 /// A unique temp dir for one test.
@@ -49,16 +146,25 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
-    /// Client listener.
+    /// Client listener (as bound and reported by the gateway).
     pub addr: SocketAddr,
-    /// Admin listener.
+    /// Admin listener (as bound and reported).
     pub admin: SocketAddr,
+    /// TLS client listener (as bound and reported), with `[server.tls]`.
+    pub tls: Option<SocketAddr>,
     /// The projected ConfigMap directory it watches.
     pub volume: ProjectedVolume,
     /// Where its stderr (the logs) goes.
     pub log: PathBuf,
     /// Scratch dir of this gateway.
     pub dir: PathBuf,
+}
+
+/// Replaces `{listen}` and `{admin}` with port 0 on loopback.
+pub fn render_any(template: &str) -> String {
+    template
+        .replace("{listen}", ANY_PORT)
+        .replace("{admin}", ANY_PORT)
 }
 
 /// Replaces `{listen}` and `{admin}` in a config template.
@@ -92,21 +198,17 @@ impl Gateway {
         nofile: Option<u64>,
     ) -> Gateway {
         let dir = temp_dir("gw");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let volume = ProjectedVolume::new(&dir.join("config")).expect("volume");
         let mut files = BTreeMap::new();
-        files.insert(
-            "gateway.toml".to_string(),
-            render(config, addr, admin).into_bytes(),
-        );
+        files.insert("gateway.toml".to_string(), render_any(config).into_bytes());
         volume.project(&files).expect("project");
         let log = dir.join("gateway.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
         cmd.arg("--config")
             .arg(volume.dir())
+            .arg("--print-ports")
             .env("RINGGATE_LOG", "info,ringgate=debug")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
         if driver == Driver::Epoll {
             cmd.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
@@ -133,11 +235,23 @@ impl Gateway {
                 });
             }
         }
-        let child = cmd.spawn().expect("spawn ringgate");
-        let gw = Gateway {
+        let mut child = cmd.spawn().expect("spawn ringgate");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let ports = read_ports(stdout, Duration::from_secs(15));
+        let ports = match ports {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("{e}; log:\n{logs}");
+            }
+        };
+        let mut gw = Gateway {
             child,
-            addr,
-            admin,
+            addr: ports.listen,
+            admin: ports.admin,
+            tls: ports.tls,
             volume,
             log,
             dir,
@@ -146,9 +260,17 @@ impl Gateway {
         gw
     }
 
-    fn wait_healthy(&self) {
+    /// Polls `/health` on the reported port until 200; fails at once when the child exited
+    /// (so a test never goes on to drive whatever else answers on that port).
+    fn wait_healthy(&mut self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "gateway exited ({st}) before it was healthy; log:\n{}",
+                    self.logs()
+                );
+            }
             if let Ok(r) = request(
                 self.addr,
                 "GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
@@ -162,13 +284,21 @@ impl Gateway {
         panic!("gateway did not become healthy; log:\n{}", self.logs());
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The config text a template becomes for this gateway: the same `{listen}`/`{admin}`
+    /// (port 0) it started with, so a re-projection changes only what the test changed.
+    pub fn render(&self, config: &str) -> String {
+        render_any(config)
+    }
+
     /// Re-projects the config (kubelet-style) with a new template.
     pub fn project(&self, config: &str) -> bool {
         let mut files = BTreeMap::new();
-        files.insert(
-            "gateway.toml".to_string(),
-            render(config, self.addr, self.admin).into_bytes(),
-        );
+        files.insert("gateway.toml".to_string(), self.render(config).into_bytes());
         self.volume.project(&files).expect("project")
     }
 
@@ -312,14 +442,20 @@ impl Conn {
         Ok(n)
     }
 
-    /// Reads until the connection closes; returns everything unread.
-    pub fn read_to_close(&mut self) -> Vec<u8> {
-        while let Ok(n) = self.fill() {
-            if n == 0 {
-                break;
+    /// Reads until the peer closes the connection (end of stream, or a reset: a close with
+    /// input left unread resets); returns everything unread. A read timeout (10 s after
+    /// [`Conn::connect`]) is an error, never "closed": the peer kept the connection open.
+    pub fn read_to_close(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            match self.fill() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        std::mem::take(&mut self.buf)
+        Ok(std::mem::take(&mut self.buf))
     }
 
     /// Reads the head of one response (status, headers).
@@ -403,7 +539,7 @@ impl Conn {
             }
             body = self.buf.drain(..len).collect();
         } else {
-            body = self.read_to_close();
+            body = self.read_to_close()?;
         }
         Ok(Response {
             status,
