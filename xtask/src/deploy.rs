@@ -1,21 +1,26 @@
 //! `cargo xtask deploy`: renders ringgate's Kubernetes objects as typed values (k8s-openapi,
-//! plus a small typed `ServiceMonitor` for the prometheus-operator CRD) and applies them with
+//! plus small typed structs for the CRDs: prometheus-operator's `ServiceMonitor` and
+//! `PrometheusRule`, Gateway API's `HTTPRoute`) and applies them with
 //! `kubectl apply --server-side -f -`. `--dry-run` prints them as YAML and touches no cluster.
 //!
-//! The objects: Namespace, ConfigMap (read from configmaps/ringgate-config.yaml), Secret
-//! (the template configmaps/provider-secret.yaml), Deployment, Service, Ingress, HPA, PDB,
-//! ServiceMonitor and NetworkPolicy, carrying over the seed article's resources, probes,
-//! ingress annotations and HPA behaviour.
+//! The objects: Namespace, ServiceAccount, ConfigMap (read from
+//! configmaps/ringgate-config.yaml), the Secret template (configmaps/provider-secret.yaml,
+//! only with `--with-secret-template`), Deployment, Service, Ingress and/or HTTPRoute, HPA,
+//! PDB, ServiceMonitor, PrometheusRule and NetworkPolicy.
 //!
-//! Two rules this file exists to keep:
+//! Rules this file exists to keep:
 //! - The ConfigMap and the Secret are mounted as *directories*, never with `subPath`: a
 //!   subPath mount is a copy made once at container start and never receives updates
 //!   (kubernetes #50345), so a ConfigMap edit would never reach the gateway.
 //! - The pod template carries NO config-hash/checksum annotation. That Helm idiom restarts
 //!   every pod on each ConfigMap edit, which is exactly what ringgate's in-place reload
 //!   (directory watch + atomic swap) makes unnecessary: an edit must reload, not roll.
+//! - The default output holds no Secret: `--dry-run | kubectl apply -f -` (or a GitOps
+//!   repository fed from it) must never replace a real provider key with the placeholder.
+//! - Nothing in front of the gateway cuts a stream before the gateway would: the Ingress and
+//!   HTTPRoute timeouts are far above the routes' own (`read_timeout_ms`), which decide.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,20 +30,21 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
-    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
-    ResourceMetricSource,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+    MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     HTTPGetAction, Lifecycle, LifecycleHandler, Namespace, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint,
-    Volume, VolumeMount,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
-    NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, IPBlock, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyEgressRule,
+    NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -60,9 +66,22 @@ pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
 pub const GRACE_MARGIN_SECONDS: i64 = 5;
 /// The UID/GID the container runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
+/// The Ingress's and HTTPRoute's stream timeouts: an hour, far above any route's own
+/// `read_timeout_ms`, so the gateway (which knows the route) is what ends a stalled stream,
+/// never the proxy in front of it. An LLM stream (a reasoning model, a long generation)
+/// can go quiet or run for many minutes.
+pub const STREAM_TIMEOUT_SECONDS: u32 = 3600;
+/// How long a new pod must stay ready before it counts as available (and the rollout moves
+/// on): a pod that passes one readiness probe and then fails on its first real traffic or
+/// reload holds the rollout instead of replacing a good pod.
+pub const MIN_READY_SECONDS: i32 = 10;
+/// Old ReplicaSets kept for `kubectl rollout undo` (the default, 10, is clutter).
+pub const REVISION_HISTORY_LIMIT: i32 = 5;
 
 const APP: &str = "ringgate";
 const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// The metric the in-flight HPA scales on (a gauge per pod, through prometheus-adapter).
+pub const IN_FLIGHT_METRIC: &str = "ringgate_requests_in_flight";
 
 /// Which seccomp profile the pod runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +103,45 @@ pub enum Format {
     Json,
 }
 
+/// How client traffic reaches the Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// An ingress-nginx `Ingress` (the default).
+    Ingress,
+    /// A Gateway API `HTTPRoute` attached to `--gateway`.
+    HttpRoute,
+    /// Both, e.g. while moving from ingress-nginx to a Gateway.
+    Both,
+}
+
+impl RouteKind {
+    fn ingress(self) -> bool {
+        matches!(self, RouteKind::Ingress | RouteKind::Both)
+    }
+    fn http_route(self) -> bool {
+        matches!(self, RouteKind::HttpRoute | RouteKind::Both)
+    }
+}
+
+/// What the HPA scales on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HpaMetric {
+    /// CPU 70 % and memory 80 % (metrics-server only; the default).
+    Cpu,
+    /// The per-pod average of `ringgate_requests_in_flight` (prometheus-adapter), with CPU
+    /// 70 % beside it.
+    InFlight,
+}
+
+/// The Gateway an HTTPRoute attaches to (`--gateway NAME[/NAMESPACE]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRef {
+    /// The Gateway's name.
+    pub name: String,
+    /// Its namespace; `None`: the route's own.
+    pub namespace: Option<String>,
+}
+
 /// What `cargo xtask deploy` was asked to do.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -97,14 +155,27 @@ pub struct Options {
     pub replicas: i32,
     /// Seccomp profile choice.
     pub seccomp: Seccomp,
-    /// The Ingress host.
+    /// The Ingress / HTTPRoute host.
     pub host: String,
     /// Namespace the Prometheus scraping the admin port runs in (NetworkPolicy).
     pub monitoring_namespace: String,
     /// ConfigMap manifest.
     pub config: PathBuf,
-    /// Secret template manifest.
+    /// Secret template manifest (its name is what the pod mounts, rendered or not).
     pub secret: PathBuf,
+    /// Render (dry run) or create when absent (apply) the Secret from its template.
+    pub with_secret_template: bool,
+    /// Ingress, HTTPRoute or both.
+    pub route: RouteKind,
+    /// The HTTPRoute's parent Gateway.
+    pub gateway: Option<GatewayRef>,
+    /// The HPA's signal.
+    pub hpa_metric: HpaMetric,
+    /// Target per-pod average of in-flight requests (`--hpa-metric in-flight`).
+    pub in_flight_target: u32,
+    /// The `release` label on the ServiceMonitor and PrometheusRule: what a
+    /// kube-prometheus-stack Prometheus selects them by (its Helm release name).
+    pub prometheus_release: String,
     /// `--dry-run` output format.
     pub format: Format,
 }
@@ -122,6 +193,12 @@ impl Options {
             monitoring_namespace: "monitoring".into(),
             config: root.join("configmaps/ringgate-config.yaml"),
             secret: root.join("configmaps/provider-secret.yaml"),
+            with_secret_template: false,
+            route: RouteKind::Ingress,
+            gateway: None,
+            hpa_metric: HpaMetric::Cpu,
+            in_flight_target: 100,
+            prometheus_release: "prometheus".into(),
             format: Format::Yaml,
         }
     }
@@ -163,6 +240,55 @@ impl Options {
                 "--monitoring-namespace" => o.monitoring_namespace = value(a)?,
                 "--config" => o.config = PathBuf::from(value(a)?),
                 "--secret" => o.secret = PathBuf::from(value(a)?),
+                "--with-secret-template" => o.with_secret_template = true,
+                "--route" => {
+                    o.route = match value(a)?.as_str() {
+                        "ingress" => RouteKind::Ingress,
+                        "httproute" => RouteKind::HttpRoute,
+                        "both" => RouteKind::Both,
+                        other => {
+                            return Err(format!("--route {other}: want ingress, httproute or both"))
+                        }
+                    }
+                }
+                "--gateway" => {
+                    let v = value(a)?;
+                    let (name, ns) = match v.split_once('/') {
+                        Some((n, ns)) => (n.to_string(), Some(ns.to_string())),
+                        None => (v.clone(), None),
+                    };
+                    if name.is_empty()
+                        || ns
+                            .as_deref()
+                            .is_some_and(|s| s.is_empty() || s.contains('/'))
+                    {
+                        return Err(format!("--gateway {v}: want NAME or NAME/NAMESPACE"));
+                    }
+                    o.gateway = Some(GatewayRef {
+                        name,
+                        namespace: ns,
+                    });
+                }
+                "--hpa-metric" => {
+                    o.hpa_metric = match value(a)?.as_str() {
+                        "cpu" => HpaMetric::Cpu,
+                        "in-flight" => HpaMetric::InFlight,
+                        other => {
+                            return Err(format!("--hpa-metric {other}: want cpu or in-flight"))
+                        }
+                    }
+                }
+                "--in-flight-target" => {
+                    let v = value(a)?;
+                    o.in_flight_target = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100_000).contains(n))
+                        .ok_or_else(|| {
+                            format!("--in-flight-target {v}: want a number from 1 to 100000")
+                        })?;
+                }
+                "--prometheus-release" => o.prometheus_release = value(a)?,
                 "--format" => {
                     o.format = match value(a)?.as_str() {
                         "yaml" => Format::Yaml,
@@ -173,19 +299,52 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
-        if o.namespace.is_empty() || o.image.is_empty() {
-            return Err("--namespace and --image must not be empty".into());
+        if o.namespace.is_empty() || o.image.is_empty() || o.prometheus_release.is_empty() {
+            return Err("--namespace, --image and --prometheus-release must not be empty".into());
+        }
+        if o.route.http_route() && o.gateway.is_none() {
+            return Err(
+                "--route httproute|both needs --gateway NAME[/NAMESPACE]: the Gateway the \
+                 HTTPRoute attaches to"
+                    .into(),
+            );
+        }
+        if o.gateway.is_some() && !o.route.http_route() {
+            return Err("--gateway is only used with --route httproute or both".into());
         }
         Ok(o)
     }
 }
 
-/// The usage text.
-pub const USAGE: &str = "usage: cargo xtask deploy [--dry-run] [--namespace NS (ai-gateway)] \
-[--image IMG (ghcr.io/ringgate/ringgate:0.1.0)] [--replicas N (3)] \
-[--seccomp runtime-default|localhost] [--host api.yourdomain.com] \
-[--monitoring-namespace monitoring] [--config configmaps/ringgate-config.yaml] \
-[--secret configmaps/provider-secret.yaml] [--format yaml|json]";
+/// The usage text: every flag, its default and what it does.
+pub const USAGE: &str = "usage: cargo xtask deploy [FLAGS]
+Renders ringgate's Kubernetes objects and applies them (kubectl apply --server-side).
+  --dry-run                    print the objects instead of applying them (no cluster needed)
+  --format yaml|json           with --dry-run: YAML documents (default) or one JSON v1/List
+  --namespace, -n NS           namespace of every object (default ai-gateway)
+  --image IMG                  container image (default ghcr.io/ringgate/ringgate:0.1.0)
+  --replicas N                 the HPA's minReplicas, 1..1000 (default 3; max is 20 or N)
+  --seccomp runtime-default|localhost
+                               seccomp profile (default runtime-default: epoll; localhost:
+                               configmaps/seccomp-io-uring.json on every node, io_uring)
+  --host HOST                  the Ingress/HTTPRoute host (default api.yourdomain.com)
+  --route ingress|httproute|both
+                               ingress-nginx Ingress (default), Gateway API HTTPRoute, or both
+  --gateway NAME[/NAMESPACE]   the Gateway an HTTPRoute attaches to (needed with httproute)
+  --hpa-metric cpu|in-flight   HPA signal: cpu 70 % + memory 80 % (default, metrics-server
+                               only), or ringgate_requests_in_flight per pod + cpu 70 %
+                               (needs prometheus-adapter, see configmaps/README.md)
+  --in-flight-target N         per-pod in-flight average the HPA aims at (default 100)
+  --monitoring-namespace NS    where Prometheus runs; may scrape the admin port (default
+                               monitoring)
+  --prometheus-release NAME    `release` label on the ServiceMonitor and PrometheusRule, what
+                               kube-prometheus-stack selects them by (default prometheus)
+  --config FILE                the ConfigMap manifest (default configmaps/ringgate-config.yaml)
+  --secret FILE                the Secret template (default configmaps/provider-secret.yaml);
+                               its name is what the pod mounts
+  --with-secret-template       include the Secret TEMPLATE (a placeholder key): with --dry-run
+                               it is printed; applying creates it only when absent. Without
+                               it no Secret is ever printed or applied.";
 
 /// The prometheus-operator `ServiceMonitor` (monitoring.coreos.com/v1): a CRD, so not in
 /// k8s-openapi; only the fields used here.
@@ -232,6 +391,153 @@ pub struct ServiceMonitorEndpoint {
 pub struct ServiceMonitorNamespaceSelector {
     /// Namespaces by name.
     pub match_names: Vec<String>,
+}
+
+/// The prometheus-operator `PrometheusRule` (monitoring.coreos.com/v1): alerting rules the
+/// operator loads into the Prometheus whose `ruleSelector` matches its labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusRule {
+    /// Always `monitoring.coreos.com/v1`.
+    pub api_version: String,
+    /// Always `PrometheusRule`.
+    pub kind: String,
+    /// Name, namespace, labels.
+    pub metadata: ObjectMeta,
+    /// The rule groups.
+    pub spec: PrometheusRuleSpec,
+}
+
+/// `PrometheusRule.spec`: the same `groups` a plain Prometheus rules file holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusRuleSpec {
+    /// Rule groups.
+    pub groups: Vec<RuleGroup>,
+}
+
+/// One rule group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleGroup {
+    /// Group name (unique in the file).
+    pub name: String,
+    /// Its alerting rules.
+    pub rules: Vec<AlertRule>,
+}
+
+/// One alerting rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertRule {
+    /// Alert name.
+    pub alert: String,
+    /// PromQL condition.
+    pub expr: String,
+    /// How long the condition must hold before the alert fires (a Prometheus duration).
+    #[serde(rename = "for")]
+    pub for_: String,
+    /// Labels added to the alert (`severity`).
+    pub labels: BTreeMap<String, String>,
+    /// `summary` and `description` (Go templates over the alert's labels and value).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The Gateway API `HTTPRoute` (gateway.networking.k8s.io/v1): a CRD, so not in
+/// k8s-openapi; only the fields used here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    /// Always `gateway.networking.k8s.io/v1`.
+    pub api_version: String,
+    /// Always `HTTPRoute`.
+    pub kind: String,
+    /// Name, namespace, labels.
+    pub metadata: ObjectMeta,
+    /// Parents, hosts and rules.
+    pub spec: HttpRouteSpec,
+}
+
+/// `HTTPRoute.spec`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    /// The Gateways (listeners) the route attaches to.
+    pub parent_refs: Vec<ParentReference>,
+    /// Host names matched against the request's `Host`.
+    pub hostnames: Vec<String>,
+    /// Matches, backends, timeouts.
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// `HTTPRoute.spec.parentRefs[]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentReference {
+    /// `gateway.networking.k8s.io`.
+    pub group: String,
+    /// `Gateway`.
+    pub kind: String,
+    /// The Gateway's name.
+    pub name: String,
+    /// The Gateway's namespace when it is not the route's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `HTTPRoute.spec.rules[]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRule {
+    /// Which requests (ORed).
+    pub matches: Vec<HttpRouteMatch>,
+    /// Where they go.
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Request and backend-request timeouts.
+    pub timeouts: HttpRouteTimeouts,
+}
+
+/// `HTTPRoute.spec.rules[].matches[]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteMatch {
+    /// The path match.
+    pub path: HttpPathMatch,
+}
+
+/// `HTTPRoute.spec.rules[].matches[].path`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPathMatch {
+    /// `PathPrefix` (element-wise, unlike the gateway's own plain string prefix).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The path.
+    pub value: String,
+}
+
+/// `HTTPRoute.spec.rules[].backendRefs[]`: a Service port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBackendRef {
+    /// `""` (core).
+    pub group: String,
+    /// `Service`.
+    pub kind: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service port's number (Gateway API takes no port names).
+    pub port: i32,
+}
+
+/// `HTTPRoute.spec.rules[].timeouts`: Gateway API durations (GEP-2257, e.g. `1h`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteTimeouts {
+    /// The whole client transaction, retries included.
+    pub request: String,
+    /// One try to the backend (at most `request`).
+    pub backend_request: String,
 }
 
 /// One rendered object: a comment for the YAML output, its YAML, and its JSON value.
@@ -417,7 +723,7 @@ pub mod yaml {
 }
 
 /// What deploy needs to know from the gateway's own config.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GatewayFacts {
     /// Client listener port.
     pub http_port: i32,
@@ -425,6 +731,8 @@ pub struct GatewayFacts {
     pub admin_port: i32,
     /// `server.shutdown_grace_ms`, rounded up to seconds.
     pub shutdown_grace_seconds: i64,
+    /// The ports of every upstream endpoint (what the egress NetworkPolicy opens).
+    pub upstream_ports: BTreeSet<u16>,
 }
 
 /// Reads a manifest into a typed object, naming the file in errors.
@@ -464,6 +772,11 @@ pub fn gateway_facts(cm: &ConfigMap, source: &Path) -> Result<GatewayFacts, Stri
         admin_port: i32::from(config.admin_listen.port()),
         shutdown_grace_seconds: i64::try_from(grace.as_millis().div_ceil(1000))
             .map_err(|_| "shutdown_grace_ms is out of range".to_string())?,
+        upstream_ports: config
+            .upstreams
+            .iter()
+            .flat_map(|u| u.endpoints.iter().map(|e| e.port))
+            .collect(),
     })
 }
 
@@ -602,6 +915,10 @@ pub fn deployment(o: &Options, facts: &GatewayFacts, config_map: &str, secret: &
         termination_grace_period_seconds: Some(
             PRESTOP_SLEEP_SECONDS + facts.shutdown_grace_seconds + GRACE_MARGIN_SECONDS,
         ),
+        // Its own ServiceAccount, and no API token in the pod: ringgate never talks to the
+        // API server (it watches its mounted files), so a token would only be a credential
+        // for an attacker to find.
+        service_account_name: Some(APP.into()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
@@ -613,13 +930,23 @@ pub fn deployment(o: &Options, facts: &GatewayFacts, config_map: &str, secret: &
             seccomp_profile: Some(seccomp_profile(o.seccomp)),
             ..Default::default()
         }),
-        topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-            max_skew: 1,
-            topology_key: "kubernetes.io/hostname".into(),
-            when_unsatisfiable: "ScheduleAnyway".into(),
-            label_selector: Some(selector()),
-            ..Default::default()
-        }]),
+        // Spread over zones first (a zone outage takes at most its share), then nodes. Soft
+        // (ScheduleAnyway): a skewed pod beats a Pending one. `pod-template-hash` makes each
+        // rollout's ReplicaSet spread on its own: without it the old pods, about to go, are
+        // counted and the new ones pile into whatever zone the old ones left emptiest.
+        topology_spread_constraints: Some(
+            ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+                .into_iter()
+                .map(|key| TopologySpreadConstraint {
+                    max_skew: 1,
+                    topology_key: key.into(),
+                    when_unsatisfiable: "ScheduleAnyway".into(),
+                    label_selector: Some(selector()),
+                    match_label_keys: Some(vec!["pod-template-hash".into()]),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         volumes: Some(vec![
             Volume {
                 name: "config".into(),
@@ -649,6 +976,8 @@ pub fn deployment(o: &Options, facts: &GatewayFacts, config_map: &str, secret: &
             // apply conflict, or a busy fleet scaled back down).
             replicas: None,
             selector: selector(),
+            min_ready_seconds: Some(MIN_READY_SECONDS),
+            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -685,7 +1014,7 @@ pub fn service(o: &Options) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(labels()),
-            ports: Some(vec![port("http", 80), port("admin", 9901)]),
+            ports: Some(vec![port("http", SERVICE_HTTP_PORT), port("admin", 9901)]),
             ..Default::default()
         }),
         ..Default::default()
@@ -693,13 +1022,24 @@ pub fn service(o: &Options) -> Service {
 }
 
 /// The Ingress annotations: the seed's, with its non-existent `rate-limit`/`rate-limit-window`
-/// pair written as the ingress-nginx annotation that means "1000 per minute" (`limit-rpm`).
+/// pair written as the ingress-nginx annotation that means "1000 per minute" (`limit-rpm`),
+/// and stream-friendly timeouts. nginx's read/send timeouts run between two reads/writes;
+/// at the seed's 300 s a stream quiet for five minutes (a reasoning model thinking, a
+/// provider queue) was cut by the ingress even where the route allows longer. At
+/// [`STREAM_TIMEOUT_SECONDS`] the gateway's per-route `read_timeout_ms` decides.
 pub fn ingress_annotations() -> BTreeMap<String, String> {
+    let stream = STREAM_TIMEOUT_SECONDS.to_string();
     [
         ("nginx.ingress.kubernetes.io/ssl-redirect", "true"),
         ("nginx.ingress.kubernetes.io/proxy-connect-timeout", "10"),
-        ("nginx.ingress.kubernetes.io/proxy-send-timeout", "300"),
-        ("nginx.ingress.kubernetes.io/proxy-read-timeout", "300"),
+        (
+            "nginx.ingress.kubernetes.io/proxy-send-timeout",
+            stream.as_str(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/proxy-read-timeout",
+            stream.as_str(),
+        ),
         ("nginx.ingress.kubernetes.io/limit-rpm", "1000"),
         // SSE must reach the client as it is produced, both ways.
         ("nginx.ingress.kubernetes.io/proxy-buffering", "off"),
@@ -750,7 +1090,10 @@ pub fn ingress(o: &Options) -> Ingress {
     }
 }
 
-/// The HPA (autoscaling/v2): the seed's targets and behaviour, minReplicas = `--replicas`.
+/// The HPA (autoscaling/v2): the seed's behaviour, minReplicas = `--replicas`; the seed's
+/// cpu 70 % / memory 80 % targets, or (`--hpa-metric in-flight`) the per-pod average of
+/// `ringgate_requests_in_flight` with cpu 70 % beside it. The HPA follows whichever metric
+/// asks for the most pods.
 pub fn hpa(o: &Options) -> HorizontalPodAutoscaler {
     let utilization = |name: &str, pct: i32| MetricSpec {
         type_: "Resource".into(),
@@ -779,7 +1122,30 @@ pub fn hpa(o: &Options) -> HorizontalPodAutoscaler {
             },
             min_replicas: Some(o.replicas),
             max_replicas: o.replicas.max(20),
-            metrics: Some(vec![utilization("cpu", 70), utilization("memory", 80)]),
+            metrics: Some(match o.hpa_metric {
+                HpaMetric::Cpu => vec![utilization("cpu", 70), utilization("memory", 80)],
+                // Memory is left out here: it follows the connections and buffers that the
+                // in-flight count already measures, and memory that is not given back after a
+                // burst would keep the HPA from ever scaling down.
+                HpaMetric::InFlight => vec![
+                    MetricSpec {
+                        type_: "Pods".into(),
+                        pods: Some(PodsMetricSource {
+                            metric: MetricIdentifier {
+                                name: IN_FLIGHT_METRIC.into(),
+                                selector: None,
+                            },
+                            target: MetricTarget {
+                                type_: "AverageValue".into(),
+                                average_value: Some(Quantity(o.in_flight_target.to_string())),
+                                ..Default::default()
+                            },
+                        }),
+                        ..Default::default()
+                    },
+                    utilization("cpu", 70),
+                ],
+            }),
             behavior: Some(HorizontalPodAutoscalerBehavior {
                 scale_down: Some(HPAScalingRules {
                     stabilization_window_seconds: Some(300),
@@ -805,6 +1171,9 @@ pub fn pdb(o: &Options) -> PodDisruptionBudget {
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(selector()),
+            // A pod that is not ready (crash-looping, a bad image) serves nothing; with the
+            // default policy it still counts against the budget and blocks a node drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             ..Default::default()
         }),
         ..Default::default()
@@ -813,15 +1182,10 @@ pub fn pdb(o: &Options) -> PodDisruptionBudget {
 
 /// The ServiceMonitor: the Service's `admin` port, `/metrics`, every 15 s.
 pub fn service_monitor(o: &Options) -> ServiceMonitor {
-    let mut m = meta(APP, &o.namespace);
-    if let Some(l) = m.labels.as_mut() {
-        // The seed's label: what a kube-prometheus-stack release selects ServiceMonitors by.
-        l.insert("release".into(), "prometheus".into());
-    }
     ServiceMonitor {
         api_version: "monitoring.coreos.com/v1".into(),
         kind: "ServiceMonitor".into(),
-        metadata: m,
+        metadata: monitoring_meta(o),
         spec: ServiceMonitorSpec {
             selector: selector(),
             endpoints: vec![ServiceMonitorEndpoint {
@@ -836,23 +1200,61 @@ pub fn service_monitor(o: &Options) -> ServiceMonitor {
     }
 }
 
-/// The NetworkPolicy: `http` open to all; `admin` (metrics, /config) only from this namespace
-/// and the monitoring namespace. Kubelet probes come from the node and are not affected.
-pub fn network_policy(o: &Options) -> NetworkPolicy {
-    let port = |name: &str| NetworkPolicyPort {
-        port: Some(IntOrString::String(name.into())),
-        protocol: Some("TCP".into()),
+/// The NetworkPolicy. Ingress: `http` open to all; `admin` (metrics, /config) only from this
+/// namespace and the monitoring namespace (kubelet probes come from the node and are not
+/// affected). Egress: DNS to kube-dns (53 UDP and TCP) and the upstreams' ports (from the
+/// config: 443 for `https://` providers) to any address; nothing else leaves the pod.
+pub fn network_policy(o: &Options, facts: &GatewayFacts) -> NetworkPolicy {
+    let port = |p: IntOrString, protocol: &str| NetworkPolicyPort {
+        port: Some(p),
+        protocol: Some(protocol.into()),
         end_port: None,
     };
+    let by_name = |key: &str, value: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+        ..Default::default()
+    };
+    let mut egress = vec![NetworkPolicyEgressRule {
+        // One peer with both selectors: kube-dns pods in kube-system (CoreDNS keeps the
+        // k8s-app=kube-dns label), not every pod labelled so anywhere.
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(by_name("kubernetes.io/metadata.name", "kube-system")),
+            pod_selector: Some(by_name("k8s-app", "kube-dns")),
+            ..Default::default()
+        }]),
+        ports: Some(vec![
+            port(IntOrString::Int(53), "UDP"),
+            port(IntOrString::Int(53), "TCP"),
+        ]),
+    }];
+    if !facts.upstream_ports.is_empty() {
+        let anywhere = |cidr: &str| NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: cidr.into(),
+                except: None,
+            }),
+            ..Default::default()
+        };
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![anywhere("0.0.0.0/0"), anywhere("::/0")]),
+            ports: Some(
+                facts
+                    .upstream_ports
+                    .iter()
+                    .map(|p| port(IntOrString::Int(i32::from(*p)), "TCP"))
+                    .collect(),
+            ),
+        });
+    }
     NetworkPolicy {
         metadata: meta(APP, &o.namespace),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(selector()),
-            policy_types: Some(vec!["Ingress".into()]),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(vec![port("http")]),
+                    ports: Some(vec![port(IntOrString::String("http".into()), "TCP")]),
                 },
                 NetworkPolicyIngressRule {
                     from: Some(vec![
@@ -861,21 +1263,168 @@ pub fn network_policy(o: &Options) -> NetworkPolicy {
                             ..Default::default()
                         },
                         NetworkPolicyPeer {
-                            namespace_selector: Some(LabelSelector {
-                                match_labels: Some(BTreeMap::from([(
-                                    "kubernetes.io/metadata.name".to_string(),
-                                    o.monitoring_namespace.clone(),
-                                )])),
-                                ..Default::default()
-                            }),
+                            namespace_selector: Some(by_name(
+                                "kubernetes.io/metadata.name",
+                                &o.monitoring_namespace,
+                            )),
                             ..Default::default()
                         },
                     ]),
-                    ports: Some(vec![port("admin")]),
+                    ports: Some(vec![port(IntOrString::String("admin".into()), "TCP")]),
                 },
             ]),
-            ..Default::default()
+            egress: Some(egress),
         }),
+    }
+}
+
+/// The pod's own ServiceAccount, with no API token mounted into pods by default.
+pub fn service_account(o: &Options) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(APP, &o.namespace),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+/// Metadata of the prometheus-operator objects: the app label plus `release`, what a
+/// kube-prometheus-stack Prometheus selects ServiceMonitors and PrometheusRules by
+/// (`serviceMonitorSelector` / `ruleSelector` default to `release: <its Helm release>`).
+fn monitoring_meta(o: &Options) -> ObjectMeta {
+    let mut m = meta(APP, &o.namespace);
+    if let Some(l) = m.labels.as_mut() {
+        l.insert("release".into(), o.prometheus_release.clone());
+    }
+    m
+}
+
+/// The Service's client port, what the Ingress and the HTTPRoute send to.
+pub const SERVICE_HTTP_PORT: i32 = 80;
+
+/// The HTTPRoute: `/v1` on `--host` to the Service's http port, attached to `--gateway`
+/// (TLS is the Gateway listener's business), with hour-long timeouts (see
+/// [`STREAM_TIMEOUT_SECONDS`]).
+pub fn http_route(o: &Options, gateway: &GatewayRef) -> HttpRoute {
+    let timeout = format!("{STREAM_TIMEOUT_SECONDS}s");
+    HttpRoute {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        metadata: meta(APP, &o.namespace),
+        spec: HttpRouteSpec {
+            parent_refs: vec![ParentReference {
+                group: "gateway.networking.k8s.io".into(),
+                kind: "Gateway".into(),
+                name: gateway.name.clone(),
+                namespace: gateway.namespace.clone(),
+            }],
+            hostnames: vec![o.host.clone()],
+            rules: vec![HttpRouteRule {
+                matches: vec![HttpRouteMatch {
+                    path: HttpPathMatch {
+                        type_: "PathPrefix".into(),
+                        value: "/v1".into(),
+                    },
+                }],
+                backend_refs: vec![HttpBackendRef {
+                    group: String::new(),
+                    kind: "Service".into(),
+                    name: APP.into(),
+                    port: SERVICE_HTTP_PORT,
+                }],
+                timeouts: HttpRouteTimeouts {
+                    request: timeout.clone(),
+                    backend_request: timeout,
+                },
+            }],
+        },
+    }
+}
+
+/// The PrometheusRule: the alerts the docs suggest, each scoped to this namespace (the
+/// `namespace` label the ServiceMonitor's scrape adds), so two installs never alert for
+/// each other.
+pub fn prometheus_rule(o: &Options) -> PrometheusRule {
+    let ns = format!("namespace=\"{}\"", o.namespace);
+    let rule = |alert: &str,
+                expr: String,
+                for_: &str,
+                severity: &str,
+                summary: &str,
+                description: &str| AlertRule {
+        alert: alert.into(),
+        expr,
+        for_: for_.into(),
+        labels: BTreeMap::from([("severity".to_string(), severity.to_string())]),
+        annotations: BTreeMap::from([
+            ("summary".to_string(), summary.to_string()),
+            ("description".to_string(), description.to_string()),
+        ]),
+    };
+    let ratio = |metric: &str, bad: &str, by: &str| {
+        format!(
+            "sum by ({by}) (rate({metric}{{{ns},{bad}}}[5m]))\n  / sum by ({by}) (rate({metric}{{{ns}}}[5m]))"
+        )
+    };
+    let rules = vec![
+        rule(
+            "RinggateConfigReloadFailing",
+            format!("max by (namespace, pod) (ringgate_config_last_reload_successful{{{ns}}}) == 0"),
+            "5m",
+            "warning",
+            "ringgate {{ $labels.pod }} rejects its new config",
+            "The last config reload on {{ $labels.namespace }}/{{ $labels.pod }} was rejected and none has succeeded since, for 5 minutes: the previous config keeps serving, the edit is not applied. Every error is in the pod log and at the admin /config. Fix the ConfigMap or apply the previous one again.",
+        ),
+        rule(
+            "RinggateHigh5xxRatio",
+            format!("{} > 0.05", ratio("ringgate_requests_total", "status=~\"5..\"", "namespace")),
+            "10m",
+            "critical",
+            "ringgate answers {{ $value | humanizePercentage }} of requests with 5xx",
+            "More than 5 % of the requests ringgate served in {{ $labels.namespace }} over the last 5 minutes ended in a 5xx (its own 502/503/504 or the provider's), for 10 minutes. ringgate_requests_total by route and ringgate_upstream_requests_total by upstream say where.",
+        ),
+        rule(
+            "RinggateUpstreamFailing",
+            format!("{} > 0.5", ratio("ringgate_upstream_requests_total", "class=\"5xx\"", "namespace, upstream")),
+            "5m",
+            "critical",
+            "upstream {{ $labels.upstream }} fails {{ $value | humanizePercentage }} of requests",
+            "More than half of the requests sent to upstream {{ $labels.upstream }} in {{ $labels.namespace }} ended in a 5xx for 5 minutes: the provider is down or refusing, and passive health (max_fails) is ejecting its endpoints. Check the provider's status and the key in the Secret.",
+        ),
+        rule(
+            "RinggateCertificateExpiringSoon",
+            format!("min by (namespace, pod, server_name) (ringgate_tls_certificate_expiry_timestamp_seconds{{{ns}}}) - time() < 14 * 86400"),
+            "15m",
+            "warning",
+            "ringgate's certificate for {{ $labels.server_name }} expires within 14 days",
+            "The certificate {{ $labels.namespace }}/{{ $labels.pod }} serves for {{ $labels.server_name }} expires in {{ $value | humanizeDuration }}. cert-manager renews 30 days ahead by default, so the renewal failed or its Secret is not the one mounted: check the Certificate's status and ringgate_tls_certificate_reloads_total{result=\"rejected\"}.",
+        ),
+        rule(
+            "RinggateWorkerDown",
+            format!("max by (namespace, pod) (max_over_time(ringgate_worker_heartbeat_age_seconds{{{ns}}}[5m])) > 10"),
+            "1m",
+            "critical",
+            "a ringgate worker on {{ $labels.pod }} died or is wedged",
+            "A worker thread on {{ $labels.namespace }}/{{ $labels.pod }} has not run its event loop's heartbeat for over 10 s in the last 5 minutes: /health answers 503 and kubelet restarts the pod. Look for a panic or a blocking call in the pod's previous log (kubectl logs --previous).",
+        ),
+        rule(
+            "RinggatePanics",
+            format!("sum by (namespace, pod) (increase(ringgate_panics_total{{{ns}}}[10m])) > 0"),
+            "1m",
+            "warning",
+            "ringgate panicked on {{ $labels.pod }}",
+            "{{ $labels.namespace }}/{{ $labels.pod }} counted a panic in the last 10 minutes: a caught one closed only its client's connection, one that ended a worker also fires RinggateWorkerDown. The log has the location and the request id.",
+        ),
+    ];
+    PrometheusRule {
+        api_version: "monitoring.coreos.com/v1".into(),
+        kind: "PrometheusRule".into(),
+        metadata: monitoring_meta(o),
+        spec: PrometheusRuleSpec {
+            groups: vec![RuleGroup {
+                name: "ringgate".into(),
+                rules,
+            }],
+        },
     }
 }
 
@@ -895,10 +1444,12 @@ pub fn namespace(o: &Options) -> Namespace {
     }
 }
 
-/// Everything, in apply order. `with_secret` false leaves the Secret out (it exists in the
-/// cluster already and must not be overwritten by the template).
+/// Everything, in apply order. The Secret template only with `with_secret` (the dry run's
+/// `--with-secret-template`; applying adds that the Secret does not exist yet): a placeholder
+/// must never replace a real key.
 pub fn render(o: &Options, with_secret: bool) -> Result<Vec<Doc>, String> {
     let mut cm: ConfigMap = read_manifest(&o.config)?;
+    // The file may name a namespace of its own; --namespace wins for every object.
     cm.metadata.namespace = Some(o.namespace.clone());
     let facts = gateway_facts(&cm, &o.config)?;
     let cm_name = cm
@@ -913,20 +1464,24 @@ pub fn render(o: &Options, with_secret: bool) -> Result<Vec<Doc>, String> {
         .name
         .clone()
         .ok_or_else(|| format!("{}: the Secret has no name", o.secret.display()))?;
+    let ns = &o.namespace;
     let seccomp_note = match o.seccomp {
         Seccomp::RuntimeDefault => "seccomp RuntimeDefault: io_uring is blocked, ringgate runs on epoll (ringgate_io_driver_info{driver=\"epoll\"}).",
         Seccomp::Localhost => "seccomp Localhost ringgate/seccomp-io-uring.json (configmaps/seccomp-io-uring.json, installed on every node): io_uring allowed.",
     };
     let mut docs = vec![
-        doc("Namespace", &o.namespace, "ringgate's namespace; the pod meets the restricted Pod Security Standard.", &namespace(o))?,
-        doc("ConfigMap", &cm_name, &format!("From {}. Edit that file and `kubectl apply -f` it:\nthe pods reload it in place (60-90 s kubelet sync), no restart.", shown(&o.config)), &cm)?,
+        doc("Namespace", ns, "ringgate's namespace; the pod meets the restricted Pod Security Standard.", &namespace(o))?,
+        doc("ServiceAccount", APP, "The pod's own identity; no API token is mounted (ringgate never calls the API server).", &service_account(o))?,
+        doc("ConfigMap", &cm_name, &format!("From {}. Edit that file and `kubectl -n {ns} apply -f` it:\nthe pods reload it in place (60-90 s kubelet sync), no restart.", shown(&o.config)), &cm)?,
     ];
     if with_secret {
         docs.push(doc(
             "Secret",
             &secret_name,
             &format!(
-                "TEMPLATE from {}: replace the placeholder key before relying on it.",
+                "TEMPLATE from {} (--with-secret-template): a PLACEHOLDER key. Applying this\n\
+                 replaces a real key; create the real one instead:\n\
+                 kubectl -n {ns} create secret generic {secret_name} --from-literal=api-key=...",
                 shown(&o.secret)
             ),
             &secret,
@@ -935,18 +1490,31 @@ pub fn render(o: &Options, with_secret: bool) -> Result<Vec<Doc>, String> {
     let grace = PRESTOP_SLEEP_SECONDS + facts.shutdown_grace_seconds + GRACE_MARGIN_SECONDS;
     docs.extend([
         doc("Deployment", APP, &format!(
-            "The ConfigMap and the Secret are mounted as DIRECTORIES, never with subPath (a subPath\n\
-             mount is copied once and never updated). No config-hash annotation on the pod template:\n\
-             a ConfigMap edit is reloaded in place and must not restart the pods. No replicas: the HPA\n\
-             owns the count. terminationGracePeriodSeconds {grace} = preStop {PRESTOP_SLEEP_SECONDS} s + shutdown_grace {} s + {GRACE_MARGIN_SECONDS} s.\n{seccomp_note}",
+            "The ConfigMap and the Secret ({secret_name}, not in this output unless --with-secret-template)\n\
+             are mounted as DIRECTORIES, never with subPath (a subPath mount is copied once and never\n\
+             updated). No config-hash annotation on the pod template: a ConfigMap edit is reloaded in\n\
+             place and must not restart the pods. No replicas: the HPA owns the count.\n\
+             terminationGracePeriodSeconds {grace} = preStop {PRESTOP_SLEEP_SECONDS} s + shutdown_grace {} s + {GRACE_MARGIN_SECONDS} s.\n{seccomp_note}",
             facts.shutdown_grace_seconds
         ), &deployment(o, &facts, &cm_name, &secret_name))?,
         doc("Service", APP, "Ports named http and admin (the ServiceMonitor scrapes admin /metrics).", &service(o))?,
-        doc("Ingress", APP, "The seed's timeouts; proxy-buffering off so SSE streams are not held.", &ingress(o))?,
-        doc("HorizontalPodAutoscaler", APP, "The seed's HPA: cpu 70 %, memory 80 %, fast scale-up, slow scale-down.", &hpa(o))?,
-        doc("PodDisruptionBudget", APP, "At most one pod voluntarily disrupted at a time.", &pdb(o))?,
-        doc("ServiceMonitor", APP, "prometheus-operator CRD: scrape admin /metrics every 15 s.", &service_monitor(o))?,
-        doc("NetworkPolicy", APP, "http open; admin only from this namespace and the monitoring namespace.", &network_policy(o))?,
+    ]);
+    if o.route.ingress() {
+        docs.push(doc("Ingress", APP, &format!("ingress-nginx: proxy-buffering off so SSE streams are not held; read/send timeouts\n{STREAM_TIMEOUT_SECONDS} s so the gateway's per-route timeouts decide, not the ingress."), &ingress(o))?);
+    }
+    if let (true, Some(gw)) = (o.route.http_route(), o.gateway.as_ref()) {
+        docs.push(doc("HTTPRoute", APP, &format!("Gateway API: /v1 on {} through Gateway {}{}; request and backendRequest\ntimeouts {STREAM_TIMEOUT_SECONDS} s so long streams are not cut.", o.host, gw.name, gw.namespace.as_deref().map(|n| format!(" in {n}")).unwrap_or_default()), &http_route(o, gw))?);
+    }
+    let hpa_note = match o.hpa_metric {
+        HpaMetric::Cpu => "The seed's HPA: cpu 70 %, memory 80 %, fast scale-up, slow scale-down.".to_string(),
+        HpaMetric::InFlight => format!("Scales on {IN_FLIGHT_METRIC} (per-pod average {}, through prometheus-adapter:\nsee configmaps/README.md) and cpu 70 %; fast scale-up, slow scale-down.", o.in_flight_target),
+    };
+    docs.extend([
+        doc("HorizontalPodAutoscaler", APP, &hpa_note, &hpa(o))?,
+        doc("PodDisruptionBudget", APP, "At most one pod voluntarily disrupted at a time; unready pods may always be evicted.", &pdb(o))?,
+        doc("ServiceMonitor", APP, &format!("prometheus-operator CRD: scrape admin /metrics every 15 s. Selected by the label\nrelease: {} (kube-prometheus-stack's serviceMonitorSelector; --prometheus-release).", o.prometheus_release), &service_monitor(o))?,
+        doc("PrometheusRule", APP, &format!("prometheus-operator CRD: alerts on reload failures, 5xx ratio, failing upstreams,\nexpiring certificates, dead workers and panics. Selected by release: {} (ruleSelector).", o.prometheus_release), &prometheus_rule(o))?,
+        doc("NetworkPolicy", APP, "In: http open; admin only from this namespace and the monitoring namespace.\nOut: DNS (kube-dns, 53) and the upstreams' ports from the config only.", &network_policy(o, &facts))?,
     ]);
     Ok(docs)
 }
@@ -1027,9 +1595,13 @@ pub fn preflight() -> Result<(), String> {
     }
 }
 
+/// Whether the cluster knows the CRD `name` (e.g. `servicemonitors.monitoring.coreos.com`).
+fn crd_present(name: &str) -> Result<bool, String> {
+    Ok(kubectl(&["get", "crd", name, "-o", "name"], None)?.is_ok())
+}
+
 fn apply(o: &Options) -> Result<(), String> {
     preflight()?;
-    // The Secret template holds a placeholder: never overwrite a Secret that already exists.
     let secret: Secret = read_manifest(&o.secret)?;
     let secret_name = secret.metadata.name.unwrap_or_default();
     let secret_exists = match kubectl(
@@ -1052,40 +1624,55 @@ fn apply(o: &Options) -> Result<(), String> {
             ))
         }
     };
-    let mut docs = render(o, !secret_exists)?;
+    let create_key = format!(
+        "kubectl create namespace {ns} --dry-run=client -o yaml | kubectl apply -f - && \
+         kubectl -n {ns} create secret generic {secret_name} --from-literal=api-key=...",
+        ns = o.namespace
+    );
+    // The template is only ever created, never applied over a Secret that exists: that would
+    // replace the real key with the placeholder.
+    let with_secret = o.with_secret_template && !secret_exists;
     if secret_exists {
         say(format!(
             "deploy: Secret {}/{secret_name} exists; left as it is",
             o.namespace
         ))?;
-    } else {
+    } else if o.with_secret_template {
         say(format!(
-            "deploy: creating Secret {}/{secret_name} from the TEMPLATE {}: put the real key in it \
-             (kubectl -n {} create secret generic {secret_name} --from-literal=api-key=... \
-             --dry-run=client -o yaml | kubectl apply -f -)",
+            "deploy: creating Secret {}/{secret_name} from the TEMPLATE {}: it holds a \
+             placeholder; put the real key in it ({create_key})",
             o.namespace,
             shown(&o.secret),
-            o.namespace
         ))?;
+    } else {
+        return Err(format!(
+            "Secret {}/{secret_name} (the provider key the pods mount) does not exist, and \
+             without it the pods never start. Create it first:\n  {create_key}\nor pass \
+             --with-secret-template to create it from the placeholder template {}.",
+            o.namespace,
+            shown(&o.secret)
+        ));
     }
-    let has_crd = kubectl(
-        &[
-            "get",
-            "crd",
-            "servicemonitors.monitoring.coreos.com",
-            "-o",
-            "name",
-        ],
-        None,
-    )?
-    .is_ok();
-    if !has_crd {
-        docs.retain(|d| d.kind != "ServiceMonitor");
-        say(
-            "deploy: no ServiceMonitor CRD (prometheus-operator) in this cluster; skipping \
-             the ServiceMonitor"
-                .to_string(),
-        )?;
+    let mut docs = render(o, with_secret)?;
+    if o.route.http_route() && !crd_present("httproutes.gateway.networking.k8s.io")? {
+        return Err(
+            "--route asks for an HTTPRoute, but this cluster has no Gateway API CRDs \
+             (httproutes.gateway.networking.k8s.io); install a Gateway API implementation \
+             or use --route ingress"
+                .into(),
+        );
+    }
+    for (kind, crd) in [
+        ("ServiceMonitor", "servicemonitors.monitoring.coreos.com"),
+        ("PrometheusRule", "prometheusrules.monitoring.coreos.com"),
+    ] {
+        if !crd_present(crd)? {
+            docs.retain(|d| d.kind != kind);
+            say(format!(
+                "deploy: no {kind} CRD (prometheus-operator) in this cluster; skipping the \
+                 {kind}"
+            ))?;
+        }
     }
     let yaml = to_yaml(&docs);
     match kubectl(
@@ -1150,7 +1737,7 @@ pub fn run(args: &[String]) -> i32 {
     }
     let result = Options::parse(args, &root()).and_then(|o| {
         if o.dry_run {
-            let docs = render(&o, true)?;
+            let docs = render(&o, o.with_secret_template)?;
             match o.format {
                 Format::Yaml => stdout(&to_yaml(&docs)),
                 Format::Json => stdout(&format!("{}\n", to_json(&docs)?)),
@@ -1176,6 +1763,12 @@ mod tests {
     fn rendered(seccomp: Seccomp) -> String {
         let mut o = Options::defaults(&root());
         o.seccomp = seccomp;
+        o.route = RouteKind::Both;
+        o.gateway = Some(GatewayRef {
+            name: "eg".into(),
+            namespace: Some("infra".into()),
+        });
+        o.hpa_metric = HpaMetric::InFlight;
         to_yaml(&render(&o, true).expect("render"))
     }
 
@@ -1198,6 +1791,7 @@ mod tests {
                 let kind = v["kind"].as_str().expect("kind").to_string();
                 match kind.as_str() {
                     "Namespace" => round_trip::<Namespace>(&v),
+                    "ServiceAccount" => round_trip::<ServiceAccount>(&v),
                     "ConfigMap" => round_trip::<ConfigMap>(&v),
                     "Secret" => round_trip::<Secret>(&v),
                     "Deployment" => round_trip::<Deployment>(&v),
@@ -1206,12 +1800,14 @@ mod tests {
                     "HorizontalPodAutoscaler" => round_trip::<HorizontalPodAutoscaler>(&v),
                     "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(&v),
                     "ServiceMonitor" => round_trip::<ServiceMonitor>(&v),
+                    "PrometheusRule" => round_trip::<PrometheusRule>(&v),
+                    "HTTPRoute" => round_trip::<HttpRoute>(&v),
                     "NetworkPolicy" => round_trip::<NetworkPolicy>(&v),
                     other => panic!("unexpected kind {other}"),
                 }
                 kinds.push(kind);
             }
-            assert_eq!(kinds.len(), 10, "{kinds:?}");
+            assert_eq!(kinds.len(), 13, "{kinds:?}");
         }
     }
 
@@ -1301,9 +1897,44 @@ mod tests {
             .iter()
             .filter(|d| d.kind != "Namespace")
             .all(|d| d.json["metadata"]["namespace"] == "ns1"));
-        for bad in ["--replicas 0", "--seccomp off", "--frobnicate", "--image"] {
+        for bad in [
+            "--replicas 0",
+            "--seccomp off",
+            "--frobnicate",
+            "--image",
+            "--route httproute",
+            "--route gateway --gateway eg",
+            "--gateway eg",
+            "--route both --gateway /ns",
+            "--route both --gateway eg/",
+            "--route both --gateway a/b/c",
+            "--hpa-metric memory",
+            "--in-flight-target 0",
+            "--prometheus-release",
+        ] {
             assert!(Options::parse(&args(bad), &r).is_err(), "{bad}");
         }
+        let o = Options::parse(
+            &args("--route httproute --gateway eg/infra --hpa-metric in-flight --in-flight-target 40 --with-secret-template --prometheus-release kps"),
+            &r,
+        )
+        .expect("parse");
+        assert_eq!(o.route, RouteKind::HttpRoute);
+        assert_eq!(
+            o.gateway,
+            Some(GatewayRef {
+                name: "eg".into(),
+                namespace: Some("infra".into())
+            })
+        );
+        assert_eq!(
+            (o.hpa_metric, o.in_flight_target),
+            (HpaMetric::InFlight, 40)
+        );
+        assert!(o.with_secret_template);
+        assert_eq!(o.prometheus_release, "kps");
+        let o = Options::parse(&args("--route both --gateway eg"), &r).expect("parse");
+        assert_eq!(o.gateway.and_then(|g| g.namespace), None);
     }
 
     #[test]
