@@ -79,6 +79,8 @@ pub struct WorkerMetrics {
     tls_handshake_errors: AtomicU64,
     tls_handshake_timeouts: AtomicU64,
     panics: AtomicU64,
+    /// This worker's cluster-store counters (`ringgate_cluster_*`).
+    pub cluster: Arc<crate::cluster::ClusterMetrics>,
     published: Mutex<Stats>,
 }
 

@@ -8,9 +8,25 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
-/// Resolves every upstream endpoint of `config` that is a name, storing the addresses.
-/// Failures are logged and leave the previous addresses (or none) in place.
+/// Resolves every upstream endpoint of `config` that is a name, and the `[cluster]` Redis
+/// host, storing the addresses. Failures are logged and leave the previous addresses (or
+/// none) in place.
 pub fn resolve_config(config: &Config) {
+    if let Some(c) = &config.cluster {
+        if c.host.parse::<std::net::IpAddr>().is_err() {
+            match (c.host.as_str(), c.port).to_socket_addrs() {
+                Ok(list) => {
+                    let addrs: Vec<SocketAddr> = list.collect();
+                    if !addrs.is_empty() && **c.addrs.load() != addrs {
+                        c.addrs.store(Arc::new(addrs));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(host = %c.host, error = %e, "could not resolve the cluster store host");
+                }
+            }
+        }
+    }
     for up in &config.upstreams {
         for (ep, slot) in up.endpoints.iter().zip(up.addrs.iter()) {
             if ep.host.parse::<std::net::IpAddr>().is_ok() {
