@@ -14,8 +14,10 @@
 //! - calls while the connection is down fail at once (no waiting for a reconnect);
 //! - reconnects back off exponentially (50 ms doubling to 2 s, jittered);
 //! - [`Breaker`]: after `breaker_failures` consecutive failures (timeouts, I/O errors,
-//!   failed handshakes) calls fail at once for `breaker_open_ms`; then one connection
-//!   attempt decides whether it closes or opens again.
+//!   failed connection attempts) calls fail at once for `breaker_open_ms`; then the
+//!   connection is reopened and the next call decides: answered, it closes; failed, it
+//!   opens again. Only an answered call closes it (a store that completes the handshake
+//!   and then never answers must still open it).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -260,8 +262,8 @@ impl Store {
         i.up = true;
         i.reset = false;
         i.script_sha = sha;
-        i.breaker.success();
-        self.metrics.breaker_open.store(0, Ordering::Relaxed);
+        // The breaker is not closed here: a store that completes handshakes but never
+        // answers a call must still open it. Only an answered call closes it.
         self.metrics.up.store(1, Ordering::Relaxed);
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
     }
@@ -347,6 +349,9 @@ pub async fn run(w: Rc<Worker>, store: Rc<Store>) {
                     reason = why,
                     "cluster store connection closed; reconnecting"
                 );
+                // A store that accepts and then drops every connection must not make
+                // this a busy loop.
+                monoio::time::sleep(backoff(0)).await;
             }
             Err(e) => {
                 store

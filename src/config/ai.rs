@@ -283,7 +283,9 @@ fn toml_key(k: &str) -> String {
 
 /// Compiles `[auth]`: reads the keys file (unless `secrets` says skip), resolves limits, and
 /// appends one synthesized limit per distinct `tokens_per_minute` to `limits` (so token
-/// budgets keep their state across reloads like any other limit).
+/// budgets keep their state across reloads like any other limit). `cluster` is the compiled
+/// `[cluster]` and whether one was written (for `scope = "cluster"`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn compile_auth(
     raw: &RawAuth,
     base_dir: &Path,
