@@ -642,3 +642,36 @@ route_by_model = true
     );
     let _ = std::fs::remove_dir_all(keys);
 }
+
+#[test]
+fn a_reloaded_cluster_limit_applies_at_once_and_keeps_its_state() {
+    let Some(redis) = Redis::start(None) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let slow = |burst: u32| {
+        config(
+            &mock,
+            &redis.url(),
+            "timeout_ms = 500",
+            &format!("rate_per_second = 0.001\nburst = {burst}"),
+        )
+    };
+    let gw = Gateway::start(&slow(1), Driver::IoUring);
+    wait_store_up(&gw);
+    let statuses = |n: usize| -> Vec<u16> { (0..n).map(|_| get(gw.addr, "dave").status).collect() };
+    assert_eq!(statuses(3), vec![200, 200, 429]);
+    let generation = gw.metric("ringgate_config_generation").unwrap_or(0.0);
+    assert!(gw.project(&slow(4)), "new config projected");
+    let start = Instant::now();
+    while gw.metric("ringgate_config_generation").unwrap_or(0.0) <= generation {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reload never applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The bucket in Redis kept its two requests; the larger burst admits three more (the
+    // worker's memory of "dave" refused for ~1000 s was for the old parameters).
+    assert_eq!(statuses(4), vec![200, 200, 200, 429]);
+}

@@ -167,33 +167,39 @@ pub enum Verdict {
 }
 
 /// Keys a worker remembers as refused, so a client hammering a limit it already hit costs
-/// no round trip until its retry time (per worker, bounded).
+/// no round trip until its retry time (per worker, bounded). A refusal is remembered with
+/// the limit's parameters: a reload that changes them makes it void at once.
 #[derive(Default)]
 pub struct RefusalCache {
-    until: RefCell<HashMap<String, Instant>>,
+    until: RefCell<HashMap<String, (Instant, u64)>>,
+}
+
+/// The parameters a refusal was decided under.
+fn params_of(e: &Entry) -> u64 {
+    e.interval_us.to_bits() ^ e.tolerance_us.to_bits().rotate_left(29)
 }
 
 /// Most refused keys a worker remembers.
 const MAX_REFUSED: usize = 16_384;
 
 impl RefusalCache {
-    /// The time left on a refusal of `key`, if any.
-    pub fn refused(&self, key: &str, now: Instant) -> Option<Duration> {
+    /// The time left on a refusal of `e`'s bucket under its current parameters, if any.
+    pub fn refused(&self, e: &Entry, now: Instant) -> Option<Duration> {
         let map = self.until.borrow();
-        let t = *map.get(key)?;
-        (t > now).then(|| t - now)
+        let (t, params) = *map.get(&e.key)?;
+        (t > now && params == params_of(e)).then(|| t - now)
     }
 
-    /// Remembers that `key` is refused until `until`.
-    pub fn remember(&self, key: &str, until: Instant, now: Instant) {
+    /// Remembers that `e`'s bucket is refused until `until`.
+    pub fn remember(&self, e: &Entry, until: Instant, now: Instant) {
         let mut map = self.until.borrow_mut();
         if map.len() >= MAX_REFUSED {
-            map.retain(|_, t| *t > now);
+            map.retain(|_, (t, _)| *t > now);
             if map.len() >= MAX_REFUSED {
                 return;
             }
         }
-        map.insert(key.to_string(), until);
+        map.insert(e.key.clone(), (until, params_of(e)));
     }
 }
 
@@ -207,7 +213,7 @@ pub async fn decide(
 ) -> Verdict {
     let now = Instant::now();
     for (index, e) in entries.iter().enumerate() {
-        if let Some(left) = refusals.refused(&e.key, now) {
+        if let Some(left) = refusals.refused(e, now) {
             store.metrics.local_refusals.fetch_add(1, Ordering::Relaxed);
             return Verdict::Refuse {
                 index,
@@ -225,7 +231,7 @@ pub async fn decide(
                 {
                     store.metrics.refusals.fetch_add(1, Ordering::Relaxed);
                     if let Some(e) = entries.get(*index) {
-                        refusals.remember(&e.key, now + *retry_after, now);
+                        refusals.remember(e, now + *retry_after, now);
                     }
                 }
                 v
@@ -448,13 +454,30 @@ mod tests {
     }
 
     #[test]
-    fn refused_keys_are_remembered_until_their_retry_time() {
+    fn refused_keys_are_remembered_until_their_retry_time_under_their_parameters() {
+        let spec = |burst| LimitSpec {
+            name: "l".into(),
+            rate_per_second: 2.0,
+            burst,
+            key: crate::config::LimitKey::ClientIp,
+            nodelay: true,
+            scope: crate::config::LimitScope::Cluster { replicas: 1 },
+        };
+        let e = Entry::new(0, &spec(3), Kind::Requests, b"k", 1);
+        let other = Entry::new(0, &spec(3), Kind::Requests, b"other", 1);
         let c = RefusalCache::default();
         let t0 = Instant::now();
-        c.remember("k", t0 + Duration::from_millis(300), t0);
-        assert_eq!(c.refused("k", t0), Some(Duration::from_millis(300)));
-        assert_eq!(c.refused("other", t0), None);
-        assert_eq!(c.refused("k", t0 + Duration::from_millis(300)), None);
+        c.remember(&e, t0 + Duration::from_millis(300), t0);
+        assert_eq!(c.refused(&e, t0), Some(Duration::from_millis(300)));
+        assert_eq!(c.refused(&other, t0), None);
+        assert_eq!(c.refused(&e, t0 + Duration::from_millis(300)), None);
+        let reloaded = Entry::new(0, &spec(4), Kind::Requests, b"k", 1);
+        assert_eq!(reloaded.key, e.key);
+        assert_eq!(
+            c.refused(&reloaded, t0),
+            None,
+            "a changed limit decides afresh"
+        );
     }
 
     #[test]

@@ -232,6 +232,65 @@ pub fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LimitScope;
+
+    const BASE: &str = r#"
+[upstreams.u]
+url = "http://127.0.0.1:9000"
+[[routes]]
+name = "r"
+prefix = "/"
+upstream = "u"
+limit = "l"
+"#;
+
+    fn load(extra: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+        crate::config::load_bytes(format!("{BASE}{extra}").as_bytes(), Path::new("."))
+    }
+
+    #[test]
+    fn scope_is_validated_against_cluster() {
+        let local = load("[limits.l]\nrate_per_second = 1.0\n").expect("valid");
+        assert_eq!(local.limits[0].scope, LimitScope::Local, "default local");
+        assert!(local.cluster.is_none());
+        let e = load("[limits.l]\nrate_per_second = 1.0\nscope = \"cluster\"\n")
+            .expect_err("no [cluster]");
+        assert!(e.0.iter().any(|e| e.path == "limits.l.scope"), "{e}");
+        let e =
+            load("[limits.l]\nrate_per_second = 1.0\nscope = \"global\"\n").expect_err("bad scope");
+        assert!(e.0.iter().any(|e| e.path == "limits.l.scope"), "{e}");
+        let ok = load(
+            "[cluster]\nredis_url = \"redis://10.0.0.5/1\"\nreplicas = 4\non_unavailable = \"deny\"\n\
+             [limits.l]\nrate_per_second = 1.0\nscope = \"cluster\"\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.limits[0].scope, LimitScope::Cluster { replicas: 4 });
+        let c = ok.cluster.as_ref().expect("cluster");
+        assert_eq!(
+            (c.db, c.timeout.as_millis(), c.on_unavailable),
+            (1, 20, crate::config::OnUnavailable::Deny)
+        );
+        assert_eq!(
+            **c.addrs.load(),
+            vec!["10.0.0.5:6379".parse::<SocketAddr>().expect("addr")]
+        );
+        for (extra, path) in [
+            ("on_unavailable = \"maybe\"", "cluster.on_unavailable"),
+            ("timeout_ms = 0", "cluster.timeout_ms"),
+            ("replicas = 0", "cluster.replicas"),
+            ("breaker_failures = 0", "cluster.breaker_failures"),
+            (
+                "password_file = \"/nonexistent/ringgate-pw\"",
+                "cluster.password_file",
+            ),
+        ] {
+            let e = load(&format!(
+                "[cluster]\nredis_url = \"redis://h\"\n{extra}\n[limits.l]\nrate_per_second = 1.0\n"
+            ))
+            .expect_err(extra);
+            assert!(e.0.iter().any(|e| e.path == path), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn redis_urls_parse_or_say_why_not() {
