@@ -252,6 +252,18 @@ fn three_gateways_share_one_request_limit() {
         ok.abs_diff(want) <= 1,
         "admitted {ok} across three gateways, one gateway would admit {want} over {window:?}"
     );
+    let (sum, count) = (
+        gws[0]
+            .metric("ringgate_cluster_call_duration_seconds_sum")
+            .unwrap_or(0.0),
+        gws[0]
+            .metric("ringgate_cluster_call_duration_seconds_count")
+            .unwrap_or(0.0),
+    );
+    eprintln!(
+        "store call latency (debug build, loopback): mean {:.0} µs over {count} calls",
+        sum / count.max(1.0) * 1e6
+    );
     // Each gateway decided in the store, none fell back.
     for gw in &gws {
         assert_eq!(
