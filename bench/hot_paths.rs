@@ -234,8 +234,47 @@ fn usage_scan(c: &mut Criterion) {
     });
 }
 
+/// The cluster limit's wire work per request: an EVALSHA encoded, its reply decoded, and the
+/// refusal-cache lookup that precedes it.
+fn cluster_resp(c: &mut Criterion) {
+    use ringgate::cluster::resp;
+    let key = ringgate::cluster::limits::redis_key("per-client", b"10.1.2.3");
+    let sha = [b'a'; 40];
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("cluster_evalsha_encode", |b| {
+        b.iter(|| {
+            out.clear();
+            resp::encode(
+                &mut out,
+                &[
+                    b"EVALSHA",
+                    &sha,
+                    b"1",
+                    key.as_bytes(),
+                    b"admit",
+                    b"200000.000",
+                    b"2000000.000",
+                    b"1",
+                    b"0",
+                ],
+            );
+            out.len()
+        })
+    });
+    let reply = b"*4\r\n:1\r\n:0\r\n:0\r\n:0\r\n";
+    c.bench_function("cluster_reply_decode", |b| {
+        b.iter(|| {
+            resp::decode(black_box(reply))
+                .ok()
+                .flatten()
+                .map(|(_, n)| n)
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    cluster_resp,
     head_reencode,
     config_swap,
     histogram_record,

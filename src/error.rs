@@ -136,6 +136,10 @@ pub enum ProxyError {
         /// Seconds until the budget allows a request again (rounded up).
         retry_after_secs: u64,
     },
+    /// A cluster limit could not be checked (the store is unavailable) and
+    /// `[cluster] on_unavailable = "deny"`.
+    #[error("the shared limit store is unavailable; retry shortly")]
+    ClusterUnavailable,
 }
 
 impl ProxyError {
@@ -184,6 +188,7 @@ impl ProxyError {
             ProxyError::ProviderQuota { .. } => (429, "rate_limit_error", "upstream_rate_limited"),
             ProxyError::NoHealthyEndpoint(_) => (503, "upstream_error", "no_healthy_upstream"),
             ProxyError::Draining => (503, "server_error", "shutting_down"),
+            ProxyError::ClusterUnavailable => (503, "server_error", "cluster_store_unavailable"),
             ProxyError::Unauthorized(_) => (401, "invalid_request_error", "invalid_api_key"),
             ProxyError::BadJson(_) => (400, "invalid_request_error", "invalid_json"),
             ProxyError::MissingModel => (400, "invalid_request_error", "missing_model"),
@@ -207,7 +212,8 @@ impl ProxyError {
             ProxyError::RouteBusy(_)
             | ProxyError::BodyBufferFull
             | ProxyError::NoHealthyEndpoint(_)
-            | ProxyError::Draining => Some(1),
+            | ProxyError::Draining
+            | ProxyError::ClusterUnavailable => Some(1),
             _ => None,
         }
     }

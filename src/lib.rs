@@ -29,6 +29,7 @@ pub mod app;
 pub mod bufio;
 pub mod civil;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fds;

@@ -120,6 +120,10 @@ pub struct Worker {
     pub stats: crate::metrics::LocalStats,
     /// Bytes of kept request bodies this worker holds (`server.body_buffer_bytes`).
     pub body_budget: crate::proxy::request_body::BodyBudget,
+    /// This worker's connection to the cluster store (idle without `[cluster]`).
+    pub store: Rc<crate::cluster::Store>,
+    /// Cluster-limit keys this worker saw refused, until their retry time.
+    pub refusals: crate::cluster::limits::RefusalCache,
     /// Spare I/O buffers, so a request does not allocate (and free) its upstream read
     /// buffer: worker-local, so taking one is a `Vec::pop`, no lock.
     spare_buffers: RefCell<Vec<Vec<u8>>>,
@@ -480,6 +484,8 @@ async fn run(
         drain: DrainSignal::default(),
         stats: crate::metrics::LocalStats::new(metrics.clone()),
         body_budget: Default::default(),
+        store: Rc::new(crate::cluster::Store::new(metrics.cluster.clone())),
+        refusals: Default::default(),
         metrics,
         spare_buffers: RefCell::new(Vec::new()),
         active: Cell::new(0),
@@ -490,6 +496,7 @@ async fn run(
 
     monoio::spawn(sweep_pools(w.clone()));
     monoio::spawn(heartbeat(w.clone()));
+    monoio::spawn(crate::cluster::conn::run(w.clone(), w.store.clone()));
 
     // Both accept loops end when the main thread shuts their sockets down (SIGTERM).
     let tls_task =

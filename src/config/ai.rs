@@ -283,7 +283,9 @@ fn toml_key(k: &str) -> String {
 
 /// Compiles `[auth]`: reads the keys file (unless `secrets` says skip), resolves limits, and
 /// appends one synthesized limit per distinct `tokens_per_minute` to `limits` (so token
-/// budgets keep their state across reloads like any other limit).
+/// budgets keep their state across reloads like any other limit). `cluster` is the compiled
+/// `[cluster]` and whether one was written (for `scope = "cluster"`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn compile_auth(
     raw: &RawAuth,
     base_dir: &Path,
@@ -291,8 +293,13 @@ pub(super) fn compile_auth(
     limit_names: &[String],
     limits: &mut Vec<Arc<LimitSpec>>,
     watched: &mut Vec<PathBuf>,
+    cluster: (Option<&super::ClusterSettings>, bool),
     errs: &mut Errors,
 ) -> Option<Auth> {
+    let scope_of = |path: String, v: &str, errs: &mut Errors| {
+        super::cluster::compile_scope(v, &path, cluster.0, cluster.1, errs)
+    };
+    let default_scope = scope_of("auth.scope".into(), &raw.scope, errs);
     let limit_of = |path: String, name: &Option<String>, errs: &mut Errors| -> Option<LimitId> {
         let n = name.as_ref()?;
         let i = limit_names.iter().position(|l| l == n);
@@ -317,7 +324,11 @@ pub(super) fn compile_auth(
             c.tokens_per_minute,
             errs,
         );
-        overrides.insert(name.as_str(), (l, c.tokens_per_minute));
+        let scope = c
+            .scope
+            .as_deref()
+            .map(|v| scope_of(format!("{path}.scope"), v, errs));
+        overrides.insert(name.as_str(), (l, c.tokens_per_minute, scope));
     }
     if raw.keys_file.trim().is_empty() {
         errs.push("auth.keys_file", "must not be empty");
@@ -347,32 +358,38 @@ pub(super) fn compile_auth(
             }
         }
     };
-    let mut token_limits: BTreeMap<u64, LimitId> = BTreeMap::new();
-    let mut token_limit_for = |tpm: u64, limits: &mut Vec<Arc<LimitSpec>>| -> LimitId {
-        *token_limits.entry(tpm).or_insert_with(|| {
-            limits.push(Arc::new(LimitSpec {
-                name: format!("{TOKEN_LIMIT_PREFIX}{tpm}"),
-                rate_per_second: tpm as f64 / 60.0,
-                burst: u32::try_from(tpm).unwrap_or(u32::MAX),
-                key: LimitKey::Client,
-                nodelay: true,
-            }));
-            limits.len() - 1
-        })
-    };
+    let mut token_limits: BTreeMap<(u64, bool), LimitId> = BTreeMap::new();
+    let mut token_limit_for =
+        |tpm: u64, scope: super::LimitScope, limits: &mut Vec<Arc<LimitSpec>>| -> LimitId {
+            let shared = scope != super::LimitScope::Local;
+            *token_limits.entry((tpm, shared)).or_insert_with(|| {
+                // One name per budget size and scope: the cluster key is derived from it.
+                let suffix = if shared { ":cluster" } else { "" };
+                limits.push(Arc::new(LimitSpec {
+                    name: format!("{TOKEN_LIMIT_PREFIX}{tpm}{suffix}"),
+                    rate_per_second: tpm as f64 / 60.0,
+                    burst: u32::try_from(tpm).unwrap_or(u32::MAX),
+                    key: LimitKey::Client,
+                    nodelay: true,
+                    scope,
+                }));
+                limits.len() - 1
+            })
+        };
     let mut keys = HashMap::new();
     let mut clients = Vec::new();
     for (name, hash) in entries {
-        let (l, tpm) = overrides
+        let (l, tpm, scope) = overrides
             .get(name.as_str())
             .copied()
-            .unwrap_or((None, None));
+            .unwrap_or((None, None, None));
+        let scope = scope.unwrap_or(default_scope);
         let tpm = tpm.or(raw.tokens_per_minute).filter(|&t| t > 0);
         keys.insert(hash, clients.len());
         clients.push(Client {
             name: Arc::from(name.as_str()),
             limit: l.or(default_limit),
-            token_limit: tpm.map(|t| token_limit_for(t, limits)),
+            token_limit: tpm.map(|t| token_limit_for(t, scope, limits)),
         });
     }
     Some(Auth { keys, clients })

@@ -30,6 +30,8 @@ pub struct Config {
     pub auth: Option<super::ai::Auth>,
     /// `[cache]`: response cache bounds.
     pub cache: super::ai::CacheSettings,
+    /// `[cluster]`: the shared store of cluster-scoped limits, when configured.
+    pub cluster: Option<Arc<ClusterSettings>>,
     /// Every file outside `gateway.toml` this generation was compiled from (`api_key_file`,
     /// `ca_file`, the `[auth]` keys file, `[server.tls]` certificates and keys). The watcher
     /// watches their directories too and re-applies the config when any of them changes, so
@@ -279,6 +281,62 @@ pub struct LimitSpec {
     pub key: LimitKey,
     /// Excess within burst passes at once (true) or waits to the rate (false).
     pub nodelay: bool,
+    /// Where the limit's state lives.
+    pub scope: LimitScope,
+}
+
+/// Where a limit's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// In this process (shared by its workers).
+    Local,
+    /// In the `[cluster]` store; while it is unavailable, in this process at the limit
+    /// divided by `replicas` (or refused, with `on_unavailable = "deny"`).
+    Cluster {
+        /// The divisor of the local fallback.
+        replicas: u32,
+    },
+}
+
+/// What a cluster limit does while the store is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// The per-pod limiter at the limit divided by the replica count.
+    Local,
+    /// 503: nothing is admitted without the shared state.
+    Deny,
+}
+
+/// A compiled `[cluster]`.
+#[derive(Debug)]
+pub struct ClusterSettings {
+    /// Redis host (a name is resolved off the workers, like upstream hosts).
+    pub host: String,
+    /// Redis port.
+    pub port: u16,
+    /// Resolved addresses of `host` (one entry, the address itself, for an IP literal).
+    pub addrs: arc_swap::ArcSwap<Vec<SocketAddr>>,
+    /// ACL user name from the URL, if any.
+    pub username: Option<String>,
+    /// Logical database (the URL's path).
+    pub db: u32,
+    /// Password from `password_file`.
+    pub password: Option<Secret>,
+    /// Longest wait for one call on the request path.
+    pub timeout: Duration,
+    /// Fallback while the store is unavailable.
+    pub on_unavailable: OnUnavailable,
+    /// Replica count the local fallback divides by.
+    pub replicas: u32,
+    /// Consecutive failures that open a worker's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open.
+    pub breaker_open: Duration,
+    /// Completion tokens reserved when a request names no maximum.
+    pub default_max_tokens: u64,
+    /// Digest of what the connection depends on (address, user, db, password): a reload
+    /// that changes it makes every worker reconnect.
+    pub fingerprint: u64,
 }
 
 /// Retry conditions, as `proxy_next_upstream`.

@@ -5,6 +5,7 @@
 //! compiled config or every error found, each with its key path and line.
 
 pub mod ai;
+pub mod cluster;
 pub mod compiled;
 pub mod raw;
 pub mod tls;

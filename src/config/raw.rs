@@ -39,6 +39,64 @@ pub struct RawConfig {
     /// The response cache's bounds (used by routes with `cache_ttl_ms`).
     #[serde(default)]
     pub cache: RawCache,
+    /// The shared store (Redis) that limits with `scope = "cluster"` are kept in.
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: the Redis that cluster-scoped limits and token budgets live in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `redis://[user@]host:port[/db]` (`rediss://` is refused until TLS to Redis exists).
+    pub redis_url: String,
+    /// A file (a mounted Secret) holding the Redis password, sent with AUTH; never logged.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Longest a request waits for Redis, per call, in milliseconds.
+    #[serde(default = "default_cluster_timeout")]
+    pub timeout_ms: u64,
+    /// What a cluster limit does while Redis is unavailable: "local" (the per-pod limiter
+    /// at the limit divided by `replicas`) or "deny" (503).
+    #[serde(default = "default_on_unavailable")]
+    pub on_unavailable: String,
+    /// Gateway replicas the local fallback divides a cluster limit by (the env var
+    /// `RINGGATE_CLUSTER_REPLICAS`, when set, overrides it).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Consecutive failed calls after which a worker stops calling Redis for a while.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit breaker stays open before one call is tried again, ms.
+    #[serde(default = "default_breaker_open")]
+    pub breaker_open_ms: u64,
+    /// Completion tokens reserved against a cluster token budget when a request names no
+    /// `max_tokens` / `max_completion_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+}
+
+fn default_cluster_timeout() -> u64 {
+    20
+}
+fn default_on_unavailable() -> String {
+    "local".into()
+}
+fn default_replicas() -> u32 {
+    1
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open() -> u64 {
+    1000
+}
+fn default_max_tokens() -> u64 {
+    1024
+}
+
+fn default_scope() -> String {
+    "local".into()
 }
 
 /// One `[models.NAME]`: NAME is what clients send as `"model"`.
@@ -83,6 +141,10 @@ pub struct RawAuth {
     /// Tokens (prompt + completion) each client may use per minute; none: unlimited.
     #[serde(default)]
     pub tokens_per_minute: Option<u64>,
+    /// Where client token budgets are kept: "local" (per pod, default) or "cluster" (in
+    /// the `[cluster]` store, shared by every replica).
+    #[serde(default = "default_scope")]
+    pub scope: String,
     /// Per-client overrides of `limit` and `tokens_per_minute`, by client name.
     #[serde(default)]
     pub clients: BTreeMap<String, RawClient>,
@@ -98,6 +160,9 @@ pub struct RawClient {
     /// Tokens per minute for this client instead of `auth.tokens_per_minute`.
     #[serde(default)]
     pub tokens_per_minute: Option<u64>,
+    /// `scope` of this client's token budget instead of `auth.scope`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// `[cache]`: bounds of the exact-match response cache shared by all workers.
@@ -345,6 +410,10 @@ pub struct RawLimit {
     /// true: excess within the burst passes at once; false: it waits to the rate.
     #[serde(default = "default_true")]
     pub nodelay: bool,
+    /// "local" (per pod, default) or "cluster" (kept in the `[cluster]` store, shared by
+    /// every replica).
+    #[serde(default = "default_scope")]
+    pub scope: String,
 }
 
 fn default_limit_key() -> String {

@@ -381,11 +381,22 @@ pub fn validate_and_compile(
         upstream_names.push(name.clone());
     }
 
+    let mut cluster_files = Vec::new();
+    let cluster = raw.cluster.as_ref().and_then(|c| {
+        super::cluster::compile_cluster(c, base_dir, secrets, &mut cluster_files, &mut errs)
+    });
     let mut limits = Vec::new();
     let mut limit_names = Vec::new();
     for (name, l) in &raw.limits {
         let path = format!("limits.{name}");
-        let spec = compile_limit(name, l, &path, &mut errs);
+        let mut spec = compile_limit(name, l, &path, &mut errs);
+        spec.scope = super::cluster::compile_scope(
+            &l.scope,
+            &format!("{path}.scope"),
+            cluster.as_deref(),
+            raw.cluster.is_some(),
+            &mut errs,
+        );
         // A header the gateway drops or refuses cannot key a limit: the limit would count
         // something the upstream never sees.
         if let LimitKey::Header(h) = &spec.key {
@@ -410,6 +421,7 @@ pub fn validate_and_compile(
             &limit_names,
             &mut limits,
             &mut ai_files,
+            (cluster.as_deref(), raw.cluster.is_some()),
             &mut errs,
         )
     });
@@ -425,6 +437,7 @@ pub fn validate_and_compile(
         }
     }
     watched_files.append(&mut ai_files);
+    watched_files.append(&mut cluster_files);
     let mut server = server;
     if let Some(t) = &raw.server.tls {
         server.tls = super::tls::compile_server_tls(
@@ -491,6 +504,7 @@ pub fn validate_and_compile(
             models,
             auth,
             cache,
+            cluster,
             watched_files,
         })
     } else {
@@ -918,6 +932,7 @@ fn compile_limit(name: &str, l: &RawLimit, path: &str, errs: &mut Errors) -> Lim
         burst: l.burst,
         key,
         nodelay: l.nodelay,
+        scope: LimitScope::Local,
     }
 }
 

@@ -85,6 +85,8 @@ pub struct WorkerMetrics {
     /// When the worker's event loop last ran its heartbeat task
     /// ([`crate::clock::monotonic_nanos`]); 0 before its first.
     heartbeat: AtomicU64,
+    /// This worker's cluster-store counters (`ringgate_cluster_*`).
+    pub cluster: Arc<crate::cluster::ClusterMetrics>,
     published: Mutex<Stats>,
 }
 

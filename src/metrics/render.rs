@@ -86,6 +86,11 @@ const UNATTRIBUTED: &str = "(unattributed)";
 pub fn render(reg: &Registry, store: &ConfigStore) -> String {
     let mut out = render_stats(reg, &reg.aggregate());
     render_config(&mut out, store);
+    if store.current().config.cluster.is_some() {
+        let ms: Vec<&crate::cluster::ClusterMetrics> =
+            reg.workers.iter().map(|w| &*w.cluster).collect();
+        crate::cluster::render(&mut out, &ms);
+    }
     out
 }
 

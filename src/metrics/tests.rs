@@ -233,6 +233,15 @@ fn synthetic_render_passes_promtool() {
     let reg = synthetic();
     let mut text = render_stats(&reg, &reg.aggregate());
     render_config_for_test(&mut text);
+    let cm = crate::cluster::ClusterMetrics::default();
+    cm.note_call_ok(std::time::Duration::from_micros(300));
+    cm.note_call_ok(std::time::Duration::from_secs(1));
+    cm.calls_timeout
+        .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    crate::cluster::render(
+        &mut text,
+        &[&cm, &crate::cluster::ClusterMetrics::default()],
+    );
     let child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -1,6 +1,11 @@
 //! Admission: whether a routed request may go on at all — the route's `max_in_flight`
 //! slot, the route's rate limit, the authenticated client's own limit, and its token
 //! budget. Runs before the body is read, so a refused request costs no upstream work.
+//!
+//! Limits with `scope = "cluster"` are gathered and decided together in the cluster store
+//! (one round trip, [`crate::cluster::limits::decide`]); on model-routed routes whose
+//! client has a cluster token budget that decision waits for the body ([`reserve`]), since
+//! the tokens to reserve depend on it.
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -8,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::forward::Request;
 use super::headers;
-use crate::config::{LimitKey, LimitSpec};
+use crate::cluster::limits::{self as cl, Entry, Kind, Reservation, ReservedIn, Verdict};
+use crate::config::{LimitId, LimitKey, LimitScope, LimitSpec, OnUnavailable};
 use crate::error::ProxyError;
 use crate::http::RequestHead;
 use crate::limit::{Decision, KeyedLimiter};
@@ -41,33 +47,206 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Admits `req` or says why not. The returned slot must live until the response is done.
-pub async fn admit<'r>(worker: &Rc<Worker>, req: &Request<'r>) -> Result<InFlight<'r>, ProxyError> {
+/// Cluster limits whose decision waits for the request body (see [`reserve`]).
+#[derive(Debug, Default)]
+pub struct Deferred {
+    entries: Vec<Entry>,
+    /// The client's cluster token budget.
+    token: Option<LimitId>,
+}
+
+/// Admits `req` or says why not. The returned slot must live until the response is done;
+/// the [`Deferred`] part goes to [`reserve`] once the body is known.
+pub async fn admit<'r>(
+    worker: &Rc<Worker>,
+    req: &Request<'r>,
+) -> Result<(InFlight<'r>, Deferred), ProxyError> {
     let route = req.route;
     let slot = InFlight::enter(route.max_in_flight, &route.in_flight)
         .ok_or_else(|| ProxyError::RouteBusy(route.name.clone()))?;
+    let mut deferred = Deferred::default();
     if let Some((spec, limiter)) = req.limit {
         let ip = headers::real_client_ip(req);
         let key = limit_key(&spec.key, req.head, req.client.map(|c| &*c.name), &ip);
-        check(worker, spec, limiter, &key.as_bytes()).await?;
+        match (spec.scope, route.limit) {
+            (LimitScope::Cluster { .. }, Some(id)) => {
+                let e = Entry::new(id, spec, Kind::Requests, &key.as_bytes(), 1);
+                deferred.entries.push(e);
+            }
+            _ => check(worker, spec, limiter, &key.as_bytes()).await?,
+        }
     }
     if let Some(c) = req.client {
         if let Some((spec, limiter)) = req.limit_at(c.limit) {
-            check(worker, spec, limiter, c.name.as_bytes()).await?;
+            match (spec.scope, c.limit) {
+                (LimitScope::Cluster { .. }, Some(id)) => {
+                    let e = Entry::new(id, spec, Kind::Requests, c.name.as_bytes(), 1);
+                    deferred.entries.push(e);
+                }
+                _ => check(worker, spec, limiter, c.name.as_bytes()).await?,
+            }
         }
         if let Some((spec, limiter)) = req.limit_at(c.token_limit) {
-            if let Decision::Reject { retry_after, .. } =
-                limiter.peek(c.name.as_bytes(), crate::clock::monotonic_nanos())
-            {
-                worker.stats.note_ratelimit_rejection(&spec.name);
-                return Err(ProxyError::TokensExhausted {
-                    client: c.name.to_string(),
-                    retry_after_secs: whole_seconds(retry_after),
-                });
+            match (spec.scope, c.token_limit) {
+                // The reservation needs the body: decided with the rest in `reserve`.
+                (LimitScope::Cluster { .. }, Some(id)) if route.route_by_model => {
+                    deferred.token = Some(id);
+                }
+                // Elsewhere no usage is read: only whether the budget is in debt.
+                (LimitScope::Cluster { .. }, Some(id)) => {
+                    let e = Entry::new(id, spec, Kind::Tokens, c.name.as_bytes(), 0);
+                    deferred.entries.push(e);
+                }
+                _ => {
+                    if let Decision::Reject { retry_after, .. } =
+                        limiter.peek(c.name.as_bytes(), crate::clock::monotonic_nanos())
+                    {
+                        worker.stats.note_ratelimit_rejection(&spec.name);
+                        return Err(ProxyError::TokensExhausted {
+                            client: c.name.to_string(),
+                            retry_after_secs: whole_seconds(retry_after),
+                        });
+                    }
+                }
             }
         }
     }
-    Ok(slot)
+    if deferred.token.is_none() && !deferred.entries.is_empty() {
+        cluster_check(worker, req, &deferred.entries).await?;
+        deferred.entries.clear();
+    }
+    Ok((slot, deferred))
+}
+
+/// For a model-routed request whose client has a cluster token budget: decides the
+/// deferred cluster limits and reserves the request's token estimate (its `max_tokens`
+/// or the configured default, plus its prompt) in one round trip. The reservation is
+/// settled with the real usage when the response ends, refunded if it is dropped.
+pub async fn reserve(
+    worker: &Rc<Worker>,
+    req: &Request<'_>,
+    deferred: Deferred,
+    body: &[u8],
+) -> Result<Option<Reservation>, ProxyError> {
+    let (Some(id), Some(cfg), Some(c)) = (deferred.token, &req.config.cluster, req.client) else {
+        return Ok(None);
+    };
+    let (Some(spec), Some(fallback)) = (req.config.limits.get(id), req.limiters.get(id)) else {
+        return Ok(None);
+    };
+    let estimate = cl::token_estimate(body, cfg.default_max_tokens);
+    let mut entries = deferred.entries;
+    entries.push(Entry::new(
+        id,
+        spec,
+        Kind::Tokens,
+        c.name.as_bytes(),
+        estimate,
+    ));
+    let in_store = cluster_check(worker, req, &entries).await?;
+    let Some(entry) = entries.pop() else {
+        return Ok(None);
+    };
+    let path = if in_store {
+        ReservedIn::Cluster {
+            store: worker.store.clone(),
+            cfg: cfg.clone(),
+            entry,
+        }
+    } else {
+        // Admitted by the fallback: the usage is charged there at the end.
+        ReservedIn::Local {
+            limiter: fallback.clone(),
+            key: entry.key,
+        }
+    };
+    Ok(Some(Reservation::new(path, estimate)))
+}
+
+/// Decides cluster `entries` in the store: Ok(true) when the store admitted them,
+/// Ok(false) when the local fallback did (the store being unavailable).
+async fn cluster_check(
+    worker: &Worker,
+    req: &Request<'_>,
+    entries: &[Entry],
+) -> Result<bool, ProxyError> {
+    let Some(cfg) = &req.config.cluster else {
+        return Ok(true);
+    };
+    let metrics = &worker.store.metrics;
+    match cl::decide(&worker.store, &worker.refusals, cfg, entries).await {
+        Verdict::Admit { wait } => {
+            if !wait.is_zero() {
+                monoio::time::sleep(wait).await;
+            }
+            Ok(true)
+        }
+        Verdict::Refuse {
+            index,
+            retry_after,
+            reset,
+        } => {
+            let Some((e, spec)) = entries
+                .get(index)
+                .and_then(|e| Some((e, req.config.limits.get(e.limit)?)))
+            else {
+                return Err(ProxyError::ClusterUnavailable);
+            };
+            worker.stats.note_ratelimit_rejection(&spec.name);
+            Err(refusal(req, e.kind, spec, retry_after, reset))
+        }
+        Verdict::Unavailable => match cfg.on_unavailable {
+            OnUnavailable::Deny => {
+                metrics.fallback_deny.fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::ClusterUnavailable)
+            }
+            OnUnavailable::Local => {
+                metrics.fallback_local.fetch_add(1, Ordering::Relaxed);
+                // The per-pod limiters of cluster limits run at the limit divided by the
+                // replica count (see `reload::limiters_for`), keyed by the same hash.
+                for e in entries {
+                    let Some((spec, limiter)) = req.limit_at(Some(e.limit)) else {
+                        continue;
+                    };
+                    let key = e.key.as_bytes();
+                    match e.kind {
+                        Kind::Requests => check(worker, spec, limiter, key).await?,
+                        Kind::Tokens => {
+                            let now = crate::clock::monotonic_nanos();
+                            if let Decision::Reject { retry_after, reset } = limiter.peek(key, now)
+                            {
+                                worker.stats.note_ratelimit_rejection(&spec.name);
+                                return Err(refusal(req, e.kind, spec, retry_after, reset));
+                            }
+                        }
+                    }
+                }
+                Ok(false)
+            }
+        },
+    }
+}
+
+/// The 429 for a refusal by limit `spec`.
+fn refusal(
+    req: &Request<'_>,
+    kind: Kind,
+    spec: &LimitSpec,
+    retry_after: std::time::Duration,
+    reset: std::time::Duration,
+) -> ProxyError {
+    match kind {
+        Kind::Requests => ProxyError::RateLimited {
+            limit: spec.name.clone(),
+            retry_after_secs: whole_seconds(retry_after),
+            rate: spec.rate_per_second,
+            reset,
+        },
+        Kind::Tokens => ProxyError::TokensExhausted {
+            client: req.client.map(|c| c.name.to_string()).unwrap_or_default(),
+            retry_after_secs: whole_seconds(retry_after),
+        },
+    }
 }
 
 /// What a rate limit counts a request against.

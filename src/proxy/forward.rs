@@ -83,7 +83,7 @@ pub async fn forward(
     scratch: &mut Vec<u8>,
     outcome: &mut Outcome,
 ) -> Result<(), Failure> {
-    let _slot = admission::admit(worker, req).await?;
+    let (_slot, deferred) = admission::admit(worker, req).await?;
 
     // Model-routed requests and cached routes need the whole body in hand: to read the
     // model, to key the cache, and to re-send it to a fallback.
@@ -130,6 +130,8 @@ pub async fn forward(
         outcome.bytes_in = buf.len() as u64;
     }
 
+    // A cluster token reservation: settled below with the usage, refunded when dropped.
+    let mut reservation = None;
     let (candidates, ai) = if route.route_by_model {
         let bytes = match &mut body {
             RequestBody::Retained(b) => std::mem::take(b),
@@ -137,6 +139,7 @@ pub async fn forward(
         };
         let (list, ai) = candidates::by_model(&req.config.models, &req.config.upstreams, bytes)?;
         body = RequestBody::Retained(Vec::with_capacity(ai.original.len() + 48));
+        reservation = admission::reserve(worker, req, deferred, &ai.original).await?;
         (list, Some(ai))
     } else {
         let list = req.upstream.map(|upstream| Candidate {
@@ -175,7 +178,7 @@ pub async fn forward(
         outcome.bytes_in = n;
     }
     let (client, scratch) = (side.client, side.scratch);
-    pipe::respond(
+    let result = pipe::respond(
         worker,
         req,
         exchange,
@@ -186,7 +189,11 @@ pub async fn forward(
         scratch,
         outcome,
     )
-    .await
+    .await;
+    if let Some(r) = reservation {
+        r.settle(outcome.tokens_used);
+    }
+    result
 }
 
 /// The try loop: attempts on the candidates' endpoints until one yields a response to

@@ -59,6 +59,8 @@ pub struct Outcome {
     pub cache: Option<crate::ai::cache::CacheStatus>,
     /// Why a response whose head went out ended early.
     pub truncated: Option<&'static str>,
+    /// Tokens (prompt + completion) the response used, when its usage was read or estimated.
+    pub tokens_used: Option<u64>,
 }
 
 /// Read buffer a client connection starts with and returns to after a large request:

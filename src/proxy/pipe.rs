@@ -127,7 +127,7 @@ pub async fn respond(
     let mut tap = std::mem::take(&mut pipe.tap);
     outcome.ttfb = first_body.map(|t| t.saturating_duration_since(req.started));
     outcome.response = Some(started.elapsed());
-    tap::account_usage(worker, req, candidate, &tap);
+    outcome.tokens_used = tap::account_usage(worker, req, candidate, &tap);
     outcome.bytes_out = match copied {
         Ok(n) => n,
         Err(e) => {

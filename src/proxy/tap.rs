@@ -117,33 +117,34 @@ impl Tap {
     }
 }
 
-/// Counts the tokens and dollars a response reported, and charges the client's token
-/// budget. Runs also when the stream broke midway: what was used was used.
-pub fn account_usage(worker: &Worker, req: &Request<'_>, candidate: Candidate<'_>, tap: &Tap) {
-    let Some((_, model)) = candidate.model else {
-        return;
-    };
+/// Counts the tokens and dollars a response reported, and charges the client's local token
+/// budget (a cluster budget is settled by its reservation, with the tokens returned here).
+/// Runs also when the stream broke midway: what was used was used.
+pub fn account_usage(
+    worker: &Worker,
+    req: &Request<'_>,
+    candidate: Candidate<'_>,
+    tap: &Tap,
+) -> Option<u64> {
+    let (_, model) = candidate.model?;
     let (u, estimated) = match tap.usage() {
         Some(u) => (u, false),
-        None => match tap.estimated_usage() {
-            Some(u) => (u, true),
-            None => return,
-        },
+        None => (tap.estimated_usage()?, true),
     };
+    let tokens = u.prompt.saturating_add(u.completion);
     let cost = model.price.map_or(0.0, |p| p.cost(&u));
     let client = req.client;
     worker
         .stats
         .note_usage(&model.name, client.map(|c| &*c.name), &u, cost, estimated);
     if let Some(c) = client {
-        if let Some((_, limiter)) = req.limit_at(c.token_limit) {
-            limiter.charge(
-                c.name.as_bytes(),
-                u.prompt.saturating_add(u.completion),
-                crate::clock::monotonic_nanos(),
-            );
+        if let Some((spec, limiter)) = req.limit_at(c.token_limit) {
+            if spec.scope == crate::config::LimitScope::Local {
+                limiter.charge(c.name.as_bytes(), tokens, crate::clock::monotonic_nanos());
+            }
         }
     }
+    Some(tokens)
 }
 
 #[cfg(test)]

@@ -249,10 +249,16 @@ fn limiters_for(
                 .find(|(s, _)| *s == **spec)
                 .map(|(_, l)| l.clone());
             let limiter = kept.unwrap_or_else(|| {
+                // A cluster limit's local limiter is its fallback while the store is
+                // unavailable: each replica takes its share of the limit.
+                let share = match spec.scope {
+                    crate::config::LimitScope::Local => 1,
+                    crate::config::LimitScope::Cluster { replicas } => replicas.max(1),
+                };
                 Arc::new(KeyedLimiter::new(
                     LimitParams {
-                        rate_per_second: spec.rate_per_second,
-                        burst: spec.burst,
+                        rate_per_second: spec.rate_per_second / f64::from(share),
+                        burst: spec.burst / share,
                         nodelay: spec.nodelay,
                     },
                     MAX_KEYS_PER_LIMIT,

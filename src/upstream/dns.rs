@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
-/// Resolves every upstream endpoint of `config` that is a name, storing the addresses.
-/// Failures are logged and leave the previous addresses (or none) in place.
+/// Resolves every upstream endpoint of `config` that is a name, and the `[cluster]` Redis
+/// host, storing the addresses. Failures are logged and leave the previous addresses (or
+/// none) in place.
 pub fn resolve_config(config: &Config) {
     resolve_config_with(config, |host, port| {
         (host, port).to_socket_addrs().map(Iterator::collect)
@@ -22,6 +23,20 @@ pub fn resolve_config_with(
     config: &Config,
     resolve: impl Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
 ) {
+    if let Some(c) = &config.cluster {
+        if c.host.parse::<std::net::IpAddr>().is_err() {
+            match resolve(c.host.as_str(), c.port) {
+                Ok(addrs) => {
+                    if !addrs.is_empty() && **c.addrs.load() != addrs {
+                        c.addrs.store(Arc::new(addrs));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(host = %c.host, error = %e, "could not resolve the cluster store host");
+                }
+            }
+        }
+    }
     for up in &config.upstreams {
         for (ep, slot) in up.endpoints.iter().zip(up.addrs.iter()) {
             if ep.host.parse::<std::net::IpAddr>().is_ok() {
