@@ -179,64 +179,80 @@ pub fn run(path: &Path, opts: RunOptions) -> i32 {
         stop.clone(),
     );
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    log_worker_count(server.workers, cores);
-    let (tx, rx) = mpsc::channel();
-    let mut handles = Vec::new();
-    let mut listener_fds = Vec::new();
-    let mut listens = listens;
-    for (id, m) in registry.workers.iter().enumerate() {
-        match worker::spawn(id, shared.clone(), m.clone(), listens, cores, tx.clone()) {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                eprintln!("cannot start worker {id}: {e}");
-                return 1;
-            }
+    let workers = match start_workers(&shared, &registry, listens, server.workers) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
         }
-        // The first worker binds alone: a configured port 0 becomes whatever port the kernel
-        // gave it, and every later worker joins that one port through SO_REUSEPORT (binding
-        // port 0 each would give each worker a port of its own).
-        if id == 0 {
-            match await_bound(&rx) {
-                Ok(b) => {
-                    listens = worker::Listens {
-                        plain: b.plain,
-                        tls: b.tls,
-                    };
-                    listener_fds.extend(b.fds);
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 1;
-                }
-            }
-        }
-    }
-    drop(tx);
-    for _ in 1..handles.len() {
-        match await_bound(&rx) {
-            Ok(b) => listener_fds.extend(b.fds),
-            Err(e) => {
-                eprintln!("{e}");
-                return 1;
-            }
-        }
-    }
-    tracing::info!(listen = %listens.plain, tls_listen = ?listens.tls, admin = %admin_addr, workers = handles.len(), "ringgate serving");
+    };
+    let listens = workers.listens;
+    tracing::info!(listen = %listens.plain, tls_listen = ?listens.tls, admin = %admin_addr, workers = workers.handles.len(), "ringgate serving");
     if opts.print_ports {
         print_ports(listens, admin_addr);
     }
 
     let sig = signals.forever().next();
     tracing::info!(signal = ?sig, grace_ms = server.shutdown_grace.as_millis() as u64, "draining");
-    shared.draining.store(true, Ordering::SeqCst);
     stop.store(true, Ordering::Relaxed);
-    // Wakes the accepts in flight (they fail with EINVAL) so the workers stop taking
-    // connections and start draining: through our own duplicates of the listening sockets.
-    worker::stop_listening(&listener_fds);
-    let deadline = std::time::Instant::now() + server.shutdown_grace + Duration::from_secs(2);
+    drain(&shared, workers, server.shutdown_grace)
+}
+
+/// The running workers: their threads, the addresses they serve, and the main thread's own
+/// duplicates of their listening sockets (what the drain shuts down).
+struct Workers {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    listens: worker::Listens,
+    listener_fds: Vec<Arc<std::os::fd::OwnedFd>>,
+}
+
+/// Starts `count` workers. The first binds alone: a configured port 0 becomes whatever port
+/// the kernel gave it, and every later worker joins that one port through SO_REUSEPORT
+/// (binding port 0 each would give each worker a port of its own).
+fn start_workers(
+    shared: &Arc<Shared>,
+    registry: &Registry,
+    mut listens: worker::Listens,
+    count: usize,
+) -> Result<Workers, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    log_worker_count(count, cores);
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    let mut listener_fds = Vec::new();
+    for (id, m) in registry.workers.iter().enumerate() {
+        let h = worker::spawn(id, shared.clone(), m.clone(), listens, cores, tx.clone())
+            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+        handles.push(h);
+        if id == 0 {
+            let b = await_bound(&rx)?;
+            listens = worker::Listens {
+                plain: b.plain,
+                tls: b.tls,
+            };
+            listener_fds.extend(b.fds);
+        }
+    }
+    drop(tx);
+    for _ in 1..handles.len() {
+        listener_fds.extend(await_bound(&rx)?.fds);
+    }
+    Ok(Workers {
+        handles,
+        listens,
+        listener_fds,
+    })
+}
+
+/// Drains on SIGTERM: marks the process draining, wakes the workers' accepts through the
+/// main thread's own duplicates of the listening sockets, waits up to the grace period (plus
+/// a margin) for the workers, and returns the exit code: 1 when requests were cut.
+fn drain(shared: &Shared, workers: Workers, grace: Duration) -> i32 {
+    shared.draining.store(true, Ordering::SeqCst);
+    worker::stop_listening(&workers.listener_fds);
+    let deadline = std::time::Instant::now() + grace + Duration::from_secs(2);
     let mut stuck = 0usize;
-    for h in handles {
+    for h in workers.handles {
         while !h.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -252,7 +268,7 @@ pub fn run(path: &Path, opts: RunOptions) -> i32 {
         tracing::error!(
             cut_connections = cut,
             stuck_workers = stuck,
-            grace_ms = server.shutdown_grace.as_millis() as u64,
+            grace_ms = grace.as_millis() as u64,
             "stopped: the grace period ended with requests in flight; they were cut"
         );
         return 1;
