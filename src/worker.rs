@@ -555,18 +555,20 @@ async fn sweep_pools(w: Rc<Worker>) {
                 .find(|u| u.fingerprint == fp)
                 .map(|u| u.keepalive_timeout)
         });
+        let now = Instant::now();
         for up in ups {
-            let busy: u32 = w
-                .balancer
-                .state(up)
+            let state = w.balancer.state(up);
+            let busy: u32 = state.endpoints().iter().map(|e| e.inflight()).sum();
+            let ejected = state
                 .endpoints()
                 .iter()
-                .map(|e| e.inflight())
-                .sum();
-            w.stats.set_pool(
+                .filter(|e| e.is_ejected(now))
+                .count();
+            w.stats.set_upstream_gauges(
                 &up.name,
                 pool.idle_for(up.fingerprint) as u64,
                 u64::from(busy),
+                ejected as u64,
             );
         }
         drop(pool);

@@ -919,6 +919,19 @@ tests:
           - exp_labels: {severity: critical, namespace: ai-gateway, upstream: down}
   - interval: 1m
     input_series:
+      - series: 'ringgate_upstream_endpoints_ejected{namespace="ai-gateway",pod="p",upstream="flaky"}'
+        values: '1x20'
+      - series: 'ringgate_upstream_endpoints_ejected{namespace="ai-gateway",pod="p",upstream="fine"}'
+        values: '0x20'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: RinggateUpstreamEndpointEjected
+      - eval_time: 15m
+        alertname: RinggateUpstreamEndpointEjected
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ai-gateway, upstream: flaky}
+  - interval: 1m
+    input_series:
       - series: 'ringgate_tls_certificate_expiry_timestamp_seconds{namespace="ai-gateway",pod="p",server_name="soon.example.com"}'
         values: '864000x60'
       - series: 'ringgate_tls_certificate_expiry_timestamp_seconds{namespace="ai-gateway",pod="p",server_name="later.example.com"}'
@@ -997,6 +1010,7 @@ fn the_alert_rules_pass_promtool() {
             "RinggateConfigReloadFailing",
             "RinggateHigh5xxRatio",
             "RinggateUpstreamFailing",
+            "RinggateUpstreamEndpointEjected",
             "RinggateCertificateExpiringSoon",
             "RinggateWorkerDown",
             "RinggatePanics"

@@ -596,3 +596,28 @@ fn the_in_flight_gauge_counts_streams_until_they_end() {
     }
     assert!(settled(0.0), "all done: {:?}", gauge());
 }
+
+/// An ejected endpoint shows in `ringgate_upstream_endpoints_ejected` while it is out (the
+/// gauge is sampled once a second, so this test ejects for longer than that).
+#[test]
+fn ejected_endpoints_are_visible_in_a_gauge() {
+    let good = MockProvider::start("127.0.0.1:0").expect("mock");
+    let eps = [good.addr().to_string(), "127.0.0.1:1".to_string()];
+    let cfg = config(&eps, "round_robin", "\"error\"", 2, "", "")
+        .replace("fail_timeout_ms = 400", "fail_timeout_ms = 10000");
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    let gauge = || gw.metric("ringgate_upstream_endpoints_ejected{upstream=\"pool\"}");
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(5), || gauge() == Some(0.0)),
+        "nothing ejected yet: {:?}",
+        gauge()
+    );
+    for _ in 0..6 {
+        assert_eq!(get(&gw, "/v1/echo", "").status, 200);
+    }
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(5), || gauge() == Some(1.0)),
+        "the dead endpoint is not in the gauge: {:?}",
+        gauge()
+    );
+}

@@ -435,6 +435,20 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         }
     }
     t.family(
+        "ringgate_upstream_endpoints_ejected",
+        "gauge",
+        "Endpoints ejected by passive health, by upstream (summed over workers: each worker ejects on its own)",
+    );
+    if st.pool_sampled {
+        for (up, u) in &st.upstreams {
+            t.sample(
+                "ringgate_upstream_endpoints_ejected",
+                &[("upstream", up)],
+                u.ejected,
+            );
+        }
+    }
+    t.family(
         "ringgate_upstream_requests_total",
         "counter",
         "Requests answered through an upstream, by upstream and status class of the answer",

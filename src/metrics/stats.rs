@@ -320,7 +320,10 @@ pub struct UpstreamStats {
     pub idle: u64,
     /// Connections in use (gauge).
     pub busy: u64,
-    /// Whether `idle`/`busy` were set since the last publish.
+    /// Endpoints ejected by passive health (gauge; summed over workers, which eject on
+    /// their own).
+    pub ejected: u64,
+    /// Whether `idle`/`busy`/`ejected` were set since the last publish.
     gauge_set: bool,
 }
 
@@ -465,17 +468,19 @@ impl Stats {
                 }
                 match mode {
                     Merge::Publish => {
-                        let (idle, busy) = if u.gauge_set {
-                            (u.idle, u.busy)
+                        let (idle, busy, ejected) = if u.gauge_set {
+                            (u.idle, u.busy, u.ejected)
                         } else {
-                            (0, 0)
+                            (0, 0, 0)
                         };
                         d.idle = idle;
                         d.busy = busy;
+                        d.ejected = ejected;
                     }
                     Merge::Aggregate => {
                         d.idle += u.idle;
                         d.busy += u.busy;
+                        d.ejected += u.ejected;
                     }
                 }
             }
@@ -741,11 +746,17 @@ impl LocalStats {
     /// Call it for every upstream of the current config before each [`publish`](Self::publish);
     /// an upstream not sampled since the last publish reads 0.
     pub fn set_pool(&self, upstream: &str, idle: u64, busy: u64) {
+        self.set_upstream_gauges(upstream, idle, busy, 0);
+    }
+
+    /// Samples `upstream` on this worker: pooled and busy connections, ejected endpoints.
+    pub fn set_upstream_gauges(&self, upstream: &str, idle: u64, busy: u64, ejected: u64) {
         self.with(|d| {
             d.pool_sampled = true;
             if let Some(u) = slot(&mut d.upstreams, upstream, MAX_UPSTREAMS) {
                 u.idle = idle;
                 u.busy = busy;
+                u.ejected = ejected;
                 u.gauge_set = true;
             }
         });

@@ -1391,6 +1391,14 @@ pub fn prometheus_rule(o: &Options) -> PrometheusRule {
             "More than half of the requests sent to upstream {{ $labels.upstream }} in {{ $labels.namespace }} ended in a 5xx for 5 minutes: the provider is down or refusing, and passive health (max_fails) is ejecting its endpoints. Check the provider's status and the key in the Secret.",
         ),
         rule(
+            "RinggateUpstreamEndpointEjected",
+            format!("max by (namespace, upstream) (ringgate_upstream_endpoints_ejected{{{ns}}}) > 0"),
+            "10m",
+            "warning",
+            "an endpoint of upstream {{ $labels.upstream }} is ejected",
+            "Passive health (max_fails) has kept at least one endpoint of upstream {{ $labels.upstream }} in {{ $labels.namespace }} ejected for 10 minutes: its traffic goes to the other endpoints, with less headroom. Check that endpoint.",
+        ),
+        rule(
             "RinggateCertificateExpiringSoon",
             format!("min by (namespace, pod, server_name) (ringgate_tls_certificate_expiry_timestamp_seconds{{{ns}}}) - time() < 14 * 86400"),
             "15m",
