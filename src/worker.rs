@@ -118,6 +118,8 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// This worker's per-route/upstream/limit statistics, published once a second.
     pub stats: crate::metrics::LocalStats,
+    /// The clients of requests waiting on an upstream, checked together every 50 ms.
+    pub client_watch: Rc<crate::proxy::client_watch::ClientWatch>,
     /// Bytes of kept request bodies this worker holds (`server.body_buffer_bytes`).
     pub body_budget: crate::proxy::request_body::BodyBudget,
     /// This worker's connection to the cluster store (idle without `[cluster]`).
@@ -484,6 +486,7 @@ async fn run(
         drain: DrainSignal::default(),
         stats: crate::metrics::LocalStats::new(metrics.clone()),
         body_budget: Default::default(),
+        client_watch: Default::default(),
         store: Rc::new(crate::cluster::Store::new(metrics.cluster.clone())),
         refusals: Default::default(),
         metrics,
@@ -495,6 +498,7 @@ async fn run(
     });
 
     monoio::spawn(sweep_pools(w.clone()));
+    monoio::spawn(w.client_watch.clone().run());
     monoio::spawn(heartbeat(w.clone()));
     monoio::spawn(crate::cluster::conn::run(w.clone(), w.store.clone()));
 

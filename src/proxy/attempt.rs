@@ -6,7 +6,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::client_watch;
 use super::failure::{Failure, UpstreamFault};
 use super::forward::Request;
 use super::io::{send_continue, send_upstream, upstream_read_err};
@@ -111,12 +110,14 @@ pub async fn attempt(
         stream_body(req, &mut conn.stream, side, body).await?;
     }
     let mut upstream_buf = ReadBuf::from_vec(worker.take_buffer(8192), MAX_RESPONSE_HEAD);
-    let head = client_watch::unless_client_leaves(
-        side.client.raw_fd(),
-        read_response_head(&mut conn.stream, &mut upstream_buf, route.read_timeout),
-        || (ProxyError::ClientClosed, false),
-    )
-    .await;
+    let head = worker
+        .client_watch
+        .unless_client_leaves(
+            side.client.raw_fd(),
+            read_response_head(&mut conn.stream, &mut upstream_buf, route.read_timeout),
+            || (ProxyError::ClientClosed, false),
+        )
+        .await;
     match head {
         Ok(resp) => Ok(Exchange {
             conn,

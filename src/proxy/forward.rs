@@ -20,7 +20,7 @@ use super::failure::{Failure, Phase};
 use super::io::send_continue;
 use super::request_body::{self, ReadLimits, RequestBody};
 use super::retry::{self, Attempt, Next, RetryState};
-use super::{admission, cache, client_watch, pipe, quota, Outcome};
+use super::{admission, cache, pipe, quota, Outcome};
 use crate::ai::cache::ResponseCache;
 use crate::bufio::ReadBuf;
 use crate::config::ai::Client;
@@ -313,10 +313,13 @@ async fn exchange<'c>(
                     monoio::time::sleep(wait).await;
                     Ok(())
                 };
-                client_watch::unless_client_leaves(side.client.raw_fd(), backoff, || {
-                    Failure::request(ProxyError::ClientClosed)
-                })
-                .await?;
+                let fd = side.client.raw_fd();
+                worker
+                    .client_watch
+                    .unless_client_leaves(fd, backoff, || {
+                        Failure::request(ProxyError::ClientClosed)
+                    })
+                    .await?;
             }
             Next::Fallback { reason } => {
                 let next_cand = candidates[(current + 1).min(candidates.len() - 1)];

@@ -13,7 +13,7 @@ use monoio::io::AsyncReadRent;
 use super::attempt::Exchange;
 use super::cache::{self, CachePlan};
 use super::candidates::{AiRequest, Candidate};
-use super::client_watch;
+use super::client_watch::ClientWatch;
 use super::failure::Failure;
 use super::forward::Request;
 use super::headers::{self, ClientFraming};
@@ -110,6 +110,7 @@ pub async fn respond(
         client_timeout: req.server.idle_timeout,
         first_body: None,
         tap,
+        watch: &worker.client_watch,
         head_sent: false,
         decoded: 0,
         sent: 0,
@@ -244,6 +245,8 @@ pub struct ResponsePipe<'a, U> {
     first_body: Option<Instant>,
     /// What is read from the body on its way through.
     tap: Tap,
+    /// Where the client is watched while the pipe waits on the upstream.
+    watch: &'a ClientWatch,
     /// Whether the response head reached the client.
     head_sent: bool,
     /// Payload bytes read from the upstream and put in `out`.
@@ -283,7 +286,9 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
                 Err(e) => Err(upstream_read_err(e)),
             }
         };
-        client_watch::unless_client_leaves(fd, read, || ProxyError::ClientClosed).await
+        self.watch
+            .unless_client_leaves(fd, read, || ProxyError::ClientClosed)
+            .await
     }
 
     /// Reads more of a body that must not end yet.
