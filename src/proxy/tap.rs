@@ -335,6 +335,48 @@ mod tests {
     }
 
     #[test]
+    fn translated_answers_are_read_whole_and_bounded() {
+        let mut t = Tap {
+            json: Some(JsonUsageScanner::new()),
+            translate: Some(Translate::Message(Vec::new())),
+            filter: true,
+            ..Tap::default()
+        };
+        assert!(t.whole());
+        let body = br#"{"id":"m","type":"message","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#;
+        for piece in body.chunks(7) {
+            t.observe(piece);
+            assert!(
+                t.filtered.is_empty(),
+                "nothing goes out before the whole answer"
+            );
+        }
+        t.finish();
+        assert_eq!(t.failed(), None);
+        assert!(t.filtered.starts_with(br#"{"choices""#));
+        assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((3, 1)));
+        // Not a message: the exchange fails (a 502) rather than forwarding it untranslated.
+        let mut t = Tap {
+            translate: Some(Translate::Message(Vec::new())),
+            filter: true,
+            ..Tap::default()
+        };
+        t.observe(b"<html>");
+        t.finish();
+        assert_eq!(t.failed(), Some("not an Anthropic message"));
+        // Past the bound the body is not kept.
+        let mut t = Tap {
+            translate: Some(Translate::Error(Vec::new(), 500)),
+            filter: true,
+            ..Tap::default()
+        };
+        t.observe(&vec![b' '; anthropic::MAX_BODY]);
+        assert_eq!(t.failed(), None);
+        t.observe(b"x");
+        assert_eq!(t.failed(), Some("larger than 16 MiB"));
+    }
+
+    #[test]
     fn json_usage_is_read_in_pieces() {
         let mut t = Tap {
             json: Some(JsonUsageScanner::new()),
