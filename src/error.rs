@@ -125,6 +125,13 @@ pub enum ProxyError {
     /// A model-routed request names no model.
     #[error("you must provide a model parameter")]
     MissingModel,
+    /// The request has a field the model's provider API cannot be given (named in it).
+    #[error("{0}")]
+    Untranslatable(crate::ai::anthropic::TranslateError),
+    /// The provider's answer could not be translated to OpenAI's shape (not the shape its
+    /// API documents, or larger than a translation buffers).
+    #[error("the upstream's answer could not be translated: {0}")]
+    UntranslatableAnswer(&'static str),
     /// The requested model is not configured (the message lists nothing else).
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     UnknownModel(String),
@@ -192,6 +199,10 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => (401, "invalid_request_error", "invalid_api_key"),
             ProxyError::BadJson(_) => (400, "invalid_request_error", "invalid_json"),
             ProxyError::MissingModel => (400, "invalid_request_error", "missing_model"),
+            ProxyError::Untranslatable(_) => {
+                (400, "invalid_request_error", "unsupported_parameter")
+            }
+            ProxyError::UntranslatableAnswer(_) => (502, "upstream_error", "upstream_bad_response"),
             ProxyError::UnknownModel(_) => (404, "invalid_request_error", "model_not_found"),
             ProxyError::TokensExhausted { .. } => (429, "tokens", "rate_limit_exceeded"),
         }

@@ -4,6 +4,7 @@
 //! requests from an exact-match cache ([`cache`]). Everything here is sans-IO except what
 //! the proxy drives; the config side lives in [`crate::config::ai`].
 
+pub mod anthropic;
 pub mod auth;
 pub mod body;
 pub mod cache;

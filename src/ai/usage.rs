@@ -296,6 +296,11 @@ impl SseScanner {
         self.usage
     }
 
+    /// Whether it strips the usage-only chunk (and so writes what is to be forwarded).
+    pub fn strips(&self) -> bool {
+        self.strip
+    }
+
     /// Whether a usage-only chunk was removed.
     pub fn stripped(&self) -> bool {
         self.stripped

@@ -221,7 +221,12 @@ pub struct Upstream {
     pub keepalive_requests: u64,
     /// Connect timeout when the route sets none.
     pub connect_timeout: Duration,
-    /// `Authorization` header value (`Bearer ...`) replacing the client's, if configured.
+    /// The wire format the upstream speaks.
+    pub api: Api,
+    /// `max_tokens` for an Anthropic request that set none.
+    pub default_max_tokens: u32,
+    /// The provider key, replacing the client's: the `Authorization` value (`Bearer ...`)
+    /// for OpenAI upstreams, the bare key (sent as `x-api-key`) for Anthropic ones.
     /// Never logged: [`Secret`]'s Debug prints a placeholder.
     pub authorization: Option<Secret>,
     /// TLS settings (one shared rustls client config) for `https://` upstreams; None for
@@ -243,6 +248,16 @@ pub struct Upstream {
     /// Hash of everything that defines this upstream; a reload keeps the pools of upstreams
     /// whose fingerprint did not change.
     pub fingerprint: u64,
+}
+
+/// The wire format an upstream speaks (`api` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// OpenAI-compatible: requests and answers pass through as they are.
+    #[default]
+    OpenAi,
+    /// The Anthropic Messages API: chat completions are translated both ways.
+    Anthropic,
 }
 
 /// A secret value whose Debug output never shows it.

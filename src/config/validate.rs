@@ -730,6 +730,36 @@ fn compile_upstream(
         errs,
     );
 
+    let api = match u.api.as_deref().unwrap_or("openai") {
+        "openai" => Api::OpenAi,
+        "anthropic" => Api::Anthropic,
+        "gemini" => {
+            errs.push(format!("{path}.api"), "`gemini` is not supported yet");
+            Api::OpenAi
+        }
+        other => {
+            errs.push(
+                format!("{path}.api"),
+                format!("`{other}` is not one of openai, anthropic"),
+            );
+            Api::OpenAi
+        }
+    };
+    let default_max_tokens = match u.default_max_tokens {
+        Some(_) if api != Api::Anthropic => {
+            errs.push(
+                format!("{path}.default_max_tokens"),
+                "only for api = \"anthropic\"",
+            );
+            0
+        }
+        Some(n) if !(1..=1_000_000).contains(&n) => {
+            errs.push(format!("{path}.default_max_tokens"), "must be 1..=1000000");
+            0
+        }
+        Some(n) => n,
+        None => 4096,
+    };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     u.hash(&mut hasher);
     let authorization = match &u.api_key_file {
@@ -758,7 +788,10 @@ fn compile_upstream(
                         None
                     } else {
                         key.hash(&mut hasher);
-                        Some(Secret(format!("Bearer {key}").into_bytes()))
+                        Some(Secret(match api {
+                            Api::OpenAi => format!("Bearer {key}").into_bytes(),
+                            Api::Anthropic => key.into_bytes(),
+                        }))
                     }
                 }
                 Err(e) => {
@@ -817,6 +850,8 @@ fn compile_upstream(
         keepalive_requests: u.keepalive_requests,
         connect_timeout,
         authorization,
+        api,
+        default_max_tokens,
         tls,
         fingerprint: hasher.finish(),
     })
@@ -1223,6 +1258,57 @@ upstream = "mock"
         assert_eq!(cfg.upstreams[0].base_path, "/v1");
         assert_eq!(cfg.upstreams[0].host_header, "127.0.0.1:9000");
         assert_eq!(cfg.routes.len(), 1);
+    }
+
+    /// `api` picks the wire format; `default_max_tokens` belongs to Anthropic upstreams only.
+    #[test]
+    fn upstream_api_is_validated() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "url = \"http://127.0.0.1:9000/v1\"\n",
+                &format!("url = \"http://127.0.0.1:9000/v1\"\n{extra}\n"),
+            )
+        };
+        let cfg = crate::config::load_bytes(GOOD.as_bytes(), Path::new(".")).expect("valid");
+        assert_eq!(
+            (cfg.upstreams[0].api, cfg.upstreams[0].default_max_tokens),
+            (Api::OpenAi, 4096)
+        );
+        let cfg = crate::config::load_bytes(
+            with("api = \"anthropic\"\ndefault_max_tokens = 512").as_bytes(),
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(
+            (cfg.upstreams[0].api, cfg.upstreams[0].default_max_tokens),
+            (Api::Anthropic, 512)
+        );
+        let cases = [
+            (
+                "api = \"gemini\"",
+                "upstreams.mock.api",
+                "not supported yet",
+            ),
+            ("api = \"cohere\"", "upstreams.mock.api", "not one of"),
+            (
+                "default_max_tokens = 10",
+                "upstreams.mock.default_max_tokens",
+                "only for",
+            ),
+            (
+                "api = \"anthropic\"\ndefault_max_tokens = 0",
+                "upstreams.mock.default_max_tokens",
+                "1..=",
+            ),
+        ];
+        for (extra, path, msg) in cases {
+            let errs = errors_of(&with(extra));
+            assert!(
+                errs.iter()
+                    .any(|e| e.path == path && e.message.contains(msg)),
+                "{extra}: {errs:?}"
+            );
+        }
     }
 
     /// Each broken config names the key path and line of its mistake.

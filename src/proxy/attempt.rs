@@ -119,14 +119,22 @@ pub async fn attempt(
         )
         .await;
     match head {
-        Ok(resp) => Ok(Exchange {
-            conn,
-            upstream_buf,
-            resp,
-            connect_time,
-            started,
-            slot,
-        }),
+        Ok(mut resp) => {
+            if up.api == crate::config::Api::Anthropic && resp.status == 529 {
+                // Anthropic's "overloaded" is what 503 means to retries, fallbacks, health
+                // accounting and clients alike.
+                resp.status = crate::ai::anthropic::map_status(resp.status);
+                resp.reason = "Service Unavailable".to_string();
+            }
+            Ok(Exchange {
+                conn,
+                upstream_buf,
+                resp,
+                connect_time,
+                started,
+                slot,
+            })
+        }
         Err((ProxyError::ClientClosed, _)) => {
             // Nobody waits for this answer: the connection (and the provider's work on it)
             // is dropped here.

@@ -6,9 +6,10 @@
 use super::forward::Request;
 use super::headers::{self, UpstreamFraming};
 use super::request_body::RequestBody;
+use crate::ai::anthropic;
 use crate::ai::body::RequestInfo;
 use crate::config::ai::{Model, Models};
-use crate::config::Upstream;
+use crate::config::{Api, Upstream};
 use crate::error::ProxyError;
 
 /// One place a try can go: an upstream and, on model-routed routes, the model it serves.
@@ -36,6 +37,9 @@ pub struct AiRequest {
     pub info: RequestInfo,
     /// The gateway added `include_usage`, so the usage-only chunk must not reach the client.
     pub strip_usage_chunk: bool,
+    /// The body in Anthropic's shape for each candidate model (by index) whose upstream
+    /// speaks it, translated once up front so a refusal is known before any try.
+    pub translated: Vec<(usize, Vec<u8>)>,
 }
 
 impl AiRequest {
@@ -59,17 +63,36 @@ pub fn by_model<'c>(
         return Err(ProxyError::UnknownModel(name.to_string()));
     };
     let fallbacks = models.list.get(first).map_or(&[][..], |m| &m.fallbacks[..]);
-    let candidates = std::iter::once(first)
+    let mut translated = Vec::new();
+    let mut refusal = None;
+    let candidates: Vec<Candidate<'c>> = std::iter::once(first)
         .chain(fallbacks.iter().copied())
         .filter_map(|idx| {
             let m = models.list.get(idx)?;
             let upstream = upstreams.get(m.upstream)?;
+            if upstream.api == Api::Anthropic {
+                let model = m.provider_model.as_deref().unwrap_or(&m.name);
+                match anthropic::request_to_anthropic(&body, model, upstream.default_max_tokens) {
+                    Ok(b) => translated.push((idx, b)),
+                    // A fallback that cannot take this request is skipped; the model asked
+                    // for refuses it, naming the field.
+                    Err(e) => {
+                        if idx == first {
+                            refusal = Some(e);
+                        }
+                        return None;
+                    }
+                }
+            }
             Some(Candidate {
                 upstream,
                 model: Some((idx, m)),
             })
         })
         .collect();
+    if let Some(e) = refusal {
+        return Err(ProxyError::Untranslatable(e));
+    }
     let strip_usage_chunk = info.stream && info.include_usage != Some(true);
     Ok((
         candidates,
@@ -77,6 +100,7 @@ pub fn by_model<'c>(
             original: body,
             info,
             strip_usage_chunk,
+            translated,
         },
     ))
 }
@@ -108,22 +132,42 @@ impl UpstreamRequest {
         body: &mut RequestBody,
     ) {
         let up = candidate.upstream;
+        let anthropic = up.api == Api::Anthropic;
         if let (Some(a), RequestBody::Retained(b)) = (ai, &mut *body) {
             b.clear();
-            let provider_model = candidate
-                .model
-                .and_then(|(_, m)| m.provider_model.as_deref());
-            crate::ai::body::rewrite(&a.original, &a.info, provider_model, a.strip_usage_chunk, b);
+            if anthropic {
+                let idx = candidate.model.map(|(i, _)| i);
+                if let Some((_, t)) = a.translated.iter().find(|(i, _)| Some(*i) == idx) {
+                    b.extend_from_slice(t);
+                }
+            } else {
+                let provider_model = candidate
+                    .model
+                    .and_then(|(_, m)| m.provider_model.as_deref());
+                crate::ai::body::rewrite(
+                    &a.original,
+                    &a.info,
+                    provider_model,
+                    a.strip_usage_chunk,
+                    b,
+                );
+            }
         }
         let head = req.head;
         self.target.clear();
-        crate::router::upstream_target(
-            req.route,
-            &up.base_path,
-            head.path(),
-            head.query(),
-            &mut self.target,
-        );
+        if anthropic && ai.is_some() {
+            // The Messages API has one endpoint, whatever path the client used.
+            self.target.push_str(&up.base_path);
+            self.target.push_str("/messages");
+        } else {
+            crate::router::upstream_target(
+                req.route,
+                &up.base_path,
+                head.path(),
+                head.query(),
+                &mut self.target,
+            );
+        }
         let framing = match &*body {
             RequestBody::None => {
                 if matches!(head.method.as_str(), "POST" | "PUT" | "PATCH") {

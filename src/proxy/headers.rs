@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use super::forward::Request;
-use crate::config::{ServerSettings, UnderscoreHeaders};
+use crate::config::{Api, ServerSettings, UnderscoreHeaders};
 use crate::http::{is_hop_by_hop, RequestHead, ResponseHead};
 use crate::worker::Worker;
 
@@ -138,7 +138,7 @@ pub enum UpstreamFraming {
 ///
 /// With `[auth]`, the client's key is the gateway's, never the provider's: it is not
 /// forwarded. On model-routed routes `accept-encoding` is dropped so the response arrives
-/// uncompressed and its token usage can be read (compression pays little on loopback and
+/// uncompressed and its token usage can be read (and, for an Anthropic upstream, translated) (compression pays little on loopback and
 /// in-cluster hops; the client's own hop can still be compressed by an ingress).
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
@@ -150,6 +150,9 @@ pub fn write_upstream_head(
     let (head, server, peer, request_id) = (req.head, req.server, req.peer, req.request_id);
     let strip_client_key = req.client.is_some();
     let strip_encoding = req.route.route_by_model;
+    // An Anthropic upstream is reached only through translation: the client's OpenAI
+    // bearer token is never a key for it, and the gateway picks the API version it speaks.
+    let anthropic = up.api == Api::Anthropic;
     let drop_underscores = server.underscores_in_headers == UnderscoreHeaders::Drop;
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -167,10 +170,11 @@ pub fn write_upstream_head(
             || n.eq_ignore_ascii_case("x-real-ip")
             || n.eq_ignore_ascii_case("x-forwarded-for")
             || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || ((up.authorization.is_some() || strip_client_key)
+            || ((up.authorization.is_some() || strip_client_key || anthropic)
                 && n.eq_ignore_ascii_case("authorization"))
-            || (strip_client_key
+            || ((strip_client_key || (anthropic && up.authorization.is_some()))
                 && (n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("api-key")))
+            || (anthropic && n.eq_ignore_ascii_case("anthropic-version"))
             || (strip_encoding && n.eq_ignore_ascii_case("accept-encoding"))
             || (drop_underscores && n.contains('_'))
         {
@@ -181,10 +185,23 @@ pub fn write_upstream_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(auth) = &up.authorization {
-        out.extend_from_slice(b"authorization: ");
-        out.extend_from_slice(&auth.0);
-        out.extend_from_slice(b"\r\n");
+    match (up.api, &up.authorization) {
+        (Api::OpenAi, Some(auth)) => {
+            out.extend_from_slice(b"authorization: ");
+            out.extend_from_slice(&auth.0);
+            out.extend_from_slice(b"\r\n");
+        }
+        (Api::OpenAi, None) => {}
+        (Api::Anthropic, key) => {
+            if let Some(key) = key {
+                out.extend_from_slice(b"x-api-key: ");
+                out.extend_from_slice(&key.0);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"anthropic-version: ");
+            out.extend_from_slice(crate::ai::anthropic::ANTHROPIC_VERSION.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     let xff = joined_xff(head);
     let real = client_ip(peer.ip(), xff.as_deref(), server);

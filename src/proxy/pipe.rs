@@ -73,15 +73,16 @@ pub async fn respond(
 
     let uframing = http::response_framing(&head.method, &resp)
         .map_err(|e| Failure::request(ProxyError::UpstreamProtocol(e)))?;
-    let mut tap = Tap::for_response(ai, &resp);
+    let mut tap = Tap::for_response(ai, candidate.upstream.api, &resp);
     let store_key = match cache_plan {
         CachePlan::Fill { key, .. }
-            if cache::storable(
-                &resp,
-                uframing,
-                tap::is_event_stream(&resp),
-                req.cache.max_entry_bytes(),
-            ) =>
+            if !tap.translating()
+                && cache::storable(
+                    &resp,
+                    uframing,
+                    tap::is_event_stream(&resp),
+                    req.cache.max_entry_bytes(),
+                ) =>
         {
             tap.capture(req.cache.max_entry_bytes());
             Some(key)
@@ -264,6 +265,14 @@ enum Filled {
 }
 
 impl<U: AsyncReadRent> ResponsePipe<'_, U> {
+    /// The tap's verdict on the body so far: one it cannot translate fails the exchange.
+    fn check(&self) -> Result<(), ProxyError> {
+        match self.tap.failed() {
+            Some(why) => Err(ProxyError::UntranslatableAnswer(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Sends what `out` holds (head and/or body) and empties it.
     async fn flush(&mut self) -> Result<(), ProxyError> {
         send_client(self.client, self.out, self.client_timeout).await?;
@@ -305,7 +314,9 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
         if remaining == 0 && rechunk {
             self.out.extend_from_slice(http::LAST_CHUNK);
         }
-        if remaining == 0 || (self.upstream_buf.is_empty() && !self.out.is_empty()) {
+        if remaining == 0
+            || (self.upstream_buf.is_empty() && !self.out.is_empty() && !self.tap.whole())
+        {
             self.flush().await?;
         }
         while remaining > 0 {
@@ -322,12 +333,15 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
             );
             self.upstream_buf.consume(k);
             remaining -= k as u64;
-            if remaining == 0 && rechunk {
+            if remaining == 0 && (rechunk || self.tap.filter) {
                 self.tap.finish();
                 push_framed(self.out, rechunk, &self.tap.filtered);
-                self.out.extend_from_slice(http::LAST_CHUNK);
+                if rechunk {
+                    self.out.extend_from_slice(http::LAST_CHUNK);
+                }
             }
-            if !self.out.is_empty() {
+            self.check()?;
+            if !self.out.is_empty() && (remaining == 0 || !self.tap.whole()) {
                 self.flush().await?;
             }
         }
@@ -349,8 +363,9 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
             )
             .map_err(ProxyError::UpstreamProtocol)?;
             self.decoded = total;
+            self.check()?;
             // Whatever arrived goes out now: an SSE event never waits for the next one.
-            if !self.out.is_empty() {
+            if !self.out.is_empty() && (done || !self.tap.whole()) {
                 self.flush().await?;
                 if total > 0 && self.first_body.is_none() {
                     self.first_body = Some(Instant::now());
@@ -367,7 +382,7 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
     /// their connection survives.
     async fn until_close(&mut self, rechunk: bool) -> Result<u64, ProxyError> {
         let mut total = 0u64;
-        if !self.out.is_empty() {
+        if !self.out.is_empty() && !self.tap.whole() {
             self.flush().await?;
         }
         loop {
@@ -382,7 +397,8 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
                 total += n as u64;
                 self.decoded = total;
                 self.upstream_buf.consume(n);
-                if !self.out.is_empty() {
+                self.check()?;
+                if !self.out.is_empty() && !self.tap.whole() {
                     self.flush().await?;
                     self.first_body.get_or_insert_with(Instant::now);
                 }
@@ -392,6 +408,7 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
             }
         }
         self.tap.finish();
+        self.check()?;
         push_framed(self.out, rechunk, &self.tap.filtered);
         if rechunk {
             self.out.extend_from_slice(http::LAST_CHUNK);

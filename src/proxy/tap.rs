@@ -4,12 +4,15 @@
 
 use super::candidates::{AiRequest, Candidate};
 use super::forward::Request;
+use crate::ai::anthropic;
 use crate::ai::usage::{JsonUsageScanner, SseScanner};
+use crate::config::Api;
 use crate::http::ResponseHead;
 use crate::worker::Worker;
 
 /// What is read from a response body on its way through. In `filter` mode the SSE scanner
-/// decides what is forwarded (it removes the usage chunk the gateway asked for).
+/// decides what is forwarded (it removes the usage chunk the gateway asked for), or the
+/// translation of an Anthropic body does.
 #[derive(Default)]
 pub struct Tap {
     json: Option<JsonUsageScanner>,
@@ -22,6 +25,58 @@ pub struct Tap {
     pub filtered: Vec<u8>,
     /// Bytes of the request body, for a prompt estimate.
     prompt_bytes: u64,
+    /// Translation of an Anthropic upstream's body to OpenAI's shape (it runs first: the
+    /// scanners read the translated body).
+    translate: Option<Translate>,
+    /// The translated bytes of the last piece (reused across reads).
+    translated: Vec<u8>,
+    /// Why the body could not be translated, once it is known.
+    failed: Option<&'static str>,
+}
+
+/// How an Anthropic body becomes an OpenAI one.
+enum Translate {
+    /// An event stream, event by event.
+    Stream(anthropic::StreamTranslator),
+    /// A message, translated once whole.
+    Message(Vec<u8>),
+    /// An error body of this status, translated once whole.
+    Error(Vec<u8>, u16),
+}
+
+impl Translate {
+    /// Reads a piece; a stream's completed events go to `out` now.
+    fn feed(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+        match self {
+            Translate::Stream(t) => t.feed(payload, out),
+            Translate::Message(b) | Translate::Error(b, _) => {
+                if b.len() + payload.len() > anthropic::MAX_BODY {
+                    return Err("larger than 16 MiB");
+                }
+                b.extend_from_slice(payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// End of the body: what is left, translated, goes to `out`.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        match self {
+            Translate::Stream(t) => t.finish(out),
+            Translate::Message(b) => {
+                let created = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let body = anthropic::response_to_openai(b, created)
+                    .map_err(|_| "not an Anthropic message")?;
+                out.extend_from_slice(&body);
+            }
+            Translate::Error(b, status) => {
+                out.extend_from_slice(&anthropic::error_to_openai(b, *status));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Bytes per prompt token in an estimate (OpenAI's rule of thumb for English text).
@@ -36,7 +91,10 @@ pub fn is_event_stream(resp: &ResponseHead) -> bool {
 impl Tap {
     /// The tap for `resp`: usage is read from 2xx bodies of model-routed requests that are
     /// not content-encoded.
-    pub fn for_response(ai: Option<&AiRequest>, resp: &ResponseHead) -> Tap {
+    ///
+    /// An Anthropic upstream's body (answers and errors alike) is translated to OpenAI's
+    /// shape first; it is then forwarded re-chunked, since its length changes.
+    pub fn for_response(ai: Option<&AiRequest>, api: Api, resp: &ResponseHead) -> Tap {
         let mut tap = Tap::default();
         let Some(ai) = ai else {
             return tap;
@@ -44,13 +102,28 @@ impl Tap {
         let identity = resp
             .header("content-encoding")
             .is_none_or(|v| v.eq_ignore_ascii_case(b"identity"));
+        // The gateway dropped `accept-encoding`, so an encoded body is not one it asked for.
+        if api == Api::Anthropic && identity {
+            tap.filter = true;
+            tap.translate = Some(if !(200..300).contains(&resp.status) {
+                Translate::Error(Vec::new(), resp.status)
+            } else if is_event_stream(resp) {
+                Translate::Stream(anthropic::StreamTranslator::new(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                ))
+            } else {
+                Translate::Message(Vec::new())
+            });
+        }
         if !(200..300).contains(&resp.status) || !identity {
             return tap;
         }
         tap.prompt_bytes = ai.original.len() as u64;
         if is_event_stream(resp) {
             tap.sse = Some(SseScanner::new(ai.strip_usage_chunk));
-            tap.filter = ai.strip_usage_chunk;
+            tap.filter |= ai.strip_usage_chunk;
         } else {
             tap.json = Some(JsonUsageScanner::new());
         }
@@ -70,12 +143,64 @@ impl Tap {
 
     /// Reads one piece of payload; in filter mode what is to be forwarded is in `filtered`.
     pub fn observe(&mut self, payload: &[u8]) {
+        if self.translate.is_none() {
+            self.scan(payload);
+            return;
+        }
+        let mut translated = std::mem::take(&mut self.translated);
+        translated.clear();
+        if let Some(t) = &mut self.translate {
+            if self.failed.is_none() {
+                if let Err(e) = t.feed(payload, &mut translated) {
+                    self.failed = Some(e);
+                }
+            }
+        }
+        self.scan(&translated);
+        self.translated = translated;
+    }
+
+    /// Why the body could not be translated (the exchange then fails as a bad answer).
+    pub fn failed(&self) -> Option<&'static str> {
+        self.failed
+    }
+
+    /// Whether the body is translated only once whole (a message or an error): the
+    /// response head then waits for it, so a body that cannot be translated is still a 502.
+    pub fn whole(&self) -> bool {
+        matches!(
+            self.translate,
+            Some(Translate::Message(_) | Translate::Error(..))
+        )
+    }
+
+    /// Whether the body is being translated (it is then not cached: the cache keeps what
+    /// the upstream sent).
+    pub fn translating(&self) -> bool {
+        self.translate.is_some()
+    }
+
+    /// Reads one piece of (translated) payload; in filter mode what is to be forwarded is
+    /// in `filtered`.
+    fn scan(&mut self, payload: &[u8]) {
+        self.filtered.clear();
+        let translating = self.translate.is_some();
         if let Some(j) = &mut self.json {
             j.feed(payload);
         }
-        if let Some(s) = &mut self.sse {
-            self.filtered.clear();
-            s.feed(payload, &mut self.filtered);
+        match &mut self.sse {
+            Some(s) if s.strips() => s.feed(payload, &mut self.filtered),
+            Some(s) => {
+                // Not stripping, the scanner forwards nothing itself: only a translation
+                // filters, and its bytes go out as they are.
+                let mut none = Vec::new();
+                s.feed(payload, &mut none);
+                if translating {
+                    self.filtered.extend_from_slice(payload);
+                }
+            }
+            None if translating => self.filtered.extend_from_slice(payload),
+            None => {}
         }
         if let Some(c) = &mut self.capture {
             if c.len() + payload.len() > self.capture_max {
@@ -88,9 +213,21 @@ impl Tap {
 
     /// End of the body: in filter mode, what the SSE scanner still held goes to `filtered`.
     pub fn finish(&mut self) {
-        self.filtered.clear();
+        let mut tail = Vec::new();
+        if let (Some(t), None) = (&mut self.translate, self.failed) {
+            if let Err(e) = t.finish(&mut tail) {
+                self.failed = Some(e);
+            }
+        }
+        if !tail.is_empty() {
+            self.scan(&tail);
+        } else {
+            self.filtered.clear();
+        }
         if let (Some(s), true) = (&mut self.sse, self.filter) {
-            s.finish(&mut self.filtered);
+            if s.strips() {
+                s.finish(&mut self.filtered);
+            }
         }
     }
 
@@ -195,6 +332,48 @@ mod tests {
             Some(3),
             "neither the usage chunk nor [DONE] is a data event"
         );
+    }
+
+    #[test]
+    fn translated_answers_are_read_whole_and_bounded() {
+        let mut t = Tap {
+            json: Some(JsonUsageScanner::new()),
+            translate: Some(Translate::Message(Vec::new())),
+            filter: true,
+            ..Tap::default()
+        };
+        assert!(t.whole());
+        let body = br#"{"id":"m","type":"message","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#;
+        for piece in body.chunks(7) {
+            t.observe(piece);
+            assert!(
+                t.filtered.is_empty(),
+                "nothing goes out before the whole answer"
+            );
+        }
+        t.finish();
+        assert_eq!(t.failed(), None);
+        assert!(t.filtered.starts_with(br#"{"choices""#));
+        assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((3, 1)));
+        // Not a message: the exchange fails (a 502) rather than forwarding it untranslated.
+        let mut t = Tap {
+            translate: Some(Translate::Message(Vec::new())),
+            filter: true,
+            ..Tap::default()
+        };
+        t.observe(b"<html>");
+        t.finish();
+        assert_eq!(t.failed(), Some("not an Anthropic message"));
+        // Past the bound the body is not kept.
+        let mut t = Tap {
+            translate: Some(Translate::Error(Vec::new(), 500)),
+            filter: true,
+            ..Tap::default()
+        };
+        t.observe(&vec![b' '; anthropic::MAX_BODY]);
+        assert_eq!(t.failed(), None);
+        t.observe(b"x");
+        assert_eq!(t.failed(), Some("larger than 16 MiB"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | endpoint | methods | answer |
 //! | --- | --- | --- |
 //! | `.../chat/completions` | POST | `chat.completion` JSON, or SSE `chat.completion.chunk` events when `"stream": true` |
+//! | `.../messages` | POST | Anthropic Messages API: a `message` JSON, or its SSE events (`message_start` ... `message_stop`) when `"stream": true`; requires `x-api-key` and `anthropic-version: 2023-06-01`; errors (and `x-mock-status`) in Anthropic's error shape |
 //! | `.../embeddings` | POST | embedding list, 8 floats per input |
 //! | `.../models` | GET, HEAD | model list |
 //! | `.../echo` | any | JSON describing the request |
@@ -797,6 +798,7 @@ impl Knobs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
     Chat,
+    Messages,
     Embeddings,
     Models,
     Echo,
@@ -823,6 +825,8 @@ fn route(path: &str) -> Endpoint {
     let p = path.trim_end_matches('/');
     if p.ends_with("/chat/completions") {
         Endpoint::Chat
+    } else if p.ends_with("/messages") {
+        Endpoint::Messages
     } else if p.ends_with("/embeddings") {
         Endpoint::Embeddings
     } else if p.ends_with("/models") {
@@ -1151,7 +1155,10 @@ fn handle_request(
     if expects_continue && !send_continue(writer) {
         return Outcome::Abort;
     }
-    let mut sink = BodySink::new(matches!(endpoint, Endpoint::Chat | Endpoint::Embeddings));
+    let mut sink = BodySink::new(matches!(
+        endpoint,
+        Endpoint::Chat | Endpoint::Messages | Endpoint::Embeddings
+    ));
     match read_body(reader, framing, &mut sink) {
         Ok(()) => {}
         Err(BodyError::Io) => return Outcome::Abort,
@@ -1236,6 +1243,11 @@ fn handle_request(
     resp.drop_mid = knobs.drop == Some(DropMode::MidBody);
 
     let result = match knobs.status {
+        Some(st) if endpoint == Endpoint::Messages => anthropic_error(
+            &mut resp,
+            st,
+            &format!("mock error: status {st} requested via x-mock-status"),
+        ),
         Some(st) => resp.error(
             st,
             &format!("mock error: status {st} requested via x-mock-status"),
@@ -1279,6 +1291,8 @@ fn dispatch(ctx: &Ctx<'_>, endpoint: Endpoint, resp: &mut Resp<'_>) -> io::Resul
     let get_like = m == "GET" || m == "HEAD";
     match endpoint {
         Endpoint::Chat if m == "POST" => chat(ctx, resp),
+        Endpoint::Messages if m == "POST" => messages(ctx, resp),
+        Endpoint::Messages => anthropic_error(resp, 405, "use POST"),
         Endpoint::Embeddings if m == "POST" => embeddings(ctx, resp),
         Endpoint::Models if get_like => resp.json(200, &models_json()),
         Endpoint::Echo => echo(ctx, resp),
@@ -1436,6 +1450,130 @@ fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
         resp.flush()?;
     }
     resp.body(b"data: [DONE]\n\n")?;
+    resp.finish()
+}
+
+/// An error in the Anthropic shape, its `type` as the API reference maps statuses.
+fn anthropic_error(resp: &mut Resp<'_>, status: u16, message: &str) -> io::Result<Outcome> {
+    let ty = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    resp.json(
+        status,
+        &json!({"type": "error", "error": {"type": ty, "message": message}}),
+    )
+}
+
+/// The Anthropic Messages API: `x-api-key` and `anthropic-version` required, `max_tokens`
+/// required; `x-mock-chunks` text deltas, `x-mock-cached-tokens` as cache reads.
+fn messages(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
+    if ctx.head.header("x-api-key").is_none_or(str::is_empty) {
+        return anthropic_error(resp, 401, "x-api-key header is required");
+    }
+    if ctx.head.header("anthropic-version") != Some("2023-06-01") {
+        return anthropic_error(resp, 400, "anthropic-version header must be 2023-06-01");
+    }
+    let Some(req) = ctx
+        .body
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+    else {
+        return anthropic_error(resp, 400, "body is not JSON");
+    };
+    let Some(model) = req.get("model").and_then(Value::as_str) else {
+        return anthropic_error(resp, 400, "model: Field required");
+    };
+    if req.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return anthropic_error(resp, 400, "max_tokens: Field required");
+    }
+    let Some(msgs) = req.get("messages").and_then(Value::as_array) else {
+        return anthropic_error(resp, 400, "messages: Field required");
+    };
+    let text_len = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => estimate_tokens(s),
+        Some(other) => estimate_tokens(&other.to_string()),
+        None => 0,
+    };
+    let prompt: u64 = msgs
+        .iter()
+        .map(|m| 3 + text_len(m.get("content")))
+        .sum::<u64>()
+        + text_len(req.get("system"));
+    let cached = ctx.knobs.cached_tokens.min(prompt);
+    let input = prompt - cached;
+    let n = ctx.knobs.chunks.unwrap_or(DEFAULT_CHUNKS);
+    let id = format!("msg_mock{}", ctx.req);
+    let token = |i: u64| TOKENS[(i % TOKENS.len() as u64) as usize];
+    if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        let content: String = (0..n).map(token).collect();
+        return resp.json(
+            200,
+            &json!({
+                "id": id, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": content}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": n,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
+            }),
+        );
+    }
+    let event = |name: &str, v: Value| -> Vec<u8> {
+        let mut out = format!("event: {name}\n").into_bytes();
+        out.extend_from_slice(&sse(&v));
+        out
+    };
+    resp.head(
+        200,
+        Some("text/event-stream"),
+        Framing::Chunked,
+        &[("Cache-Control", "no-cache")],
+    )?;
+    resp.body(&event(
+        "message_start",
+        json!({"type": "message_start", "message": {
+        "id": id, "type": "message", "role": "assistant", "content": [], "model": model,
+        "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": input, "output_tokens": 1,
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}}}),
+    ))?;
+    resp.body(&event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}}),
+    ))?;
+    resp.body(&event("ping", json!({"type": "ping"})))?;
+    resp.flush()?;
+    for i in 0..n {
+        if i > 0 && ctx.knobs.interval_ms > 0 {
+            thread::sleep(Duration::from_millis(ctx.knobs.interval_ms));
+        }
+        resp.body(&event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": token(i)}}),
+        ))?;
+        resp.flush()?;
+        if i == 0 && resp.drop_mid {
+            return Ok(Outcome::Abort);
+        }
+    }
+    resp.body(&event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ))?;
+    resp.body(&event(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"output_tokens": n}}),
+    ))?;
+    resp.body(&event("message_stop", json!({"type": "message_stop"})))?;
     resp.finish()
 }
 
