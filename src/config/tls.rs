@@ -278,8 +278,11 @@ fn normalize_name(n: &str) -> Result<String, String> {
 }
 
 /// Which file of a pair an error is about.
-enum Which {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The certificate chain (`cert_file`).
     Cert,
+    /// The private key (`key_file`).
     Key,
 }
 
@@ -302,8 +305,9 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
     }
 }
 
-/// Parses a PEM chain and key and checks the key belongs to the leaf.
-fn certified_key(
+/// Parses a PEM chain and key and checks the key belongs to the leaf (public for the fuzz
+/// target over certificate and key bytes).
+pub fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     provider: &CryptoProvider,
