@@ -240,6 +240,11 @@ impl SseScanner {
     /// held until its end (a client cannot act on half an event, so nothing is delayed).
     /// When not stripping, `out` is untouched: the caller forwards the original bytes.
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        // An empty piece says nothing about a `\r` that ended the last one: the `\n` that
+        // may follow is still to come.
+        if bytes.is_empty() {
+            return;
+        }
         if self.last_cr {
             self.last_cr = false;
             if let Some((b'\n', rest)) = bytes.split_first() {
