@@ -105,7 +105,14 @@ pub fn check_reframe(data: &[u8]) {
     for piece in p.pieces() {
         rb.extend_for_test(piece);
         appended += piece.len();
-        match reframe_chunks(&mut dec, &mut rb, &mut out, rechunk, &mut total, tap.as_mut()) {
+        match reframe_chunks(
+            &mut dec,
+            &mut rb,
+            &mut out,
+            rechunk,
+            &mut total,
+            tap.as_mut(),
+        ) {
             Ok(true) => {
                 ending = Ending::Done(appended - rb.len());
                 break;
@@ -137,7 +144,10 @@ pub fn check_reframe(data: &[u8]) {
         (false, _) => assert_eq!(payload, want.body, "payload changed"),
         (true, Ending::Done(_)) if want.body.len() <= ringgate::ai::usage::MAX_EVENT_BYTES => {
             let (stripped, _, _) = sse_expected(&want.body, true);
-            assert_eq!(payload, stripped, "tapped payload is not the stripped stream");
+            assert_eq!(
+                payload, stripped,
+                "tapped payload is not the stripped stream"
+            );
         }
         (true, _) => {}
     }

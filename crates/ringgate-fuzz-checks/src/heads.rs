@@ -193,7 +193,8 @@ fn request_bytes(s: &RequestSpec) -> Vec<u8> {
 
 fn response_bytes(s: &ResponseSpec) -> Vec<u8> {
     let eol: &[u8] = if s.bare_lf { b"\n" } else { b"\r\n" };
-    let mut out = format!("HTTP/1.{} {:03} {}", s.minor % 3, s.status % 1000, s.reason).into_bytes();
+    let mut out =
+        format!("HTTP/1.{} {:03} {}", s.minor % 3, s.status % 1000, s.reason).into_bytes();
     out.extend_from_slice(eol);
     write_fields(&mut out, &s.fields, eol);
     out.extend_from_slice(&s.body);
@@ -201,7 +202,10 @@ fn response_bytes(s: &ResponseSpec) -> Vec<u8> {
 }
 
 /// The head bytes a check works on: raw (first byte odd) or built from fields.
-fn head_input(data: &[u8], build: impl FnOnce(&mut Unstructured<'_>) -> Option<Vec<u8>>) -> Vec<u8> {
+fn head_input(
+    data: &[u8],
+    build: impl FnOnce(&mut Unstructured<'_>) -> Option<Vec<u8>>,
+) -> Vec<u8> {
     match data.split_first() {
         Some((flag, rest)) if flag & 1 == 0 => {
             build(&mut Unstructured::new(rest)).unwrap_or_default()
@@ -227,7 +231,9 @@ fn encoded_target(t: &str) -> String {
 /// Request head target: parse with the default limits; prefixes; normalization;
 /// re-encode → parse identity for HTTP/1.1 heads.
 pub fn check_request_head(data: &[u8]) {
-    let buf = head_input(data, |u| Some(request_bytes(&RequestSpec::arbitrary(u).ok()?)));
+    let buf = head_input(data, |u| {
+        Some(request_bytes(&RequestSpec::arbitrary(u).ok()?))
+    });
     let limits = HeadLimits::default();
     let Ok(Some((head, n))) = parse_request_head(&buf, &limits) else {
         return;
@@ -258,7 +264,10 @@ pub fn check_request_head(data: &[u8]) {
         target: encoded_target(&head.target),
         ..head
     };
-    assert_eq!(again, want, "parse -> write_request_head -> parse changed the head");
+    assert_eq!(
+        again, want,
+        "parse -> write_request_head -> parse changed the head"
+    );
 }
 
 fn reparse_request(out: &[u8]) -> RequestHead {
@@ -274,7 +283,9 @@ fn reparse_request(out: &[u8]) -> RequestHead {
 /// Response head target: parse, framing for every method, prefixes, and re-encode →
 /// parse identity through `http::write_response_head` for HTTP/1.1 heads.
 pub fn check_response_head(data: &[u8]) {
-    let buf = head_input(data, |u| Some(response_bytes(&ResponseSpec::arbitrary(u).ok()?)));
+    let buf = head_input(data, |u| {
+        Some(response_bytes(&ResponseSpec::arbitrary(u).ok()?))
+    });
     let Ok(Some((head, n))) = parse_response_head(&buf, MAX_RESPONSE_HEAD) else {
         return;
     };
@@ -309,7 +320,10 @@ pub fn check_response_head(data: &[u8]) {
         },
         ..head
     };
-    assert_eq!(again, want, "parse -> write_response_head -> parse changed the head");
+    assert_eq!(
+        again, want,
+        "parse -> write_response_head -> parse changed the head"
+    );
     for (m, f) in methods.iter().zip(framings) {
         assert_eq!(response_framing(m, &again), f, "framing for {m} changed");
     }

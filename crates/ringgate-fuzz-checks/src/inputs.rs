@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ringgate::config::{self, ai::parse_keys_file, tls, SecretFiles};
-use rustls::pki_types::pem::PemObject;
 use ringgate::http::path::normalize;
 use ringgate::proxy::quota::{parse_reset, parse_retry_after, MAX_RETRY_AFTER};
+use rustls::pki_types::pem::PemObject;
 
 /// Quota target: `Retry-After` is capped and never negative; a reset duration never
 /// panics, and plain seconds read as themselves.
@@ -109,8 +109,9 @@ pub fn check_config(data: &[u8]) {
     match config::load_bytes_with(data, base, SecretFiles::Skip) {
         Ok(c) => {
             let again = config::load_bytes_with(data, base, SecretFiles::Skip);
-            assert!(again.is_ok_and(|a| a.upstreams.len() == c.upstreams.len()
-                && a.limits.len() == c.limits.len()));
+            assert!(again.is_ok_and(
+                |a| a.upstreams.len() == c.upstreams.len() && a.limits.len() == c.limits.len()
+            ));
         }
         Err(errs) => {
             assert!(!errs.0.is_empty());

@@ -248,7 +248,10 @@ pub fn usage_rule(data: &[u8]) -> Option<(Usage, bool)> {
 /// [`MAX_EVENT_BYTES`], so no bound applies): the stream minus the usage-only events when
 /// `strip`, the last usage seen, and whether an event was removed.
 pub fn sse_expected(stream: &[u8], strip: bool) -> (Vec<u8>, Option<Usage>, bool) {
-    assert!(stream.len() <= MAX_EVENT_BYTES, "the reference ignores bounds");
+    assert!(
+        stream.len() <= MAX_EVENT_BYTES,
+        "the reference ignores bounds"
+    );
     let mut out = Vec::new();
     let mut usage = None;
     let mut stripped = false;
@@ -305,7 +308,10 @@ mod tests {
         }
         let long = [b'0'; MAX_SIZE_LINE];
         assert_eq!(decode_chunked(&long).ending, Ending::Incomplete);
-        assert_eq!(decode_chunked(&[b'0'; MAX_SIZE_LINE + 1]).ending, Ending::Error);
+        assert_eq!(
+            decode_chunked(&[b'0'; MAX_SIZE_LINE + 1]).ending,
+            Ending::Error
+        );
     }
 
     #[test]
@@ -313,7 +319,10 @@ mod tests {
         let s: &[u8] = b": hi\r\n\r\ndata: {\"choices\":[1],\"usage\":null}\n\ndata: {\"choices\":[],\r\ndata: \"usage\":{\"prompt_tokens\":3}}\r\rtail";
         let evs = sse_events(s);
         assert_eq!(evs.len(), 4);
-        assert_eq!(evs[2].data, b"{\"choices\":[],\n\"usage\":{\"prompt_tokens\":3}}");
+        assert_eq!(
+            evs[2].data,
+            b"{\"choices\":[],\n\"usage\":{\"prompt_tokens\":3}}"
+        );
         assert!(!evs[3].complete);
         let (out, usage, stripped) = sse_expected(s, true);
         assert_eq!(

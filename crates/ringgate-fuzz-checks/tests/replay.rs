@@ -27,7 +27,11 @@ fn replay(kind: &str) -> usize {
             .filter(|p| p.is_file())
             // libFuzzer adds its finds to corpus/<target>/ locally (git-ignored); the
             // checked-in seeds are the `seed-*` files.
-            .filter(|p| kind != "corpus" || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-")))
+            .filter(|p| {
+                kind != "corpus"
+                    || p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+            })
             .collect();
         files.sort();
         for f in files {
@@ -44,7 +48,10 @@ fn replay(kind: &str) -> usize {
 fn every_seed_passes_its_target() {
     let ran = replay("corpus");
     // Each target has a few seeds; an empty corpus means the path above broke.
-    assert!(ran >= ringgate_fuzz_checks::TARGETS.len(), "only {ran} seeds");
+    assert!(
+        ran >= ringgate_fuzz_checks::TARGETS.len(),
+        "only {ran} seeds"
+    );
 }
 
 #[test]

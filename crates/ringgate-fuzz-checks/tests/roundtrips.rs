@@ -21,7 +21,14 @@ fn token(min: usize, max: usize) -> impl Strategy<Value = String> {
 fn field_name() -> impl Strategy<Value = String> {
     token(1, 12).prop_filter("framing fields are added apart", |n| {
         let l = n.to_ascii_lowercase();
-        !["host", "content-length", "transfer-encoding", "connection", "expect"].contains(&l.as_str())
+        ![
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "expect",
+        ]
+        .contains(&l.as_str())
     })
 }
 
@@ -176,9 +183,9 @@ fn event() -> impl Strategy<Value = Ev> {
 
 fn render(ev: &Ev, nl: &str) -> String {
     match ev {
-        Ev::Delta(t) => format!(
-            r#"data: {{"choices":[{{"delta":{{"content":"{t}"}}}}],"usage":null}}{nl}{nl}"#
-        ),
+        Ev::Delta(t) => {
+            format!(r#"data: {{"choices":[{{"delta":{{"content":"{t}"}}}}],"usage":null}}{nl}{nl}"#)
+        }
         Ev::UsageOnly(p, c) => format!(
             r#"data: {{"choices":[],{nl}data: "usage":{{"prompt_tokens":{p},"completion_tokens":{c}}}}}{nl}{nl}"#
         ),
