@@ -59,11 +59,15 @@ impl std::error::Error for ConfigErrors {}
 /// Turns a serde/TOML error into a located [`ConfigError`], naming the key path at the
 /// error's position when the text is still valid TOML (an unknown key, a wrong type).
 pub fn error_from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
+    // A key path only means something in valid TOML, and toml_edit 0.23's parser panics on
+    // some invalid documents (`={[]` then `.`, found by the `config` fuzz target).
+    let valid = text.parse::<toml::Table>().is_ok();
     let (line, path) = match e.span() {
         Some(span) => (
             Some(line_of_offset(text, span.start)),
-            toml_edit::Document::parse(text.to_string())
-                .ok()
+            valid
+                .then(|| toml_edit::Document::parse(text.to_string()).ok())
+                .flatten()
                 .and_then(|doc| path_at_offset(doc.as_table(), span.start, String::new()))
                 .unwrap_or_default(),
         ),
@@ -1027,6 +1031,15 @@ upstream = "mock"
         assert_eq!(cfg.upstreams[0].base_path, "/v1");
         assert_eq!(cfg.upstreams[0].host_header, "127.0.0.1:9000");
         assert_eq!(cfg.routes.len(), 1);
+    }
+
+    /// Invalid TOML that panics toml_edit 0.23's parser is one located error, not a panic
+    /// (found by the `config` fuzz target; a panic here would stop the reload thread).
+    #[test]
+    fn toml_that_panics_toml_edit_is_an_error() {
+        let errs = errors_of("={[]\n.");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, Some(1));
     }
 
     /// Each broken config names the key path and line of its mistake.
