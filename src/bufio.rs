@@ -123,8 +123,8 @@ impl ReadBuf {
         }
     }
 
-    /// Appends bytes as if read (unit tests of the parsers that consume from a `ReadBuf`).
-    #[cfg(test)]
+    /// Appends bytes as if read (unit tests and fuzz targets of the parsers that consume
+    /// from a `ReadBuf`; the proxy itself only fills from sockets).
     pub fn extend_for_test(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }

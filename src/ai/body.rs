@@ -166,12 +166,8 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, BodyError> {
     for (k, v) in &list {
         let value = body.get(v.clone()).unwrap_or_default();
         if key_is(body, k, "model") {
-            if value.first() != Some(&b'"') {
-                return Err(BodyError::ModelNotString);
-            }
-            info.model = Some(
-                serde_json::from_slice::<String>(value).map_err(|_| BodyError::ModelNotString)?,
-            );
+            // Judged after the loop: only the last `model` counts, so an earlier
+            // non-string one must not refuse the body.
             info.model_span = Some(v.clone());
         } else if key_is(body, k, "stream") {
             info.stream = value == b"true";
@@ -191,6 +187,14 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, BodyError> {
                 }
             }
         }
+    }
+    if let Some(span) = &info.model_span {
+        let value = body.get(span.clone()).unwrap_or_default();
+        if value.first() != Some(&b'"') {
+            return Err(BodyError::ModelNotString);
+        }
+        info.model =
+            Some(serde_json::from_slice::<String>(value).map_err(|_| BodyError::ModelNotString)?);
     }
     Ok(info)
 }
@@ -258,7 +262,7 @@ mod tests {
 
     #[test]
     fn reads_model_and_stream() {
-        let cases: [(&str, Option<&str>, bool, Option<bool>); 7] = [
+        let cases: [(&str, Option<&str>, bool, Option<bool>); 8] = [
             (
                 r#"{"model":"gpt-4o","messages":[]}"#,
                 Some("gpt-4o"),
@@ -272,6 +276,8 @@ mod tests {
                 None,
             ),
             (r#"{"model":"a","model":"b"}"#, Some("b"), false, None),
+            // Found by the `body` fuzz target: the last `model` counts, whatever came before.
+            (r#"{"model":{},"model":"a"}"#, Some("a"), false, None),
             (r#"{"mod\u0065l":"gpt\u002d4"}"#, Some("gpt-4"), false, None),
             (
                 r#"{"stream":"true","stream_options":{"include_usage":false}}"#,
@@ -297,12 +303,13 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_object_with_a_string_model() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (b"", "NotJson"),
             (b"{\"model\":", "NotJson"),
             (b"{} x", "NotJson"),
             (b"[1]", "NotObject"),
             (b"{\"model\":42}", "ModelNotString"),
+            (b"{\"model\":\"a\",\"model\":null}", "ModelNotString"),
             (b"\xff", "NotJson"),
         ];
         for (body, want) in cases {

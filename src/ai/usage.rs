@@ -249,6 +249,11 @@ impl SseScanner {
     /// held until its end (a client cannot act on half an event, so nothing is delayed).
     /// When not stripping, `out` is untouched: the caller forwards the original bytes.
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        // An empty piece says nothing about a `\r` that ended the last one: the `\n` that
+        // may follow is still to come.
+        if bytes.is_empty() {
+            return;
+        }
         if self.last_cr {
             self.last_cr = false;
             if let Some((b'\n', rest)) = bytes.split_first() {
@@ -470,6 +475,10 @@ mod tests {
                 assert_eq!(out, expected, "crlf={crlf} cut={cut}");
                 assert_eq!(u, Some(WANT), "cut={cut}");
                 assert!(stripped);
+                // An empty piece in between (found by the `sse` fuzz target) changes nothing,
+                // also right after a `\r` whose `\n` is still to come.
+                let (out, _, _) = run(s.as_bytes(), &[cut, cut], true);
+                assert_eq!(out, expected, "crlf={crlf} empty piece at {cut}");
                 let (out, u, stripped) = run(s.as_bytes(), &[cut], false);
                 assert!(out.is_empty(), "non-strip mode never writes");
                 assert_eq!(u, Some(WANT));

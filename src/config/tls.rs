@@ -278,8 +278,11 @@ fn normalize_name(n: &str) -> Result<String, String> {
 }
 
 /// Which file of a pair an error is about.
-enum Which {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The certificate chain (`cert_file`).
     Cert,
+    /// The private key (`key_file`).
     Key,
 }
 
@@ -302,8 +305,9 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
     }
 }
 
-/// Parses a PEM chain and key and checks the key belongs to the leaf.
-fn certified_key(
+/// Parses a PEM chain and key and checks the key belongs to the leaf (public for the fuzz
+/// target over certificate and key bytes).
+pub fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     provider: &CryptoProvider,
@@ -475,6 +479,11 @@ pub fn not_after_unix(der: &[u8]) -> Option<i64> {
     let (tag, time, _) = der_item(after_nb)?;
     let text = std::str::from_utf8(time).ok()?;
     let digits = text.strip_suffix('Z')?;
+    // ASCII digits only: the slicing below is by byte, and a multi-byte character would
+    // put a slice boundary inside it (a panic, not a None).
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let (year, rest) = match tag {
         0x17 if digits.len() == 12 => {
             let yy: i64 = digits[..2].parse().ok()?;
@@ -559,6 +568,42 @@ mod tests {
         // 2031-07-04T00:00:00Z
         assert_eq!(not_after_unix(cert.der()), Some(1_940_889_600));
         assert_eq!(not_after_unix(b"\x30\x03\x02\x01"), None);
+    }
+
+    /// A DER certificate skeleton whose validity holds `not_after` (a UTCTime's bytes).
+    fn cert_with_not_after(not_after: &[u8]) -> Vec<u8> {
+        fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+            let body = parts.concat();
+            let mut v = vec![tag, body.len() as u8];
+            v.extend(body);
+            v
+        }
+        let validity = tlv(
+            0x30,
+            &[&tlv(0x17, &[b"250101000000Z"]), &tlv(0x17, &[not_after])],
+        );
+        let empty = tlv(0x30, &[]);
+        let tbs = tlv(
+            0x30,
+            &[
+                &tlv(0xa0, &[&[2, 1, 2]]),
+                &[2, 1, 1],
+                &empty,
+                &empty,
+                &validity,
+            ],
+        );
+        tlv(0x30, &[&tbs])
+    }
+
+    /// A notAfter of the right length holding a multi-byte character is None, not a panic
+    /// (a certificate file is operator input; compiling it runs on the reload thread).
+    #[test]
+    fn not_after_with_a_non_ascii_time_is_none() {
+        let ok = cert_with_not_after(b"300101000000Z");
+        assert_eq!(not_after_unix(&ok), Some(1_893_456_000));
+        let bad = cert_with_not_after("1\u{e9}010100000Z".as_bytes());
+        assert_eq!(not_after_unix(&bad), None);
     }
 
     #[test]

@@ -68,6 +68,11 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
         Err(e) => e,
     };
     let mut errors = vec![error_from_toml(text, &first)];
+    // Not TOML at all: the syntax error is the one to fix first (and toml_edit is not asked:
+    // its parser panics on some invalid documents).
+    if text.parse::<toml::Table>().is_err() {
+        return Err(ConfigErrors(errors));
+    }
     let (Ok(original), Ok(mut doc)) = (
         toml_edit::Document::parse(text.to_string()),
         text.parse::<toml_edit::DocumentMut>(),
@@ -143,11 +148,15 @@ fn remove_path(table: &mut toml_edit::Table, path: &str) -> bool {
 /// error's position when the text is still valid TOML (an unknown key, a wrong type), with
 /// a hint: the nearest known key for a typo, "integer milliseconds" for a duration.
 pub fn error_from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
+    // A key path only means something in valid TOML, and toml_edit 0.23's parser panics on
+    // some invalid documents (`={[]` then `.`, found by the `config` fuzz target).
+    let valid = text.parse::<toml::Table>().is_ok();
     let (line, path) = match e.span() {
         Some(span) => (
             Some(line_of_offset(text, span.start)),
-            toml_edit::Document::parse(text.to_string())
-                .ok()
+            valid
+                .then(|| toml_edit::Document::parse(text.to_string()).ok())
+                .flatten()
                 .and_then(|doc| path_at_offset(doc.as_table(), span.start, String::new()))
                 .unwrap_or_default(),
         ),
@@ -1309,6 +1318,15 @@ upstream = "mock"
                 "{extra}: {errs:?}"
             );
         }
+    }
+
+    /// Invalid TOML that panics toml_edit 0.23's parser is one located error, not a panic
+    /// (found by the `config` fuzz target; a panic here would stop the reload thread).
+    #[test]
+    fn toml_that_panics_toml_edit_is_an_error() {
+        let errs = errors_of("={[]\n.");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, Some(1));
     }
 
     /// Each broken config names the key path and line of its mistake.
