@@ -273,3 +273,23 @@ fn the_access_log_counts_gateway_made_answers() {
     let want = format!("bytes_out={}", r.body.len());
     assert!(line.contains(&want), "{line} lacks {want}");
 }
+
+/// `server.server_header` names the gateway on the answers it writes itself; by default it
+/// sends none, and a proxied answer keeps the upstream's.
+#[test]
+fn the_server_header_is_configurable() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Gateway::start(&config(&mock, ""), DRIVERS[0]);
+    assert_eq!(get(&gw, "/nowhere", "").header("server"), None);
+    drop(gw);
+    let gw = Gateway::start(
+        &config(&mock, "server_header = \"acme-gateway\""),
+        DRIVERS[0],
+    );
+    for target in ["/nowhere", "/health"] {
+        let r = get(&gw, target, "");
+        assert_eq!(r.header("server"), Some("acme-gateway"), "{target}");
+    }
+    let proxied = get(&gw, "/public/echo", "");
+    assert_eq!(proxied.header("server"), Some("ringgate-mock"));
+}

@@ -106,6 +106,8 @@ pub struct ServerSettings {
     pub underscores_in_headers: UnderscoreHeaders,
     /// A config without routes is accepted (`server.allow_no_routes`).
     pub allow_no_routes: bool,
+    /// `Server` header of gateway-made answers (`server.server_header`).
+    pub server_header: Option<String>,
     /// `[server.tls]`: the HTTPS listener and its certificates, when configured.
     pub tls: Option<super::tls::ServerTls>,
 }

@@ -226,6 +226,10 @@ pub struct RawServer {
     /// Serve a config with no `[[routes]]` (every request a 404). Off by default, so an empty
     /// or truncated `gateway.toml` is rejected instead of taking every route down.
     pub allow_no_routes: bool,
+    /// `Server` header on the answers the gateway writes itself (errors, `/health`,
+    /// `/v1/models`, cache hits); none by default, as nginx's `server_tokens` can be turned
+    /// off. Proxied answers keep the upstream's.
+    pub server_header: Option<String>,
     /// An HTTPS listener beside the plain one (optional). Its certificate and key files are
     /// watched like the config: a rotated pair is served to new connections at once.
     pub tls: Option<RawServerTls>,
@@ -286,6 +290,7 @@ impl Default for RawServer {
             body_read_timeout_ms: 60_000,
             underscores_in_headers: "drop".into(),
             allow_no_routes: false,
+            server_header: None,
             tls: None,
         }
     }

@@ -610,6 +610,20 @@ fn compile_server(s: &RawServer, errs: &mut Errors) -> ServerSettings {
             }
         },
         allow_no_routes: s.allow_no_routes,
+        server_header: match &s.server_header {
+            Some(v)
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+            {
+                errs.push(
+                    "server.server_header",
+                    "must be 1 to 64 printable ASCII characters".to_string(),
+                );
+                None
+            }
+            other => other.clone(),
+        },
         tls: None,
     }
 }
@@ -1317,6 +1331,24 @@ upstream = "mock"
                     .any(|e| e.path == path && e.message.contains(msg)),
                 "{extra}: {errs:?}"
             );
+        }
+    }
+
+    #[test]
+    fn server_header_is_printable_and_short() {
+        for (value, ok) in [
+            ("acme", true),
+            ("", false),
+            ("a\tb", false),
+            (&"x".repeat(65), false),
+        ] {
+            let text = GOOD.replace(
+                "[server]\n",
+                &format!("[server]\nserver_header = {value:?}\n"),
+            );
+            let errs = errors_of(&text);
+            let flagged = errs.iter().any(|e| e.path == "server.server_header");
+            assert_eq!(!flagged, ok, "{value:?}: {errs:?}");
         }
     }
 

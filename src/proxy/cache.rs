@@ -239,6 +239,10 @@ pub async fn serve_hit(
     headers::push_decimal(scratch, hit.body.len() as u64);
     scratch.extend_from_slice(b"\r\ndate: ");
     scratch.extend_from_slice(&crate::http::date::now());
+    if let Some(v) = &req.server.server_header {
+        scratch.extend_from_slice(b"\r\nserver: ");
+        scratch.extend_from_slice(v.as_bytes());
+    }
     scratch.extend_from_slice(b"\r\nx-cache: HIT\r\nage: ");
     headers::push_decimal(scratch, hit.stored.elapsed().as_secs());
     scratch.extend_from_slice(b"\r\nx-request-id: ");

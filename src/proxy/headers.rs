@@ -444,6 +444,7 @@ mod tests {
             body_read_timeout: Duration::from_secs(1),
             underscores_in_headers: Default::default(),
             allow_no_routes: false,
+            server_header: None,
             tls: None,
         }
     }

@@ -144,6 +144,7 @@ pub async fn serve_connection(worker: Rc<Worker>, mut stream: ClientStream, peer
                     false,
                     &mut scratch,
                     server.idle_timeout,
+                    server.server_header.as_deref(),
                 )
                 .await;
                 let _ = stream.shutdown().await;
@@ -232,15 +233,7 @@ async fn handle_request(
     crate::task::set_request_id(&request_id);
     let path = head.path();
     if path == "/health" && (head.method == "GET" || head.method == "HEAD") {
-        return health(
-            worker,
-            head,
-            client,
-            &request_id,
-            scratch,
-            cfg.server.idle_timeout,
-        )
-        .await;
+        return health(worker, head, client, &request_id, scratch, &cfg.server).await;
     }
 
     let mut log = LogContext {
@@ -316,7 +309,7 @@ async fn health(
     client: &mut ClientStream,
     request_id: &str,
     scratch: &mut Vec<u8>,
-    timeout: Duration,
+    server: &crate::config::ServerSettings,
 ) -> Outcome {
     let (status, body): (u16, &[u8]) = match worker.shared.workers_unhealthy() {
         0 => (200, b"OK"),
@@ -327,7 +320,15 @@ async fn health(
     let keep_alive = head.keep_alive && matches!(head.framing, BodyFraming::None);
     let head_only = head.method == "HEAD";
     let ok = respond_plain(
-        client, status, body, head_only, request_id, keep_alive, scratch, timeout,
+        client,
+        status,
+        body,
+        head_only,
+        request_id,
+        keep_alive,
+        scratch,
+        server.idle_timeout,
+        server.server_header.as_deref(),
     )
     .await;
     Outcome {
@@ -470,7 +471,17 @@ async fn answer_failure(
     let keep =
         head.keep_alive && !body_left && !worker.drain.is_draining() && status < 500 && !malformed;
     let timeout = log.cfg.server.idle_timeout;
-    let sent = send_error(client, &e, request_id, keep, scratch, timeout).await;
+    let server_header = log.cfg.server.server_header.as_deref();
+    let sent = send_error(
+        client,
+        &e,
+        request_id,
+        keep,
+        scratch,
+        timeout,
+        server_header,
+    )
+    .await;
     // The access log counts what the gateway wrote itself, as it counts proxied bytes.
     outcome.bytes_out = sent.unwrap_or(0);
     record(worker, log, &outcome);
@@ -525,6 +536,9 @@ async fn models_endpoint(
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
     ];
+    if let Some(v) = &cfg.server.server_header {
+        hdrs.push(("server", v.as_bytes()));
+    }
     if !keep_alive {
         hdrs.push(("connection", b"close"));
     }
@@ -609,6 +623,7 @@ pub async fn send_error(
     keep_alive: bool,
     scratch: &mut Vec<u8>,
     timeout: Duration,
+    server_header: Option<&str>,
 ) -> Option<u64> {
     let (status, kind, code) = e.classify();
     let mut body = Vec::with_capacity(160);
@@ -621,6 +636,9 @@ pub async fn send_error(
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
     ];
+    if let Some(v) = server_header {
+        hdrs.push(("server", v.as_bytes()));
+    }
     let retry_after = e.retry_after_secs().map(|s| s.to_string());
     if let Some(ra) = &retry_after {
         hdrs.push(("retry-after", ra.as_bytes()));
@@ -668,6 +686,7 @@ async fn respond_plain(
     keep_alive: bool,
     scratch: &mut Vec<u8>,
     timeout: Duration,
+    server_header: Option<&str>,
 ) -> bool {
     let len = body.len().to_string();
     let date = http::date::now();
@@ -677,6 +696,9 @@ async fn respond_plain(
         ("content-length", len.as_bytes()),
         ("x-request-id", request_id.as_bytes()),
     ];
+    if let Some(v) = server_header {
+        hdrs.push(("server", v.as_bytes()));
+    }
     if !keep_alive {
         hdrs.push(("connection", b"close"));
     }
