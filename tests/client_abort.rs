@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::gateway::{Conn, Driver, Gateway};
+use common::gateway::{wait_until, Conn, Driver, Gateway};
 
 /// What the slow upstream does after reading a request head.
 #[derive(Clone, Copy, Debug)]
@@ -137,18 +137,6 @@ fn metric_with(gw: &Gateway, name: &str, needle: &str) -> f64 {
         .sum()
 }
 
-/// Waits (bounded) until `f` holds.
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if f() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn a_departed_client_closes_the_upstream() {
     // The upstream would wait 10 s for the gateway to close; a gateway that only notices at
@@ -194,12 +182,16 @@ fn a_departed_client_closes_the_upstream() {
                 left.elapsed().as_millis()
             );
             assert!(
-                eventually(|| metric_with(&gw, "ringgate_requests_total", "status=\"499\"") >= 1.0),
+                wait_until(Duration::from_secs(5), || metric_with(
+                    &gw,
+                    "ringgate_requests_total",
+                    "status=\"499\""
+                ) >= 1.0),
                 "{driver:?} {mode:?} {how}: no 499 recorded"
             );
             if matches!(mode, Upstream::StreamThenPause) {
                 assert!(
-                    eventually(|| metric_with(
+                    wait_until(Duration::from_secs(5), || metric_with(
                         &gw,
                         "ringgate_responses_truncated_total",
                         "reason=\"client_closed\""
@@ -235,7 +227,7 @@ fn broken_responses_are_counted_as_broken() {
             "{driver:?}: a cut stream must not end with a last chunk"
         );
         assert!(
-            eventually(|| metric_with(
+            wait_until(Duration::from_secs(5), || metric_with(
                 &gw,
                 "ringgate_responses_truncated_total",
                 "reason=\"upstream_closed\""
@@ -305,7 +297,7 @@ route_by_model = true
     assert!(c.read_chunk().expect("first event").is_some());
     drop(c);
     assert!(
-        eventually(|| metric_with(
+        wait_until(Duration::from_secs(5), || metric_with(
             &gw,
             "ringgate_tokens_estimated_total",
             "kind=\"completion\""
@@ -318,7 +310,7 @@ route_by_model = true
         total >= (body.len() / 4) as f64,
         "prompt estimate counted: {total}"
     );
-    assert!(eventually(|| metric_with(
+    assert!(wait_until(Duration::from_secs(5), || metric_with(
         &gw,
         "ringgate_requests_total",
         "status=\"499\""

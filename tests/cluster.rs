@@ -328,40 +328,10 @@ fn three_gateways_share_one_request_limit() {
     // The cluster families pass promtool (when it is installed; CI installs it).
     let text = gws[0].admin_get("/metrics").text();
     assert!(text.contains("ringgate_cluster_call_duration_seconds_bucket{le=\"+Inf\"}"));
-    if let Some((ok, msg)) = promtool(&text) {
+    if let Some((ok, msg)) = common::gateway::promtool_check_metrics(&text) {
         assert!(ok && msg.trim().is_empty(), "promtool:\n{msg}");
-    } else {
-        eprintln!("SKIPPED promtool check: promtool is not installed");
     }
     let _ = std::fs::remove_dir_all(pw_dir);
-}
-
-/// Runs `promtool check metrics` on `text`; `None` when promtool is not installed.
-fn promtool(text: &str) -> Option<(bool, String)> {
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("cannot run promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((out.status.success(), msg))
 }
 
 #[test]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::gateway::{request, Driver, Gateway};
@@ -90,41 +88,6 @@ fn wait_published(gw: &Gateway) {
     );
 }
 
-/// Runs `promtool check metrics` on `text`; a missing promtool fails the test unless
-/// `RINGGATE_TEST_ALLOW_SKIP=1`, and then this is `None`.
-fn promtool(text: &str) -> Option<(bool, String)> {
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            common::gateway::tool_missing(
-                "promtool",
-                "Debian package `prometheus`; .ci/run installs it",
-            );
-            return None;
-        }
-        Err(e) => panic!("cannot run promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((out.status.success(), msg))
-}
-
 #[test]
 fn metrics_pass_promtool_check() {
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");
@@ -165,7 +128,7 @@ fn metrics_pass_promtool_check() {
         Some(7.0)
     );
     assert!(!text.contains("sk-secret"), "a key leaked into /metrics");
-    if let Some((ok, msg)) = promtool(&text) {
+    if let Some((ok, msg)) = common::gateway::promtool_check_metrics(&text) {
         assert!(ok, "promtool check metrics failed:\n{msg}\n---\n{text}");
     }
 }
@@ -261,7 +224,7 @@ fn per_route_metrics_and_stats_after_traffic() {
         !text.contains("(unattributed)"),
         "legacy calls still in use:\n{text}"
     );
-    if let Some((ok, msg)) = promtool(&text) {
+    if let Some((ok, msg)) = common::gateway::promtool_check_metrics(&text) {
         assert!(ok, "{msg}");
     }
 

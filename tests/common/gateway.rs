@@ -50,6 +50,41 @@ pub fn tool_missing(tool: &str, hint: &str) {
     }
 }
 
+/// Runs `promtool check metrics` on `text`; a missing promtool fails the test unless
+/// `RINGGATE_TEST_ALLOW_SKIP=1`, and then this is `None`.
+pub fn promtool_check_metrics(text: &str) -> Option<(bool, String)> {
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tool_missing(
+                "promtool",
+                "Debian package `prometheus`; .ci/run installs it",
+            );
+            return None;
+        }
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), msg))
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
