@@ -101,6 +101,34 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         out: String::with_capacity(16 * 1024),
     };
 
+    render_requests(&mut t, ws, st);
+    render_process(&mut t, ws);
+    render_upstreams(&mut t, st, ws);
+
+    t.family(
+        "ringgate_io_driver_info",
+        "gauge",
+        "I/O driver of the workers (1 when at least one worker runs it)",
+    );
+    let uring = ws.iter().any(|w| w.driver() == Driver::IoUring);
+    let epoll = ws.iter().any(|w| w.driver() == Driver::Epoll);
+    t.sample(
+        "ringgate_io_driver_info",
+        &[("driver", "io_uring")],
+        u8::from(uring),
+    );
+    t.sample(
+        "ringgate_io_driver_info",
+        &[("driver", "epoll")],
+        u8::from(epoll),
+    );
+
+    render_ai(&mut t, st);
+    t.out
+}
+
+/// Build, request, byte, timing, retry, truncation and rate-limit families.
+fn render_requests(t: &mut Text, ws: &[std::sync::Arc<WorkerMetrics>], st: &Stats) {
     t.family(
         "ringgate_build_info",
         "gauge",
@@ -269,7 +297,10 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
             n,
         );
     }
+}
 
+/// Connection, in-flight, worker-health, panic and TLS-handshake families.
+fn render_process(t: &mut Text, ws: &[std::sync::Arc<WorkerMetrics>]) {
     t.family(
         "ringgate_active_connections",
         "gauge",
@@ -355,7 +386,10 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         &[("reason", "timeout")],
         tls.iter().map(|x| x.2).sum::<u64>(),
     );
+}
 
+/// Upstream connection, pool, ejection and response families.
+fn render_upstreams(t: &mut Text, st: &Stats, ws: &[std::sync::Arc<WorkerMetrics>]) {
     // Upstreams.
     t.family(
         "ringgate_upstream_connects_total",
@@ -475,27 +509,6 @@ pub(crate) fn render_stats(reg: &Registry, st: &Stats) -> String {
         &[],
         sum(ws, |w| &w.upstream_responses),
     );
-
-    t.family(
-        "ringgate_io_driver_info",
-        "gauge",
-        "I/O driver of the workers (1 when at least one worker runs it)",
-    );
-    let uring = ws.iter().any(|w| w.driver() == Driver::IoUring);
-    let epoll = ws.iter().any(|w| w.driver() == Driver::Epoll);
-    t.sample(
-        "ringgate_io_driver_info",
-        &[("driver", "io_uring")],
-        u8::from(uring),
-    );
-    t.sample(
-        "ringgate_io_driver_info",
-        &[("driver", "epoll")],
-        u8::from(epoll),
-    );
-
-    render_ai(&mut t, st);
-    t.out
 }
 
 /// Token, cost, client, auth and cache families of the AI layer.
