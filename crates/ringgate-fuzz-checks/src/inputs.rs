@@ -93,11 +93,17 @@ pub fn check_tls_pem(data: &[u8]) {
     let provider = rustls::crypto::ring::default_provider();
     if let Err((which, msg)) = tls::certified_key(cert, key, &provider) {
         if which == tls::Which::Key {
+            // What the message says with no key at all is fixed wording, not a quote: a key
+            // file whose line happens to be a piece of it (the fuzzer found one) is no leak.
+            let fixed = match tls::certified_key(cert, b"", &provider) {
+                Err((_, m)) => m,
+                Ok(_) => String::new(),
+            };
             for line in key.split(|&b| b == b'\n') {
                 let line = String::from_utf8_lossy(line);
                 let line = line.trim();
                 assert!(
-                    line.len() < 16 || !msg.contains(line),
+                    line.len() < 16 || !msg.contains(line) || fixed.contains(line),
                     "the key file is quoted: {msg}"
                 );
             }
