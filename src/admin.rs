@@ -12,6 +12,8 @@
 //! - `/config`: JSON of the active config generation and the last rejected reload.
 //! - `/stats`: JSON of per-route counts and hdrhistogram percentiles
 //!   ([`crate::metrics::stats_json`]).
+//! - `/budgets`: JSON of each `[auth]` client's spend budgets and what it spent in the
+//!   current UTC day and month.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -159,6 +161,10 @@ fn serve(mut s: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Res
                 head_only,
             )
         }
+        "/budgets" => {
+            let body = budgets_json(shared);
+            respond(&mut s, 200, "application/json", body.as_bytes(), head_only)
+        }
         "/config" => {
             let body = config_json(shared);
             respond(&mut s, 200, "application/json", body.as_bytes(), head_only)
@@ -182,6 +188,30 @@ pub fn rfc3339(t: SystemTime) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+/// `/budgets`: one entry per client and window with a spend budget.
+fn budgets_json(shared: &Shared) -> String {
+    let cur = shared.store.current();
+    let rows = match &cur.config.auth {
+        Some(auth) => crate::limit::spend::rows(&auth.clients, &cur.spend),
+        None => Vec::new(),
+    };
+    let budgets: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "client": &*r.client,
+                "window": r.window.label(),
+                "scope": r.scope,
+                "budget_usd": r.budget_usd,
+                "spent_usd": r.spent_usd,
+                "remaining_usd": (r.budget_usd - r.spent_usd).max(0.0),
+                "resets_at": rfc3339(UNIX_EPOCH + Duration::from_millis(r.resets_at_ms)),
+            })
+        })
+        .collect();
+    serde_json::json!({ "budgets": budgets }).to_string()
 }
 
 fn config_json(shared: &Shared) -> String {

@@ -86,8 +86,8 @@ pub enum ProxyError {
         limit: String,
         /// Seconds until a request would be admitted (rounded up).
         retry_after_secs: u64,
-        /// The limit's sustained rate, requests per second.
-        rate: f64,
+        /// What the limit admits at once (`burst + 1`): `x-ratelimit-limit-requests`.
+        capacity: u64,
         /// Time until the client's bucket is full again.
         reset: std::time::Duration,
     },
@@ -141,6 +141,22 @@ pub enum ProxyError {
         /// Client name.
         client: String,
         /// Seconds until the budget allows a request again (rounded up).
+        retry_after_secs: u64,
+        /// The budget, tokens: `x-ratelimit-limit-tokens`.
+        capacity: u64,
+        /// Time until the budget is whole again.
+        reset: std::time::Duration,
+    },
+    /// The client has spent its `budget_usd_per_day` or `budget_usd_per_month`.
+    #[error("client `{client}` has spent its {window} budget of {budget_usd:.2} USD; it renews at the start of the next {window} (UTC)")]
+    BudgetExhausted {
+        /// Client name.
+        client: String,
+        /// "daily" or "monthly".
+        window: &'static str,
+        /// The budget, US dollars.
+        budget_usd: f64,
+        /// Seconds until the window ends.
         retry_after_secs: u64,
     },
     /// A cluster limit could not be checked (the store is unavailable) and
@@ -205,6 +221,9 @@ impl ProxyError {
             ProxyError::UntranslatableAnswer(_) => (502, "upstream_error", "upstream_bad_response"),
             ProxyError::UnknownModel(_) => (404, "invalid_request_error", "model_not_found"),
             ProxyError::TokensExhausted { .. } => (429, "tokens", "rate_limit_exceeded"),
+            // OpenAI's answer when an account's credit is spent; its SDKs raise
+            // RateLimitError for it.
+            ProxyError::BudgetExhausted { .. } => (429, "insufficient_quota", "insufficient_quota"),
         }
     }
 
@@ -218,6 +237,9 @@ impl ProxyError {
                 retry_after_secs, ..
             }
             | ProxyError::TokensExhausted {
+                retry_after_secs, ..
+            }
+            | ProxyError::BudgetExhausted {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ProxyError::RouteBusy(_)

@@ -169,6 +169,9 @@ mod tests {
                 name: Arc::from("team-a"),
                 limit: None,
                 token_limit: None,
+                index: 0,
+                budget: [None, None],
+                scope: crate::config::LimitScope::Local,
             }],
         };
         let cases = [

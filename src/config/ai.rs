@@ -99,6 +99,20 @@ pub struct Client {
     /// Token budget per minute (index of its synthesized limit in
     /// [`super::Config::limits`]); charged after each response with its usage.
     pub token_limit: Option<LimitId>,
+    /// Its index in [`Auth::clients`] (and in the generation's spend cells).
+    pub index: usize,
+    /// Spend budgets in micro-dollars, indexed by [`crate::limit::spend::Window::index`]
+    /// (day, month).
+    pub budget: [Option<u64>; 2],
+    /// Where its token and spend budgets are kept.
+    pub scope: super::LimitScope,
+}
+
+impl Client {
+    /// Whether the client has a spend budget.
+    pub fn has_budget(&self) -> bool {
+        self.budget.iter().any(Option::is_some)
+    }
 }
 
 /// Compiled `[auth]`.
@@ -315,6 +329,30 @@ pub(super) fn compile_auth(
         }
     };
     check_tpm("auth.tokens_per_minute".into(), raw.tokens_per_minute, errs);
+    let budget_of = |path: String, v: Option<f64>, errs: &mut Errors| -> Option<u64> {
+        let v = v?;
+        let max = crate::limit::spend::MAX_MICROS as f64 / 1e6;
+        if !(v.is_finite() && v > 0.0 && v <= max) {
+            errs.push(
+                path,
+                format!("{v} is not a budget within (0, {max:.0}] US dollars (omit it for none)"),
+            );
+            return None;
+        }
+        Some(crate::limit::spend::micros(v).max(1))
+    };
+    let default_budget = [
+        budget_of(
+            "auth.budget_usd_per_day".into(),
+            raw.budget_usd_per_day,
+            errs,
+        ),
+        budget_of(
+            "auth.budget_usd_per_month".into(),
+            raw.budget_usd_per_month,
+            errs,
+        ),
+    ];
     let mut overrides = BTreeMap::new();
     for (name, c) in &raw.clients {
         let path = format!("auth.clients.{}", toml_key(name));
@@ -328,7 +366,19 @@ pub(super) fn compile_auth(
             .scope
             .as_deref()
             .map(|v| scope_of(format!("{path}.scope"), v, errs));
-        overrides.insert(name.as_str(), (l, c.tokens_per_minute, scope));
+        let budget = [
+            budget_of(
+                format!("{path}.budget_usd_per_day"),
+                c.budget_usd_per_day,
+                errs,
+            ),
+            budget_of(
+                format!("{path}.budget_usd_per_month"),
+                c.budget_usd_per_month,
+                errs,
+            ),
+        ];
+        overrides.insert(name.as_str(), (l, c.tokens_per_minute, scope, budget));
     }
     if raw.keys_file.trim().is_empty() {
         errs.push("auth.keys_file", "must not be empty");
@@ -379,17 +429,25 @@ pub(super) fn compile_auth(
     let mut keys = HashMap::new();
     let mut clients = Vec::new();
     for (name, hash) in entries {
-        let (l, tpm, scope) = overrides
-            .get(name.as_str())
-            .copied()
-            .unwrap_or((None, None, None));
+        let (l, tpm, scope, budget) =
+            overrides
+                .get(name.as_str())
+                .copied()
+                .unwrap_or((None, None, None, [None, None]));
         let scope = scope.unwrap_or(default_scope);
         let tpm = tpm.or(raw.tokens_per_minute).filter(|&t| t > 0);
-        keys.insert(hash, clients.len());
+        let index = clients.len();
+        keys.insert(hash, index);
         clients.push(Client {
             name: Arc::from(name.as_str()),
             limit: l.or(default_limit),
             token_limit: tpm.map(|t| token_limit_for(t, scope, limits)),
+            index,
+            budget: [
+                budget[0].or(default_budget[0]),
+                budget[1].or(default_budget[1]),
+            ],
+            scope,
         });
     }
     Some(Auth { keys, clients })

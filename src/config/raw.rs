@@ -141,11 +141,19 @@ pub struct RawAuth {
     /// Tokens (prompt + completion) each client may use per minute; none: unlimited.
     #[serde(default)]
     pub tokens_per_minute: Option<u64>,
-    /// Where client token budgets are kept: "local" (per pod, default) or "cluster" (in
-    /// the `[cluster]` store, shared by every replica).
+    /// US dollars each client may spend per UTC day, at the `[models]` prices; none:
+    /// unlimited.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// US dollars each client may spend per UTC month; none: unlimited.
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
+    /// Where client token and spend budgets are kept: "local" (per pod, default) or
+    /// "cluster" (in the `[cluster]` store, shared by every replica).
     #[serde(default = "default_scope")]
     pub scope: String,
-    /// Per-client overrides of `limit` and `tokens_per_minute`, by client name.
+    /// Per-client overrides of `limit`, `tokens_per_minute`, the budgets and `scope`, by
+    /// client name.
     #[serde(default)]
     pub clients: BTreeMap<String, RawClient>,
 }
@@ -160,7 +168,13 @@ pub struct RawClient {
     /// Tokens per minute for this client instead of `auth.tokens_per_minute`.
     #[serde(default)]
     pub tokens_per_minute: Option<u64>,
-    /// `scope` of this client's token budget instead of `auth.scope`.
+    /// `budget_usd_per_day` for this client instead of `auth.budget_usd_per_day`.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// `budget_usd_per_month` for this client instead of `auth.budget_usd_per_month`.
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
+    /// `scope` of this client's token and spend budgets instead of `auth.scope`.
     #[serde(default)]
     pub scope: Option<String>,
 }

@@ -78,6 +78,7 @@
 
 #![warn(missing_docs)]
 
+pub mod spend;
 #[cfg(test)]
 mod tests;
 

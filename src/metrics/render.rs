@@ -658,6 +658,35 @@ fn render_config(out: &mut String, store: &ConfigStore) {
         out: std::mem::take(out),
     };
     let cur = store.current();
+    if let Some(auth) = &cur.config.auth {
+        let rows = crate::limit::spend::rows(&auth.clients, &cur.spend);
+        if !rows.is_empty() {
+            t.family(
+                "ringgate_client_budget_usd",
+                "gauge",
+                "A client's spend budget per window (day, month; UTC), US dollars",
+            );
+            for r in &rows {
+                t.sample(
+                    "ringgate_client_budget_usd",
+                    &[("client", &r.client), ("window", r.window.label())],
+                    r.budget_usd,
+                );
+            }
+            t.family(
+                "ringgate_client_spend_usd",
+                "gauge",
+                "What a client spent in the current window, US dollars, reservations of running requests included (cluster budgets: the latest the store reported to this pod)",
+            );
+            for r in &rows {
+                t.sample(
+                    "ringgate_client_spend_usd",
+                    &[("client", &r.client), ("window", r.window.label())],
+                    r.spent_usd,
+                );
+            }
+        }
+    }
     t.family(
         "ringgate_config_generation",
         "gauge",

@@ -13,10 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::forward::Request;
 use super::headers;
-use crate::cluster::limits::{self as cl, Entry, Kind, Reservation, ReservedIn, Verdict};
+use super::limit_headers::{BucketState, RateHeaders};
+use crate::cluster::limits::{
+    self as cl, ClusterReservation, Entry, Kind, LocalReservation, Reservation, Verdict,
+};
+use crate::config::ai::{Client, Price};
 use crate::config::{LimitId, LimitKey, LimitScope, LimitSpec, OnUnavailable};
 use crate::error::ProxyError;
 use crate::http::RequestHead;
+use crate::limit::spend::{micros, Window};
 use crate::limit::{Decision, KeyedLimiter};
 use crate::worker::Worker;
 
@@ -47,19 +52,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Cluster limits whose decision waits for the request body (see [`reserve`]).
+/// Budgets whose decision waits for the request body (see [`reserve`]).
 #[derive(Debug, Default)]
 pub struct Deferred {
+    /// Cluster limits decided with the reservation (one round trip).
     entries: Vec<Entry>,
     /// The client's cluster token budget.
     token: Option<LimitId>,
+    /// The client's spend budgets (in its scope).
+    spend: bool,
 }
 
-/// Admits `req` or says why not. The returned slot must live until the response is done;
-/// the [`Deferred`] part goes to [`reserve`] once the body is known.
+/// Admits `req` or says why not; the limits' state goes to `rate` (the `x-ratelimit-*`
+/// headers). The returned slot must live until the response is done; the [`Deferred`]
+/// part goes to [`reserve`] once the body is known.
 pub async fn admit<'r>(
     worker: &Rc<Worker>,
     req: &Request<'r>,
+    rate: &mut RateHeaders,
 ) -> Result<(InFlight<'r>, Deferred), ProxyError> {
     let route = req.route;
     let slot = InFlight::enter(route.max_in_flight, &route.in_flight)
@@ -73,9 +83,10 @@ pub async fn admit<'r>(
                 let e = Entry::new(id, spec, Kind::Requests, &key.as_bytes(), 1);
                 deferred.entries.push(e);
             }
-            _ => check(worker, spec, limiter, &key.as_bytes()).await?,
+            _ => check(worker, spec, limiter, &key.as_bytes(), rate).await?,
         }
     }
+    let mut wait_for_body = false;
     if let Some(c) = req.client {
         if let Some((spec, limiter)) = req.limit_at(c.limit) {
             match (spec.scope, c.limit) {
@@ -83,7 +94,7 @@ pub async fn admit<'r>(
                     let e = Entry::new(id, spec, Kind::Requests, c.name.as_bytes(), 1);
                     deferred.entries.push(e);
                 }
-                _ => check(worker, spec, limiter, c.name.as_bytes()).await?,
+                _ => check(worker, spec, limiter, c.name.as_bytes(), rate).await?,
             }
         }
         if let Some((spec, limiter)) = req.limit_at(c.token_limit) {
@@ -91,105 +102,249 @@ pub async fn admit<'r>(
                 // The reservation needs the body: decided with the rest in `reserve`.
                 (LimitScope::Cluster { .. }, Some(id)) if route.route_by_model => {
                     deferred.token = Some(id);
+                    wait_for_body = true;
                 }
                 // Elsewhere no usage is read: only whether the budget is in debt.
                 (LimitScope::Cluster { .. }, Some(id)) => {
                     let e = Entry::new(id, spec, Kind::Tokens, c.name.as_bytes(), 0);
                     deferred.entries.push(e);
                 }
-                _ => {
-                    if let Decision::Reject { retry_after, .. } =
-                        limiter.peek(c.name.as_bytes(), crate::clock::monotonic_nanos())
-                    {
-                        worker.stats.note_ratelimit_rejection(&spec.name);
-                        return Err(ProxyError::TokensExhausted {
-                            client: c.name.to_string(),
-                            retry_after_secs: whole_seconds(retry_after),
-                        });
+                _ => peek_tokens(worker, req, spec, limiter, c.name.as_bytes(), rate)?,
+            }
+        }
+        if c.has_budget() {
+            let cluster = matches!(c.scope, LimitScope::Cluster { .. });
+            if route.route_by_model {
+                // The estimate to reserve is priced from the body.
+                deferred.spend = true;
+                wait_for_body |= cluster;
+            } else if cluster {
+                for (w, budget) in budgets(c) {
+                    let e = Entry::spend(w, budget, c.name.as_bytes(), 0);
+                    deferred.entries.push(e);
+                }
+            } else if let Some(cells) = req.spend {
+                for (w, budget) in budgets(c) {
+                    let (id, ends_in) = w.now();
+                    if cells.cells[w.index()].spent(id) >= budget {
+                        return Err(over_budget(worker, c, w, budget, ends_in));
                     }
                 }
             }
         }
     }
-    if deferred.token.is_none() && !deferred.entries.is_empty() {
-        cluster_check(worker, req, &deferred.entries).await?;
+    if !wait_for_body && !deferred.entries.is_empty() {
+        cluster_check(worker, req, &deferred.entries, rate).await?;
         deferred.entries.clear();
     }
     Ok((slot, deferred))
 }
 
-/// For a model-routed request whose client has a cluster token budget: decides the
-/// deferred cluster limits and reserves the request's token estimate (its `max_tokens`
-/// or the configured default, plus its prompt) in one round trip. The reservation is
-/// settled with the real usage when the response ends, refunded if it is dropped.
+/// The client's spend budgets: (window, micro-dollars).
+fn budgets(c: &Client) -> impl Iterator<Item = (Window, u64)> + '_ {
+    Window::ALL
+        .into_iter()
+        .filter_map(|w| Some((w, c.budget[w.index()]?)))
+}
+
+/// The 429 `insufficient_quota` for client `c` over its `window` budget.
+fn over_budget(
+    worker: &Worker,
+    c: &Client,
+    window: Window,
+    budget: u64,
+    ends_in: std::time::Duration,
+) -> ProxyError {
+    worker.stats.note_ratelimit_rejection(match window {
+        Window::Day => "budget_usd_per_day",
+        Window::Month => "budget_usd_per_month",
+    });
+    ProxyError::BudgetExhausted {
+        client: c.name.to_string(),
+        window: match window {
+            Window::Day => "daily",
+            Window::Month => "monthly",
+        },
+        budget_usd: budget as f64 / 1e6,
+        retry_after_secs: whole_seconds(ends_in),
+    }
+}
+
+/// A local token budget: refused while in debt; its state goes to `rate`.
+fn peek_tokens(
+    worker: &Worker,
+    req: &Request<'_>,
+    spec: &LimitSpec,
+    limiter: &KeyedLimiter,
+    key: &[u8],
+    rate: &mut RateHeaders,
+) -> Result<(), ProxyError> {
+    match limiter.peek(key, crate::clock::monotonic_nanos()) {
+        Decision::Reject { retry_after, reset } => {
+            worker.stats.note_ratelimit_rejection(&spec.name);
+            Err(refusal(req, Kind::Tokens, spec, retry_after, reset))
+        }
+        Decision::Allow { remaining, reset }
+        | Decision::Delay {
+            remaining, reset, ..
+        } => {
+            rate.note_tokens(BucketState {
+                limit: u64::from(spec.burst),
+                remaining: u64::from(remaining),
+                reset,
+            });
+            Ok(())
+        }
+    }
+}
+
+/// For a model-routed request: reserves its estimate against the client's cluster token
+/// budget (its `max_tokens` or the configured default, plus its prompt) and its spend
+/// budgets (that estimate at the first model's prices), deciding the deferred cluster
+/// limits in the same round trip. Settled with the real usage when the response ends,
+/// refunded if dropped.
 pub async fn reserve(
     worker: &Rc<Worker>,
     req: &Request<'_>,
     deferred: Deferred,
     body: &[u8],
+    price: Option<Price>,
+    rate: &mut RateHeaders,
 ) -> Result<Option<Reservation>, ProxyError> {
-    let (Some(id), Some(cfg), Some(c)) = (deferred.token, &req.config.cluster, req.client) else {
+    let Some(c) = req.client else {
         return Ok(None);
     };
-    let (Some(spec), Some(fallback)) = (req.config.limits.get(id), req.limiters.get(id)) else {
-        return Ok(None);
-    };
-    let estimate = cl::token_estimate(body, cfg.default_max_tokens);
+    let default_max = req
+        .config
+        .cluster
+        .as_ref()
+        .map_or(cl::DEFAULT_MAX_TOKENS, |c| c.default_max_tokens);
+    let (prompt, completion) = cl::token_estimate_parts(body, default_max);
+    let tokens = prompt.saturating_add(completion);
+    let cost = price.map_or(0, |p| {
+        micros(prompt as f64 * p.prompt + completion as f64 * p.completion)
+    });
     let mut entries = deferred.entries;
-    entries.push(Entry::new(
-        id,
-        spec,
-        Kind::Tokens,
-        c.name.as_bytes(),
-        estimate,
-    ));
-    let in_store = cluster_check(worker, req, &entries).await?;
-    let Some(entry) = entries.pop() else {
-        return Ok(None);
-    };
-    let path = if in_store {
-        ReservedIn::Cluster {
-            store: worker.store.clone(),
-            cfg: cfg.clone(),
-            entry,
+    let mut local = Vec::new();
+    if let Some(id) = deferred.token {
+        if let Some(spec) = req.config.limits.get(id) {
+            entries.push(Entry::new(
+                id,
+                spec,
+                Kind::Tokens,
+                c.name.as_bytes(),
+                tokens,
+            ));
         }
-    } else {
-        // Admitted by the fallback: the usage is charged there at the end.
-        ReservedIn::Local {
-            limiter: fallback.clone(),
-            key: entry.key,
+    }
+    if deferred.spend {
+        if matches!(c.scope, LimitScope::Cluster { .. }) {
+            for (w, budget) in budgets(c) {
+                entries.push(Entry::spend(w, budget, c.name.as_bytes(), cost));
+            }
+        } else if let Some(cells) = req.spend {
+            for (w, budget) in budgets(c) {
+                let (id, ends_in) = w.now();
+                if cells.cells[w.index()]
+                    .try_reserve(id, budget, cost)
+                    .is_none()
+                {
+                    // What another window reserved is refunded as it drops.
+                    drop(Reservation::new(None, local));
+                    return Err(over_budget(worker, c, w, budget, ends_in));
+                }
+                local.push(LocalReservation::Spend {
+                    spend: cells.clone(),
+                    fallback: false,
+                    window: w,
+                    id,
+                    reserved: cost,
+                });
+            }
+        }
+    }
+    if entries.is_empty() {
+        let r = Reservation::new(None, local);
+        return Ok((!r.is_empty()).then_some(r));
+    }
+    // Refunds the local part when the store refuses.
+    let mut held = Reservation::new(None, local);
+    let decided = cluster_check(worker, req, &entries, rate).await?;
+    let mut local = held.take_local();
+    let cluster = match (decided, &req.config.cluster) {
+        (Admitted::InStore, Some(cfg)) => {
+            entries.retain(|e| e.kind != Kind::Requests && e.cost > 0);
+            (!entries.is_empty()).then(|| ClusterReservation {
+                store: worker.store.clone(),
+                cfg: cfg.clone(),
+                entries,
+                spend: req.spend.cloned(),
+            })
+        }
+        (Admitted::InStore, None) => None,
+        (Admitted::Fallback(items), _) => {
+            local.extend(items);
+            None
         }
     };
-    Ok(Some(Reservation::new(path, estimate)))
+    Ok(Some(Reservation::new(cluster, local)))
 }
 
-/// Decides cluster `entries` in the store: Ok(true) when the store admitted them,
-/// Ok(false) when the local fallback did (the store being unavailable).
+/// How the store decided cluster entries.
+enum Admitted {
+    /// The store admitted them.
+    InStore,
+    /// The store was unavailable and the per-pod fallback admitted them, reserving these.
+    Fallback(Vec<LocalReservation>),
+}
+
+/// Decides cluster `entries` in the store (their state goes to `rate`), or by the
+/// configured fallback when the store is unavailable.
 async fn cluster_check(
     worker: &Worker,
     req: &Request<'_>,
     entries: &[Entry],
-) -> Result<bool, ProxyError> {
+    rate: &mut RateHeaders,
+) -> Result<Admitted, ProxyError> {
     let Some(cfg) = &req.config.cluster else {
-        return Ok(true);
+        return Ok(Admitted::InStore);
     };
     let metrics = &worker.store.metrics;
     match cl::decide(&worker.store, &worker.refusals, cfg, entries).await {
-        Verdict::Admit { wait } => {
+        Verdict::Admit { wait, states } => {
+            for (e, &st) in entries.iter().zip(&states) {
+                match (e.kind, e.bucket_state(st)) {
+                    (Kind::Requests, Some(b)) => rate.note_requests(b),
+                    (Kind::Tokens, Some(b)) => rate.note_tokens(b),
+                    _ => {}
+                }
+            }
+            if let Some(cells) = req.spend {
+                cl::record_spend_states(cells, entries, &states);
+            }
             if !wait.is_zero() {
                 monoio::time::sleep(wait).await;
             }
-            Ok(true)
+            Ok(Admitted::InStore)
         }
         Verdict::Refuse {
             index,
             retry_after,
             reset,
         } => {
-            let Some((e, spec)) = entries
-                .get(index)
-                .and_then(|e| Some((e, req.config.limits.get(e.limit)?)))
-            else {
+            let Some(e) = entries.get(index) else {
+                return Err(ProxyError::ClusterUnavailable);
+            };
+            if let (Kind::Spend(w, _), Some(c)) = (e.kind, req.client) {
+                return Err(over_budget(
+                    worker,
+                    c,
+                    w,
+                    e.tolerance_us as u64,
+                    retry_after,
+                ));
+            }
+            let Some(spec) = req.config.limits.get(e.limit) else {
                 return Err(ProxyError::ClusterUnavailable);
             };
             worker.stats.note_ratelimit_rejection(&spec.name);
@@ -202,29 +357,71 @@ async fn cluster_check(
             }
             OnUnavailable::Local => {
                 metrics.fallback_local.fetch_add(1, Ordering::Relaxed);
-                // The per-pod limiters of cluster limits run at the limit divided by the
-                // replica count (see `reload::limiters_for`), keyed by the same hash.
-                for e in entries {
-                    let Some((spec, limiter)) = req.limit_at(Some(e.limit)) else {
-                        continue;
-                    };
-                    let key = e.key.as_bytes();
-                    match e.kind {
-                        Kind::Requests => check(worker, spec, limiter, key).await?,
-                        Kind::Tokens => {
-                            let now = crate::clock::monotonic_nanos();
-                            if let Decision::Reject { retry_after, reset } = limiter.peek(key, now)
-                            {
-                                worker.stats.note_ratelimit_rejection(&spec.name);
-                                return Err(refusal(req, e.kind, spec, retry_after, reset));
-                            }
-                        }
-                    }
-                }
-                Ok(false)
+                fallback(worker, req, entries, cfg.replicas, rate)
+                    .await
+                    .map(Admitted::Fallback)
             }
         },
     }
+}
+
+/// The per-pod fallback of cluster `entries`: limits and token budgets by their limiters,
+/// which run at the limit divided by the replica count (see `reload::limiters_for`), keyed
+/// by the same hash; spend budgets by the client's fallback cells at the budget divided by
+/// `replicas`.
+async fn fallback(
+    worker: &Worker,
+    req: &Request<'_>,
+    entries: &[Entry],
+    replicas: u32,
+    rate: &mut RateHeaders,
+) -> Result<Vec<LocalReservation>, ProxyError> {
+    let mut made = Vec::new();
+    let refund = |made: Vec<LocalReservation>| drop(Reservation::new(None, made));
+    for e in entries {
+        if let Kind::Spend(w, id) = e.kind {
+            let (Some(c), Some(cells)) = (req.client, req.spend) else {
+                continue;
+            };
+            let budget = (e.tolerance_us as u64 / u64::from(replicas.max(1))).max(1);
+            let cell = &cells.fallback[w.index()];
+            if cell.try_reserve(id, budget, e.cost).is_none() {
+                refund(made);
+                let (_, ends_in) = w.now();
+                return Err(over_budget(worker, c, w, budget, ends_in));
+            }
+            if e.cost > 0 {
+                made.push(LocalReservation::Spend {
+                    spend: cells.clone(),
+                    fallback: true,
+                    window: w,
+                    id,
+                    reserved: e.cost,
+                });
+            }
+            continue;
+        }
+        let Some((spec, limiter)) = req.limit_at(Some(e.limit)) else {
+            continue;
+        };
+        let key = e.key.as_bytes();
+        let decided = match e.kind {
+            Kind::Tokens => peek_tokens(worker, req, spec, limiter, key, rate).map(|()| {
+                if e.cost > 0 {
+                    made.push(LocalReservation::Tokens {
+                        limiter: req.limiters[e.limit].clone(),
+                        key: e.key.clone(),
+                    });
+                }
+            }),
+            _ => check(worker, spec, limiter, key, rate).await,
+        };
+        if let Err(err) = decided {
+            refund(made);
+            return Err(err);
+        }
+    }
+    Ok(made)
 }
 
 /// The 429 for a refusal by limit `spec`.
@@ -236,15 +433,17 @@ fn refusal(
     reset: std::time::Duration,
 ) -> ProxyError {
     match kind {
-        Kind::Requests => ProxyError::RateLimited {
-            limit: spec.name.clone(),
-            retry_after_secs: whole_seconds(retry_after),
-            rate: spec.rate_per_second,
-            reset,
-        },
         Kind::Tokens => ProxyError::TokensExhausted {
             client: req.client.map(|c| c.name.to_string()).unwrap_or_default(),
             retry_after_secs: whole_seconds(retry_after),
+            capacity: u64::from(spec.burst),
+            reset,
+        },
+        _ => ProxyError::RateLimited {
+            limit: spec.name.clone(),
+            retry_after_secs: whole_seconds(retry_after),
+            capacity: u64::from(spec.burst) + 1,
+            reset,
         },
     }
 }
@@ -316,17 +515,31 @@ pub fn limit_key<'a>(
     }
 }
 
-/// Applies one rate limit: admits, holds the request to the rate (`nodelay = false`), or
-/// refuses with 429.
+/// Applies one rate limit: admits (its state to `rate`), holds the request to the rate
+/// (`nodelay = false`), or refuses with 429.
 async fn check(
     worker: &Worker,
     spec: &LimitSpec,
     limiter: &KeyedLimiter,
     key: &[u8],
+    rate: &mut RateHeaders,
 ) -> Result<(), ProxyError> {
+    let state = |remaining: u32, reset| BucketState {
+        limit: u64::from(spec.burst) + 1,
+        remaining: u64::from(remaining),
+        reset,
+    };
     match limiter.check(key, crate::clock::monotonic_nanos()) {
-        Decision::Allow { .. } => Ok(()),
-        Decision::Delay { wait, .. } => {
+        Decision::Allow { remaining, reset } => {
+            rate.note_requests(state(remaining, reset));
+            Ok(())
+        }
+        Decision::Delay {
+            wait,
+            remaining,
+            reset,
+        } => {
+            rate.note_requests(state(remaining, reset));
             monoio::time::sleep(wait).await;
             Ok(())
         }
@@ -335,7 +548,7 @@ async fn check(
             Err(ProxyError::RateLimited {
                 limit: spec.name.clone(),
                 retry_after_secs: whole_seconds(retry_after),
-                rate: spec.rate_per_second,
+                capacity: u64::from(spec.burst) + 1,
                 reset,
             })
         }

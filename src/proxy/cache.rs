@@ -248,6 +248,7 @@ pub async fn serve_hit(
     scratch.extend_from_slice(b"\r\nx-request-id: ");
     scratch.extend_from_slice(req.request_id.as_bytes());
     scratch.extend_from_slice(b"\r\n");
+    outcome.rate.write(scratch);
     if !keep_alive {
         scratch.extend_from_slice(b"connection: close\r\n");
     }

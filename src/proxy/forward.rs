@@ -47,6 +47,8 @@ pub struct Request<'a> {
     pub limiters: &'a [Arc<KeyedLimiter>],
     /// The authenticated `[auth]` client, if the route requires one.
     pub client: Option<&'a Client>,
+    /// The client's spend cells, when it has a spend budget.
+    pub spend: Option<&'a Arc<crate::limit::spend::ClientSpend>>,
     /// The response cache.
     pub cache: &'a ResponseCache,
     /// Server limits.
@@ -83,7 +85,7 @@ pub async fn forward(
     scratch: &mut Vec<u8>,
     outcome: &mut Outcome,
 ) -> Result<(), Failure> {
-    let (_slot, deferred) = admission::admit(worker, req).await?;
+    let (_slot, deferred) = admission::admit(worker, req, &mut outcome.rate).await?;
 
     // Model-routed requests and cached routes need the whole body in hand: to read the
     // model, to key the cache, and to re-send it to a fallback.
@@ -139,7 +141,19 @@ pub async fn forward(
         };
         let (list, ai) = candidates::by_model(&req.config.models, &req.config.upstreams, bytes)?;
         body = RequestBody::Retained(Vec::with_capacity(ai.original.len() + 48));
-        reservation = admission::reserve(worker, req, deferred, &ai.original).await?;
+        let price = list
+            .first()
+            .and_then(|c| c.model)
+            .and_then(|(_, m)| m.price);
+        reservation = admission::reserve(
+            worker,
+            req,
+            deferred,
+            &ai.original,
+            price,
+            &mut outcome.rate,
+        )
+        .await?;
         (list, Some(ai))
     } else {
         let list = req.upstream.map(|upstream| Candidate {
@@ -191,7 +205,10 @@ pub async fn forward(
     )
     .await;
     if let Some(r) = reservation {
-        r.settle(outcome.tokens_used);
+        r.settle(crate::cluster::limits::Used {
+            tokens: outcome.tokens_used,
+            micros: outcome.cost_usd.map(crate::limit::spend::micros),
+        });
     }
     result
 }

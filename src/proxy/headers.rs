@@ -272,7 +272,8 @@ pub fn cacheable_header_lines(resp: &ResponseHead, out: &mut Vec<u8>) {
 }
 
 /// Writes the client response head into `out`; `extra` holds further header lines
-/// (`x-cache: MISS\r\n`).
+/// (`x-cache: MISS\r\n`); `rate` the gateway's `x-ratelimit-*` headers, which replace the
+/// upstream's of the same families.
 pub fn write_client_head(
     out: &mut Vec<u8>,
     resp: &ResponseHead,
@@ -280,6 +281,7 @@ pub fn write_client_head(
     request_id: &str,
     keep_alive: bool,
     extra: &[u8],
+    rate: &super::limit_headers::RateHeaders,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(resp.status));
@@ -299,6 +301,9 @@ pub fn write_client_head(
         if framing != ClientFraming::NoBody && n.eq_ignore_ascii_case("content-length") {
             continue;
         }
+        if !rate.is_empty() && rate.replaces(n) {
+            continue;
+        }
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
@@ -308,6 +313,7 @@ pub fn write_client_head(
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(extra);
+    rate.write(out);
     match framing {
         ClientFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ClientFraming::Length(n) => {
@@ -388,7 +394,15 @@ mod tests {
         for (raw, framing, must, must_not) in cases {
             let mut out = Vec::new();
             let keep_alive = framing != ClientFraming::Close;
-            write_client_head(&mut out, &resp(raw), framing, "rid", keep_alive, b"");
+            write_client_head(
+                &mut out,
+                &resp(raw),
+                framing,
+                "rid",
+                keep_alive,
+                b"",
+                &Default::default(),
+            );
             let text = String::from_utf8_lossy(&out);
             for m in must {
                 assert!(text.contains(m), "{text:?} lacks {m:?}");

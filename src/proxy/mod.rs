@@ -12,6 +12,7 @@ pub mod failure;
 pub mod forward;
 pub mod headers;
 pub mod io;
+pub mod limit_headers;
 pub mod pipe;
 pub mod quota;
 pub mod request_body;
@@ -61,6 +62,11 @@ pub struct Outcome {
     pub truncated: Option<&'static str>,
     /// Tokens (prompt + completion) the response used, when its usage was read or estimated.
     pub tokens_used: Option<u64>,
+    /// What the response cost at its model's prices, when its usage was known.
+    pub cost_usd: Option<f64>,
+    /// The route's and client's limits as admission left them, for the `x-ratelimit-*`
+    /// headers of the response.
+    pub rate: limit_headers::RateHeaders,
 }
 
 /// Read buffer a client connection starts with and returns to after a large request:
@@ -145,6 +151,7 @@ pub async fn serve_connection(worker: Rc<Worker>, mut stream: ClientStream, peer
                     &mut scratch,
                     server.idle_timeout,
                     server.server_header.as_deref(),
+                    &limit_headers::RateHeaders::default(),
                 )
                 .await;
                 let _ = stream.shutdown().await;
@@ -282,6 +289,7 @@ async fn handle_request(
             config: cfg,
             limiters: &snap.limiters,
             client: authed,
+            spend: authed.and_then(|c| snap.spend.get(c.index)?.as_ref()),
             cache: &snap.cache,
             server: &cfg.server,
             peer,
@@ -480,6 +488,7 @@ async fn answer_failure(
         scratch,
         timeout,
         server_header,
+        &outcome.rate,
     )
     .await;
     // The access log counts what the gateway wrote itself, as it counts proxied bytes.
@@ -614,8 +623,10 @@ fn record(worker: &Worker, log: &LogContext<'_>, o: &Outcome) {
     crate::metrics::access_log(&obs, log.request_id, log.head.path(), client_ip);
 }
 
-/// Sends a gateway-made error in the OpenAI shape. Returns the body bytes written, None
+/// Sends a gateway-made error in the OpenAI shape, with the `x-ratelimit-*` headers of
+/// `rate` (a refusal's own bucket reported as spent). Returns the body bytes written, None
 /// when the write failed.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_error(
     client: &mut ClientStream,
     e: &ProxyError,
@@ -624,6 +635,7 @@ pub async fn send_error(
     scratch: &mut Vec<u8>,
     timeout: Duration,
     server_header: Option<&str>,
+    rate: &limit_headers::RateHeaders,
 ) -> Option<u64> {
     let (status, kind, code) = e.classify();
     let mut body = Vec::with_capacity(160);
@@ -643,30 +655,48 @@ pub async fn send_error(
     if let Some(ra) = &retry_after {
         hdrs.push(("retry-after", ra.as_bytes()));
     }
-    // The headers OpenAI clients read to pace themselves.
-    let limit_headers = match e {
-        ProxyError::RateLimited { rate, reset, .. } => Some((
-            format!("{}", rate.ceil() as u64),
-            format!("{:.3}s", reset.as_secs_f64()),
-        )),
-        _ => None,
-    };
+    // The headers OpenAI clients read to pace themselves; the refusing bucket is spent.
+    let mut rate = *rate;
+    match e {
+        ProxyError::RateLimited {
+            capacity, reset, ..
+        } => {
+            rate.requests = Some(limit_headers::BucketState {
+                limit: *capacity,
+                remaining: 0,
+                reset: *reset,
+            });
+        }
+        ProxyError::TokensExhausted {
+            capacity, reset, ..
+        } => {
+            rate.tokens = Some(limit_headers::BucketState {
+                limit: *capacity,
+                remaining: 0,
+                reset: *reset,
+            });
+        }
+        // Waiting hours is no retry: OpenAI's SDKs read this and raise at once.
+        ProxyError::BudgetExhausted { .. } => hdrs.push(("x-should-retry", b"false")),
+        _ => {}
+    }
     if let Some(allow) = e.allow() {
         hdrs.push(("allow", allow.as_bytes()));
     }
     if matches!(e, ProxyError::Unauthorized(_)) {
         hdrs.push(("www-authenticate", b"Bearer"));
     }
-    if let Some((limit, reset)) = &limit_headers {
-        hdrs.push(("x-ratelimit-limit-requests", limit.as_bytes()));
-        hdrs.push(("x-ratelimit-remaining-requests", b"0"));
-        hdrs.push(("x-ratelimit-reset-requests", reset.as_bytes()));
-    }
     if !keep_alive {
         hdrs.push(("connection", b"close"));
     }
     scratch.clear();
     http::write_response_head(scratch, status, "", &hdrs);
+    if !rate.is_empty() && scratch.ends_with(b"\r\n\r\n") {
+        // Before the blank line that ends the head.
+        scratch.truncate(scratch.len() - 2);
+        rate.write(scratch);
+        scratch.extend_from_slice(b"\r\n");
+    }
     scratch.extend_from_slice(&body);
     let buf = std::mem::take(scratch);
     let (res, buf) = bufio::write_all(client, buf, timeout).await;

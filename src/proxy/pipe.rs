@@ -99,7 +99,15 @@ pub async fn respond(
         _ => b"",
     };
     scratch.clear();
-    headers::write_client_head(scratch, &resp, cframing, req.request_id, keep_alive, extra);
+    headers::write_client_head(
+        scratch,
+        &resp,
+        cframing,
+        req.request_id,
+        keep_alive,
+        extra,
+        &outcome.rate,
+    );
 
     let rechunk = cframing == ClientFraming::Chunked;
     let mut pipe = ResponsePipe {
@@ -129,7 +137,10 @@ pub async fn respond(
     let mut tap = std::mem::take(&mut pipe.tap);
     outcome.ttfb = first_body.map(|t| t.saturating_duration_since(req.started));
     outcome.response = Some(started.elapsed());
-    outcome.tokens_used = tap::account_usage(worker, req, candidate, &tap);
+    if let Some((tokens, cost)) = tap::account_usage(worker, req, candidate, &tap) {
+        outcome.tokens_used = Some(tokens);
+        outcome.cost_usd = Some(cost);
+    }
     outcome.bytes_out = match copied {
         Ok(n) => n,
         Err(e) => {

@@ -255,14 +255,15 @@ impl Tap {
 }
 
 /// Counts the tokens and dollars a response reported, and charges the client's local token
-/// budget (a cluster budget is settled by its reservation, with the tokens returned here).
-/// Runs also when the stream broke midway: what was used was used.
+/// budget (cluster token budgets and spend budgets are settled by their reservation, with
+/// the tokens and dollars returned here). Runs also when the stream broke midway: what was
+/// used was used.
 pub fn account_usage(
     worker: &Worker,
     req: &Request<'_>,
     candidate: Candidate<'_>,
     tap: &Tap,
-) -> Option<u64> {
+) -> Option<(u64, f64)> {
     let (_, model) = candidate.model?;
     let (u, estimated) = match tap.usage() {
         Some(u) => (u, false),
@@ -281,7 +282,7 @@ pub fn account_usage(
             }
         }
     }
-    Some(tokens)
+    Some((tokens, cost))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, ConfigErrors, LimitSpec};
+use crate::limit::spend::ClientSpend;
 use crate::limit::{KeyedLimiter, LimitParams};
 use watch::Snapshot;
 
@@ -39,6 +40,37 @@ pub struct Active {
     pub limiters: Vec<Arc<KeyedLimiter>>,
     /// The response cache; a reload keeps it (and its entries) while `[cache]` is unchanged.
     pub cache: Arc<crate::ai::cache::ResponseCache>,
+    /// Spend cells of the `[auth]` clients with a spend budget, indexed like
+    /// `config.auth.clients`; a reload hands each client's cells over by name.
+    pub spend: Vec<Option<Arc<ClientSpend>>>,
+}
+
+/// The spend cells for `cfg`'s clients: those `old` had for the same name, new ones
+/// otherwise (so a reload does not reset what a client spent).
+fn spend_for(old: Option<&Active>, cfg: &Config) -> Vec<Option<Arc<ClientSpend>>> {
+    let Some(auth) = &cfg.auth else {
+        return Vec::new();
+    };
+    let previous: std::collections::HashMap<&str, &Arc<ClientSpend>> = old
+        .and_then(|a| Some((a.config.auth.as_ref()?, &a.spend)))
+        .map(|(auth, cells)| {
+            auth.clients
+                .iter()
+                .zip(cells)
+                .filter_map(|(c, s)| Some((&*c.name, s.as_ref()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    auth.clients
+        .iter()
+        .map(|c| {
+            c.has_budget().then(|| {
+                previous
+                    .get(&*c.name)
+                    .map_or_else(|| Arc::new(ClientSpend::default()), |s| (*s).clone())
+            })
+        })
+        .collect()
 }
 
 /// The last rejected reload, for `/config` and logs.
@@ -85,6 +117,7 @@ impl ConfigStore {
         let limiters = Mutex::new(Vec::new());
         let active = Active {
             limiters: limiters_for(&limiters, &cfg),
+            spend: spend_for(None, &cfg),
             cache: Arc::new(crate::ai::cache::ResponseCache::new(cfg.cache)),
             config: cfg,
             generation: 1,
@@ -167,6 +200,7 @@ impl ConfigStore {
                 };
                 self.active.store(Arc::new(Active {
                     limiters: limiters_for(&self.limiters, &cfg),
+                    spend: spend_for(Some(&old), &cfg),
                     cache,
                     config: cfg,
                     generation,
