@@ -130,6 +130,81 @@ fn rejection_is_429_in_openai_shape_with_rate_headers() {
     assert!(counted, "rejections counted by limit");
 }
 
+/// Seconds of an OpenAI-style reset (`20ms`, `1.5s`, `1m40s`, `1h0m0s`).
+fn reset_secs(v: &str) -> f64 {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse::<f64>().unwrap_or_else(|_| panic!("reset {v:?}")) / 1000.0;
+    }
+    let mut total = 0.0;
+    let mut num = String::new();
+    for c in v.chars() {
+        match c {
+            'h' | 'm' | 's' => {
+                let n: f64 = num.parse().unwrap_or_else(|_| panic!("reset {v:?}"));
+                total += n * match c {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                num.clear();
+            }
+            _ => num.push(c),
+        }
+    }
+    assert!(num.is_empty(), "reset {v:?} ends in a unit");
+    total
+}
+
+/// OpenAI sends `x-ratelimit-*` on every response, not only on 429: so does a limited route,
+/// from the local limiter (the upstream's own headers of those names are replaced).
+#[test]
+fn every_response_of_a_limited_route_carries_the_rate_headers() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let gw = Gateway::start(
+        &config(&mock, 2, "rate_per_second = 0.01\nburst = 4"),
+        Driver::IoUring,
+    );
+    let mut remaining = Vec::new();
+    let mut resets = Vec::new();
+    for _ in 0..5 {
+        let r = get(&gw, "x-mock-header: x-ratelimit-remaining-requests=999\r\n");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("5"), "{r:?}");
+        let all: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-ratelimit-remaining-requests")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(all.len(), 1, "the provider's header is replaced: {all:?}");
+        remaining.push(all[0].parse::<u64>().expect("a number"));
+        resets.push(reset_secs(
+            r.header("x-ratelimit-reset-requests").expect("reset"),
+        ));
+    }
+    assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
+    // One request is 100 s of the rate: the bucket is full again 100 s after each one.
+    for (i, r) in resets.iter().enumerate() {
+        let want = 100.0 * (i + 1) as f64;
+        assert!(
+            (want - 1.0..=want).contains(r),
+            "reset {r} for request {i}: {resets:?}"
+        );
+    }
+    let r = get(&gw, "");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("5"));
+    // A route without a limit sends none.
+    let r = request(
+        gw.addr,
+        "GET /open/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .expect("open");
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-ratelimit-limit-requests").is_none(), "{r:?}");
+}
+
 #[test]
 fn keys_are_the_real_client_ip_api_key_or_header() {
     let mock = MockProvider::start("127.0.0.1:0").expect("mock");

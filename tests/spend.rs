@@ -1,0 +1,236 @@
+//! Spend budgets kept in the pod (`scope = "local"`, the default): a client's
+//! `budget_usd_per_day` stops it within one request of its limit, with OpenAI's
+//! `insufficient_quota` 429; what it spent shows at the admin listener's `/budgets` and in
+//! `ringgate_client_spend_usd`; a reload keeps the spend. (Across replicas, on Redis:
+//! tests/cluster.rs.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::gateway::{request, temp_dir, Driver, Gateway, Response};
+use ringgate_mock::MockProvider;
+use sha2::{Digest, Sha256};
+
+fn sha_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn config(mock: &MockProvider, keys: &Path, budgets: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 2
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.mock]
+url = "http://{mock}/v1"
+
+[models."gpt-4.1"]
+upstream = "mock"
+prompt_usd_per_mtok = 1000.0
+completion_usd_per_mtok = 1000.0
+
+[auth]
+keys_file = "{keys}/keys"
+{budgets}
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+rewrite = "/chat/completions"
+route_by_model = true
+
+[[routes]]
+name = "other"
+prefix = "/v1/"
+upstream = "mock"
+"#,
+        mock = mock.addr(),
+        keys = keys.display()
+    )
+}
+
+fn chat(addr: SocketAddr, key: &str, stream: bool) -> Response {
+    let body = format!(
+        r#"{{"model":"gpt-4.1","max_tokens":10,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    request(
+        addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\n\
+             x-mock-chunks: 10\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .expect("chat answered")
+}
+
+/// Sends `n` streamed chats for `key`; returns how many were admitted and the last refusal.
+fn spend_down(addr: SocketAddr, key: &str, n: usize) -> (usize, Option<Response>) {
+    let mut ok = 0;
+    let mut refusal = None;
+    for _ in 0..n {
+        let r = chat(addr, key, true);
+        match r.status {
+            200 => ok += 1,
+            429 => refusal = Some(r),
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    (ok, refusal)
+}
+
+#[test]
+fn a_local_spend_budget_stops_its_client_within_one_request() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = temp_dir("spend-keys");
+    std::fs::write(
+        keys.join("keys"),
+        format!(
+            "team-a {}\nteam-b {}\n",
+            sha_hex("sk-team-a"),
+            sha_hex("sk-team-b")
+        ),
+    )
+    .expect("keys");
+    let budgets = "budget_usd_per_day = 0.2\n[auth.clients.team-b]\nbudget_usd_per_month = 0.05";
+    let gw = Gateway::start(&config(&mock, &keys, budgets), Driver::IoUring);
+    let first = chat(gw.addr, "sk-team-a", false);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let used = first.json()["usage"]["total_tokens"]
+        .as_u64()
+        .expect("usage");
+    let cost = used as f64 * 1e-3;
+    let (ok, refusal) = spend_down(gw.addr, "sk-team-a", 20);
+    let admitted = ok + 1;
+    // Admitted while what was spent is below the budget: ceil(budget / cost).
+    let want = (0.2 / cost).ceil() as usize;
+    eprintln!(
+        "local spend budget: admitted {admitted} at ${cost:.3} each, the budget admits {want}"
+    );
+    assert!(
+        admitted.abs_diff(want) <= 1,
+        "admitted {admitted}, want {want}"
+    );
+    let r = refusal.expect("refused once spent");
+    assert_eq!(
+        r.json()["error"]["type"],
+        "insufficient_quota",
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+    assert!(r.header("retry-after").is_some());
+    // Other routes of the client are refused too (no usage read there, only the check).
+    let r = request(
+        gw.addr,
+        "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-team-a\r\nconnection: close\r\n\r\n",
+    )
+    .expect("other route");
+    assert_eq!(r.status, 429, "{}", r.text());
+    // Each client has its own budget: team-b's monthly one (team-a's daily one applies to
+    // it too, as the default).
+    let (ok_b, _) = spend_down(gw.addr, "sk-team-b", 10);
+    let want_b = (0.05 / cost).ceil() as usize;
+    assert!(
+        ok_b.abs_diff(want_b) <= 1,
+        "team-b admitted {ok_b}, want {want_b}"
+    );
+    // The admin listener and the metrics show what each spent, settled at its real cost.
+    let b = gw.admin_get("/budgets").json();
+    let rows = b["budgets"].as_array().expect("rows").clone();
+    let row = |client: &str, window: &str| {
+        rows.iter()
+            .find(|r| r["client"] == client && r["window"] == window)
+            .unwrap_or_else(|| panic!("no {client}/{window} in {b}"))
+            .clone()
+    };
+    let a_day = row("team-a", "day");
+    assert_eq!(a_day["scope"], "local");
+    assert_eq!(a_day["budget_usd"], 0.2);
+    let spent = a_day["spent_usd"].as_f64().expect("spent");
+    assert!(
+        (spent - admitted as f64 * cost).abs() < 1e-6,
+        "{spent} spent for {admitted} requests"
+    );
+    assert_eq!(a_day["remaining_usd"], 0.0);
+    assert!(a_day["resets_at"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with("T00:00:00.000Z"));
+    let b_month = row("team-b", "month");
+    assert_eq!(b_month["budget_usd"], 0.05);
+    assert!(b_month["resets_at"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with("-01T00:00:00.000Z"));
+    let gauge = gw
+        .metric("ringgate_client_spend_usd{client=\"team-a\",window=\"day\"}")
+        .expect("gauge");
+    assert!((gauge - spent).abs() < 1e-9);
+    assert_eq!(
+        gw.metric("ringgate_client_budget_usd{client=\"team-b\",window=\"month\"}"),
+        Some(0.05)
+    );
+    let text = gw.admin_get("/metrics").text();
+    if let Some((ok, msg)) = common::gateway::promtool_check_metrics(&text) {
+        assert!(ok && msg.trim().is_empty(), "promtool:\n{msg}");
+    }
+    // A reload that raises the budget keeps what was spent: only the difference is left.
+    let raised = budgets.replace("budget_usd_per_day = 0.2", "budget_usd_per_day = 0.3");
+    assert!(gw.project(&config(&mock, &keys, &raised)));
+    let start = std::time::Instant::now();
+    while gw.metric("ringgate_client_budget_usd{client=\"team-a\",window=\"day\"}") != Some(0.3) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "reload never applied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (more, _) = spend_down(gw.addr, "sk-team-a", 20);
+    let want_more = ((0.3 - spent) / cost).ceil() as usize;
+    assert!(
+        more.abs_diff(want_more) <= 1,
+        "after the reload {more} more admitted, want {want_more}"
+    );
+    let _ = std::fs::remove_dir_all(keys);
+}
+
+#[test]
+fn budget_keys_are_validated_with_their_paths() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = temp_dir("spend-keys-bad");
+    std::fs::write(keys.join("keys"), format!("team-a {}\n", sha_hex("k"))).expect("keys");
+    let cfg = config(
+        &mock,
+        &keys,
+        "budget_usd_per_day = -1\n[auth.clients.team-a]\nbudget_usd_per_month = 1e300",
+    )
+    .replace("{listen}", "127.0.0.1:0")
+    .replace("{admin}", "127.0.0.1:0");
+    let file = keys.join("gateway.toml");
+    std::fs::write(&file, cfg).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("ringgate check runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("auth.budget_usd_per_day"), "{text}");
+    assert!(
+        text.contains("auth.clients.team-a.budget_usd_per_month"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(keys);
+}
