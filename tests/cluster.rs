@@ -441,10 +441,10 @@ fn silent_store() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>)
                     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                     let mut buf = [0u8; 4096];
                     let mut got = Vec::new();
-                    // Read the SCRIPT LOAD (ends with the script's last line), answer it.
-                    while !String::from_utf8_lossy(&got)
-                        .contains("return {1, 0, math.ceil(wait), 0}")
-                    {
+                    // Read the SCRIPT LOAD (ends with the script's end), answer it.
+                    let script = ringgate::cluster::limits::SCRIPT.trim_end();
+                    let tail = &script[script.len() - 40..];
+                    while !String::from_utf8_lossy(&got).contains(tail) {
                         match s.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -664,4 +664,322 @@ fn a_reloaded_cluster_limit_applies_at_once_and_keeps_its_state() {
     // The bucket in Redis kept its two requests; the larger burst admits three more (the
     // worker's memory of "dave" refused for ~1000 s was for the old parameters).
     assert_eq!(statuses(4), vec![200, 200, 200, 429]);
+}
+
+/// Three gateways with a model-routed chat route, `[auth]` (client `team-t`, key
+/// `sk-team-t`; `auth` holds more `[auth]` keys) and `[cluster]` (`cluster` more of it).
+fn ai_config(
+    mock: &MockProvider,
+    redis: &Redis,
+    keys: &std::path::Path,
+    cluster: &str,
+    auth: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 2
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.mock]
+url = "http://{mock}/v1"
+
+[models."gpt-4.1"]
+upstream = "mock"
+prompt_usd_per_mtok = 1000.0
+completion_usd_per_mtok = 1000.0
+
+[cluster]
+redis_url = "{url}"
+timeout_ms = 500
+{cluster}
+
+[limits.per-client]
+rate_per_second = 0.01
+burst = 5
+key = "client"
+scope = "cluster"
+
+[auth]
+keys_file = "{keys}/keys"
+scope = "cluster"
+{auth}
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+rewrite = "/chat/completions"
+route_by_model = true
+"#,
+        mock = mock.addr(),
+        url = redis.url(),
+        keys = keys.display()
+    )
+}
+
+fn chat(addr: SocketAddr, key: &str, stream: bool) -> Response {
+    let body = format!(
+        r#"{{"model":"gpt-4.1","max_tokens":10,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    request(
+        addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\n\
+             x-mock-chunks: 10\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .expect("chat answered")
+}
+
+fn keys_dir(clients: &[(&str, &str)]) -> PathBuf {
+    let dir = temp_dir("cluster-keys");
+    let lines: String = clients
+        .iter()
+        .map(|(name, key)| format!("{name} {}\n", sha_hex(key)))
+        .collect();
+    std::fs::write(dir.join("keys"), lines).expect("keys");
+    dir
+}
+
+/// A client's daily spend budget holds across three gateways, with streamed answers: each
+/// request reserves its estimate at admission and settles with its real cost, and the
+/// client is stopped at its dollar limit ± one request, with OpenAI's `insufficient_quota`.
+#[test]
+fn three_gateways_share_one_spend_budget_with_streams() {
+    let Some(redis) = Redis::start(None) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = keys_dir(&[("team-t", "sk-team-t")]);
+    // No request limit in the way: a generous one for this client.
+    let cfg = ai_config(&mock, &redis, &keys, "", "budget_usd_per_day = 0.2").replace(
+        "rate_per_second = 0.01\nburst = 5",
+        "rate_per_second = 100\nburst = 100",
+    );
+    let gws: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::start(&cfg, Driver::IoUring))
+        .collect();
+    for gw in &gws {
+        wait_store_up(gw);
+    }
+    // One plain answer tells what a request costs: its tokens at $1000 per million.
+    let first = chat(gws[0].addr, "sk-team-t", false);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let used = first.json()["usage"]["total_tokens"]
+        .as_u64()
+        .expect("usage");
+    let cost = used as f64 * 1e-3;
+    let mut ok: usize = 1;
+    let mut refusal = None;
+    let mut last_ok = 0;
+    for i in 0..30 {
+        let r = chat(gws[i % 3].addr, "sk-team-t", true);
+        match r.status {
+            200 => {
+                assert!(r.text().contains("data: [DONE]"), "{}", r.text());
+                ok += 1;
+                last_ok = i % 3;
+            }
+            429 => refusal = Some(r),
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    // Admitted while the spend is below the budget: ceil(budget / cost) requests.
+    let want = (0.2 / cost).ceil() as usize;
+    eprintln!("spend budget across three gateways: admitted {ok} of 31 at ${cost:.3} each, the budget admits {want}");
+    assert!(
+        ok.abs_diff(want) <= 1,
+        "admitted {ok}, a $0.20 budget at ${cost:.3} a request admits {want}"
+    );
+    let r = refusal.expect("the budget refused");
+    let e = &r.json()["error"];
+    assert_eq!(e["type"], "insufficient_quota", "{}", r.text());
+    assert_eq!(e["code"], "insufficient_quota");
+    assert!(e["message"].as_str().unwrap_or("").contains("team-t"));
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    let ra: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=86_400).contains(&ra), "until the UTC day ends: {ra}");
+    // The spend in Redis, under a hashed key: every admitted request, settled at its real
+    // cost, in micro-dollars. Settles are off the request path: wait (bounded) for them.
+    let expect_spent = ok as f64 * cost;
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        / 86_400;
+    let key = ringgate::cluster::limits::redis_key(&format!("spend:day:{day}"), b"team-t");
+    let in_redis = || -> i64 {
+        redis
+            .cmd(&["GET", &key])
+            .and_then(|r| r.lines().nth(1).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(-1)
+    };
+    let want_micros = (expect_spent * 1e6).round() as i64;
+    let start = Instant::now();
+    while in_redis() != want_micros {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "spend in Redis {} never reached {want_micros}",
+            in_redis()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ttl: i64 = redis
+        .cmd(&["PTTL", &key])
+        .and_then(|r| r.trim().strip_prefix(':').and_then(|v| v.parse().ok()))
+        .unwrap_or(-1);
+    assert!(
+        (3_600_000..=90_000_000).contains(&ttl),
+        "the key expires an hour after the day ends: {ttl}"
+    );
+    let keys_now = redis.cmd(&["KEYS", "rg:*"]).expect("KEYS");
+    assert!(!keys_now.contains("team-t"), "{keys_now}");
+    // The pod that settled the last request shows the store's figure at /budgets and in
+    // its metrics.
+    let last = &gws[last_ok];
+    let spent_of = |gw: &Gateway| -> f64 {
+        let b = gw.admin_get("/budgets").json();
+        b["budgets"][0]["spent_usd"].as_f64().unwrap_or(-1.0)
+    };
+    while (spent_of(last) - expect_spent).abs() > 1e-6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "spend at /budgets {} never reached {expect_spent}",
+            spent_of(last)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b = last.admin_get("/budgets").json();
+    let row = &b["budgets"][0];
+    assert_eq!(row["client"], "team-t");
+    assert_eq!(row["window"], "day");
+    assert_eq!(row["scope"], "cluster");
+    assert_eq!(row["budget_usd"], 0.2);
+    assert!(
+        row["resets_at"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("T00:00:00.000Z"),
+        "{row}"
+    );
+    assert!(expect_spent <= 0.2 + cost + 1e-9);
+    let metric = last
+        .metric("ringgate_client_spend_usd{client=\"team-t\",window=\"day\"}")
+        .expect("spend gauge");
+    assert!(
+        (metric - expect_spent).abs() < 1e-6,
+        "{metric} vs {expect_spent}"
+    );
+    assert_eq!(
+        last.metric("ringgate_client_budget_usd{client=\"team-t\",window=\"day\"}"),
+        Some(0.2)
+    );
+    let _ = std::fs::remove_dir_all(keys);
+}
+
+/// `x-ratelimit-*` on the 200s of a cluster limit come from the store: the remaining count
+/// falls request by request across three gateways (each pod alone would say 5, 5, 5 ...),
+/// and the token budget's headers come along.
+#[test]
+fn rate_headers_on_every_response_come_from_the_cluster_state() {
+    let Some(redis) = Redis::start(None) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = keys_dir(&[("team-t", "sk-team-t")]);
+    let cfg = ai_config(
+        &mock,
+        &redis,
+        &keys,
+        "",
+        "limit = \"per-client\"\ntokens_per_minute = 100000",
+    );
+    let gws: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::start(&cfg, Driver::IoUring))
+        .collect();
+    for gw in &gws {
+        wait_store_up(gw);
+    }
+    let mut remaining = Vec::new();
+    let mut tokens_left = Vec::new();
+    for i in 0..6 {
+        let r = chat(gws[i % 3].addr, "sk-team-t", i % 2 == 1);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("6"), "{r:?}");
+        remaining.push(
+            r.header("x-ratelimit-remaining-requests")
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("remaining"),
+        );
+        let reset = r.header("x-ratelimit-reset-requests").expect("reset");
+        assert!(reset.ends_with('s') && reset != "0s", "{reset}");
+        assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("100000"));
+        tokens_left.push(
+            r.header("x-ratelimit-remaining-tokens")
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("tokens"),
+        );
+    }
+    assert_eq!(
+        remaining,
+        vec![5, 4, 3, 2, 1, 0],
+        "one bucket across the pods"
+    );
+    assert!(
+        tokens_left.windows(2).all(|w| w[1] < w[0]),
+        "tokens fall: {tokens_left:?}"
+    );
+    assert!(tokens_left[0] < 100_000);
+    let r = chat(gws[0].addr, "sk-team-t", false);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    let _ = std::fs::remove_dir_all(keys);
+}
+
+/// With `on_unavailable = "deny"`, a client with a spend budget is refused while Redis is
+/// down (no pod can know what it spent), and served again when it is back.
+#[test]
+fn spend_budgets_deny_while_the_store_is_down_with_deny() {
+    let Some(mut redis) = Redis::start(None) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = keys_dir(&[("team-t", "sk-team-t")]);
+    let cfg = ai_config(
+        &mock,
+        &redis,
+        &keys,
+        "on_unavailable = \"deny\"\nbreaker_open_ms = 100",
+        "budget_usd_per_month = 100",
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    wait_store_up(&gw);
+    assert_eq!(chat(gw.addr, "sk-team-t", true).status, 200);
+    redis.kill();
+    let r = chat(gw.addr, "sk-team-t", true);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "cluster_store_unavailable");
+    redis.spawn();
+    let start = Instant::now();
+    loop {
+        let r = chat(gw.addr, "sk-team-t", true);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never served again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(keys);
 }
