@@ -983,3 +983,99 @@ fn spend_budgets_deny_while_the_store_is_down_with_deny() {
     }
     let _ = std::fs::remove_dir_all(keys);
 }
+
+/// The official `openai` SDK across two gateways sharing one Redis: it reads the
+/// `x-ratelimit-*` headers of every answer (one falling count across both pods), gets
+/// `RateLimitError` with `Retry-After` once the cluster-wide limit is spent, and
+/// `RateLimitError` with code `insufficient_quota` once a spend budget is, without
+/// retrying it.
+#[test]
+fn the_openai_sdk_sees_cluster_limits_and_spend_budgets_across_pods() {
+    let Some(redis) = Redis::start(None) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = keys_dir(&[("limited", "sk-limited"), ("spender", "sk-spender")]);
+    let cfg = ai_config(
+        &mock,
+        &redis,
+        &keys,
+        "",
+        "limit = \"per-client\"\n[auth.clients.spender]\nlimit = \"roomy\"\nbudget_usd_per_day = 0.1",
+    )
+    .replace("burst = 5", "burst = 3")
+        + "\n[limits.roomy]\nrate_per_second = 100\nburst = 100\nkey = \"client\"\n";
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::start(&cfg, Driver::IoUring))
+        .collect();
+    for gw in &gws {
+        wait_store_up(gw);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_cluster.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(gws.iter().map(|g| format!("http://{}/v1", g.addr)))
+        .output()
+        .expect("python3 runs (install the SDK with `pip install openai`)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{stderr}\ngateway logs:\n{}\n{}",
+        gws[0].logs(),
+        gws[1].logs()
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json line");
+    eprintln!("the SDK saw: {seen}");
+    let headers = seen["limited_headers"].as_array().expect("headers").clone();
+    let remaining: Vec<&str> = headers
+        .iter()
+        .map(|h| h["remaining"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(remaining, vec!["3", "2", "1", "0"], "{seen}");
+    assert!(headers.iter().all(|h| h["limit"] == "4"), "{seen}");
+    assert!(
+        headers
+            .iter()
+            .all(|h| h["reset"].as_str().is_some_and(|r| r.ends_with('s'))),
+        "{seen}"
+    );
+    assert_eq!(seen["limited_error"], "RateLimitError", "{seen}");
+    assert_eq!(seen["limited_status"], 429);
+    assert_eq!(seen["limited_code"], "rate_limit_exceeded");
+    assert!(
+        seen["limited_retry_after"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| s >= 1),
+        "{seen}"
+    );
+    assert_eq!(seen["spend_error"], "RateLimitError", "{seen}");
+    assert_eq!(seen["spend_code"], "insufficient_quota");
+    assert_eq!(seen["spend_type"], "insufficient_quota");
+    // Each streamed answer costs 17 tokens at $1000/M: $0.1 admits ceil(0.1 / 0.017) = 6.
+    let admitted = seen["spend_admitted"].as_u64().unwrap_or(0);
+    assert!(admitted.abs_diff(6) <= 1, "{seen}");
+    // The SDK did not retry the refusal (x-should-retry: false): one 429 for the spender in
+    // the access logs of both pods (the script has ended: any retry would be logged).
+    let refusals = || -> usize {
+        gws.iter()
+            .map(|g| {
+                g.logs()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("ringgate::access")
+                            && l.contains("status=429")
+                            && l.contains("spender")
+                    })
+                    .count()
+            })
+            .sum()
+    };
+    let start = Instant::now();
+    while refusals() < 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "refusal never logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(refusals(), 1, "the SDK retried an insufficient_quota refusal");
+    let _ = std::fs::remove_dir_all(keys);
+}
