@@ -1073,9 +1073,16 @@ fn the_openai_sdk_sees_cluster_limits_and_spend_budgets_across_pods() {
     };
     let start = Instant::now();
     while refusals() < 1 {
-        assert!(start.elapsed() < Duration::from_secs(10), "refusal never logged");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "refusal never logged"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(refusals(), 1, "the SDK retried an insufficient_quota refusal");
+    assert_eq!(
+        refusals(),
+        1,
+        "the SDK retried an insufficient_quota refusal"
+    );
     let _ = std::fs::remove_dir_all(keys);
 }

@@ -232,5 +232,26 @@ fn budget_keys_are_validated_with_their_paths() {
         text.contains("auth.clients.team-a.budget_usd_per_month"),
         "{text}"
     );
+    // A budget no price can spend would never stop anyone: refused too.
+    let unpriced = config(&mock, &keys, "budget_usd_per_day = 5")
+        .replace(
+            "prompt_usd_per_mtok = 1000.0\ncompletion_usd_per_mtok = 1000.0\n",
+            "",
+        )
+        .replace("{listen}", "127.0.0.1:0")
+        .replace("{admin}", "127.0.0.1:0");
+    std::fs::write(&file, unpriced).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("ringgate check runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("auth.budget_usd_per_day") && text.contains("need prices"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(keys);
 }

@@ -453,6 +453,37 @@ pub(super) fn compile_auth(
     Some(Auth { keys, clients })
 }
 
+/// A spend budget counts dollars at the `[models]` prices: with no priced model it would
+/// never stop anyone, so it is an error (at the first budget's key path).
+pub(super) fn check_budgets_priced(raw: &RawAuth, models: &Models, errs: &mut Errors) {
+    if models.list.iter().any(|m| m.price.is_some()) {
+        return;
+    }
+    let top = [
+        ("auth.budget_usd_per_day", raw.budget_usd_per_day),
+        ("auth.budget_usd_per_month", raw.budget_usd_per_month),
+    ]
+    .into_iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(p, _)| p.to_string());
+    let per_client = raw.clients.iter().flat_map(|(name, c)| {
+        let path = format!("auth.clients.{}", toml_key(name));
+        [
+            ("budget_usd_per_day", c.budget_usd_per_day),
+            ("budget_usd_per_month", c.budget_usd_per_month),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(move |(k, _)| format!("{path}.{k}"))
+    });
+    if let Some(path) = top.chain(per_client).next() {
+        errs.push(
+            path,
+            "spend budgets need prices: set prompt_usd_per_mtok and completion_usd_per_mtok on the [models] entries",
+        );
+    }
+}
+
 /// Parses a keys file: one `NAME SHA256HEX` per line (`sha256:` before the hex is accepted),
 /// `#` comments and blank lines ignored. Returns every problem, by line.
 ///

@@ -434,6 +434,9 @@ pub fn validate_and_compile(
             &mut errs,
         )
     });
+    if let Some(a) = &raw.auth {
+        super::ai::check_budgets_priced(a, &models, &mut errs);
+    }
     let cache = super::ai::compile_cache(&raw.cache, &mut errs);
 
     // Inputs read besides gateway.toml: their changes re-apply the config (reload::watch).
