@@ -1086,3 +1086,50 @@ fn the_openai_sdk_sees_cluster_limits_and_spend_budgets_across_pods() {
     );
     let _ = std::fs::remove_dir_all(keys);
 }
+
+/// With `on_unavailable = "local"` (the default), a cluster spend budget falls back to the
+/// pod's share while Redis is down: the budget divided by `replicas`, counted in the pod.
+#[test]
+fn spend_budgets_fall_back_to_the_pods_share_while_the_store_is_down() {
+    let Some(mut redis) = Redis::start(None) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = keys_dir(&[("team-t", "sk-team-t")]);
+    let cfg = ai_config(
+        &mock,
+        &redis,
+        &keys,
+        "replicas = 2\nbreaker_open_ms = 60000",
+        "budget_usd_per_day = 0.2",
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    wait_store_up(&gw);
+    let first = chat(gw.addr, "sk-team-t", false);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let cost = first.json()["usage"]["total_tokens"]
+        .as_u64()
+        .expect("usage") as f64
+        * 1e-3;
+    redis.kill();
+    let mut ok: usize = 0;
+    for _ in 0..20 {
+        match chat(gw.addr, "sk-team-t", true) {
+            r if r.status == 200 => ok += 1,
+            r => {
+                assert_eq!(r.status, 429, "{}", r.text());
+                assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+            }
+        }
+    }
+    // The pod's share: $0.10, counted from zero in the pod.
+    let want = (0.1 / cost).ceil() as usize;
+    eprintln!("spend fallback: admitted {ok} with Redis down, the pod's share admits {want}");
+    assert!(ok.abs_diff(want) <= 1, "admitted {ok}, want {want}");
+    assert!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    let _ = std::fs::remove_dir_all(keys);
+}

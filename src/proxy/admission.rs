@@ -273,7 +273,9 @@ pub async fn reserve(
     let mut local = held.take_local();
     let cluster = match (decided, &req.config.cluster) {
         (Admitted::InStore, Some(cfg)) => {
-            entries.retain(|e| e.kind != Kind::Requests && e.cost > 0);
+            // A spend reserved at 0 (the first model has no prices) still settles: a
+            // priced fallback may answer.
+            entries.retain(|e| e.kind != Kind::Requests);
             (!entries.is_empty()).then(|| ClusterReservation {
                 store: worker.store.clone(),
                 cfg: cfg.clone(),
@@ -390,15 +392,13 @@ async fn fallback(
                 let (_, ends_in) = w.now();
                 return Err(over_budget(worker, c, w, budget, ends_in));
             }
-            if e.cost > 0 {
-                made.push(LocalReservation::Spend {
-                    spend: cells.clone(),
-                    fallback: true,
-                    window: w,
-                    id,
-                    reserved: e.cost,
-                });
-            }
+            made.push(LocalReservation::Spend {
+                spend: cells.clone(),
+                fallback: true,
+                window: w,
+                id,
+                reserved: e.cost,
+            });
             continue;
         }
         let Some((spec, limiter)) = req.limit_at(Some(e.limit)) else {
