@@ -148,11 +148,11 @@ pub enum ProxyError {
         reset: std::time::Duration,
     },
     /// The client has spent its `budget_usd_per_day` or `budget_usd_per_month`.
-    #[error("client `{client}` has spent its {window} budget of {budget_usd:.2} USD; it renews at the start of the next {window} (UTC)")]
+    #[error("client `{client}` has spent its budget of {budget_usd:.2} USD for this {window}; it renews at the start of the next {window} (UTC)")]
     BudgetExhausted {
         /// Client name.
         client: String,
-        /// "daily" or "monthly".
+        /// "day" or "month".
         window: &'static str,
         /// The budget, US dollars.
         budget_usd: f64,

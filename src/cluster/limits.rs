@@ -1,5 +1,6 @@
-//! Cluster-scoped limits: the GCRA script Redis runs, the keys it runs on, the decision for
-//! one request (one round trip, or none when a key was refused recently), and token
+//! Cluster-scoped limits: the script Redis runs (GCRA, and spend budgets), the keys it runs
+//! on, the decision for one request (one round trip, or none when a key was refused
+//! recently) with each key's state for the `x-ratelimit-*` headers, and the token and spend
 //! reservations settled when the response ends.
 
 use std::cell::RefCell;

@@ -1,6 +1,7 @@
 //! Admission: whether a routed request may go on at all — the route's `max_in_flight`
-//! slot, the route's rate limit, the authenticated client's own limit, and its token
-//! budget. Runs before the body is read, so a refused request costs no upstream work.
+//! slot, the route's rate limit, the authenticated client's own limit, its token budget and
+//! its spend budgets. Runs before the body is read, so a refused request costs no upstream
+//! work; what each limit said is kept for the response's `x-ratelimit-*` headers.
 //!
 //! Limits with `scope = "cluster"` are gathered and decided together in the cluster store
 //! (one round trip, [`crate::cluster::limits::decide`]); on model-routed routes whose
@@ -161,10 +162,7 @@ fn over_budget(
     });
     ProxyError::BudgetExhausted {
         client: c.name.to_string(),
-        window: match window {
-            Window::Day => "daily",
-            Window::Month => "monthly",
-        },
+        window: window.label(),
         budget_usd: budget as f64 / 1e6,
         retry_after_secs: whole_seconds(ends_in),
     }
