@@ -261,7 +261,8 @@ fn cluster_resp(c: &mut Criterion) {
             out.len()
         })
     });
-    let reply = b"*4\r\n:1\r\n:0\r\n:0\r\n:0\r\n";
+    // An admission of one key: {admitted, index, wait, 0, the key's state}.
+    let reply = b"*5\r\n:1\r\n:0\r\n:0\r\n:0\r\n:200000\r\n";
     c.bench_function("cluster_reply_decode", |b| {
         b.iter(|| {
             resp::decode(black_box(reply))
@@ -272,8 +273,36 @@ fn cluster_resp(c: &mut Criterion) {
     });
 }
 
+/// The `x-ratelimit-*` headers every response of a limited route carries: six lines
+/// written into the response head, without `fmt`.
+fn rate_headers(c: &mut Criterion) {
+    use ringgate::proxy::limit_headers::{BucketState, RateHeaders};
+    use std::time::Duration;
+    let h = RateHeaders {
+        requests: Some(BucketState {
+            limit: 11,
+            remaining: 7,
+            reset: Duration::from_millis(1250),
+        }),
+        tokens: Some(BucketState {
+            limit: 100_000,
+            remaining: 99_966,
+            reset: Duration::from_millis(361_500),
+        }),
+    };
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("rate_headers_write", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(&h).write(&mut out);
+            out.len()
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    rate_headers,
     cluster_resp,
     head_reencode,
     config_swap,
