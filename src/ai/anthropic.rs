@@ -20,7 +20,7 @@ pub enum TranslateError {
     #[error("request body is not a JSON object")]
     NotJson,
     /// A field (named by its path) has no Anthropic equivalent in this gateway.
-    #[error("`{0}` is not supported for this model (its upstream speaks the Anthropic API)")]
+    #[error("`{0}` is not supported for this model (its upstream speaks another API)")]
     Unsupported(String),
     /// A field has a value that cannot be translated.
     #[error("`{0}`: {1}")]
@@ -617,12 +617,8 @@ pub fn map_status(status: u16) -> u16 {
 /// did not ask for it.
 #[derive(Debug, Default)]
 pub struct StreamTranslator {
-    /// The incomplete line.
-    line: Vec<u8>,
-    /// The `data:` lines of the current event, joined.
-    data: Vec<u8>,
-    /// The previous byte was `\r` (a `\n` right after it ends nothing more).
-    last_cr: bool,
+    /// The event being read.
+    sse: SseEvents,
     id: String,
     model: String,
     created: u64,
@@ -652,41 +648,15 @@ impl StreamTranslator {
 
     /// Feeds a piece of the body; what it completes is appended to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        for &b in bytes {
-            if b == b'\n' && self.last_cr {
-                self.last_cr = false;
-                continue;
-            }
-            self.last_cr = b == b'\r';
-            if b == b'\n' || b == b'\r' {
-                self.end_line(out);
-            } else if self.line.len() < MAX_BODY {
-                self.line.push(b);
-            }
-        }
+        let mut sse = std::mem::take(&mut self.sse);
+        sse.feed(bytes, |data| self.dispatch(data, out));
+        self.sse = sse;
     }
 
     /// End of the body: an event still unterminated is dispatched.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.line.is_empty() {
-            self.end_line(out);
-        }
-        self.dispatch(out);
-    }
-
-    fn end_line(&mut self, out: &mut Vec<u8>) {
-        if self.line.is_empty() {
-            self.dispatch(out);
-            return;
-        }
-        if let Some(rest) = self.line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if !self.data.is_empty() {
-                self.data.push(b'\n');
-            }
-            self.data.extend_from_slice(rest);
-        }
-        self.line.clear();
+        let mut sse = std::mem::take(&mut self.sse);
+        sse.finish(|data| self.dispatch(data, out));
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
@@ -700,15 +670,11 @@ impl StreamTranslator {
         push_event(&c, out);
     }
 
-    fn dispatch(&mut self, out: &mut Vec<u8>) {
-        if self.data.is_empty() {
-            return;
-        }
-        let data = std::mem::take(&mut self.data);
+    fn dispatch(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.done {
             return;
         }
-        let Ok(ev) = serde_json::from_slice::<Value>(&data) else {
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
             return;
         };
         match ev.get("type").and_then(Value::as_str).unwrap_or("") {
@@ -802,6 +768,67 @@ impl StreamTranslator {
     }
 }
 
+/// Splits an SSE body fed in any pieces into its events' `data` (the `data:` lines of an
+/// event joined by `\n`), each handed over once its blank line arrives; bounded by
+/// [`MAX_BODY`] per line.
+#[derive(Debug, Default)]
+pub(crate) struct SseEvents {
+    /// The incomplete line.
+    line: Vec<u8>,
+    /// The `data:` lines of the current event, joined.
+    data: Vec<u8>,
+    /// The previous byte was `\r` (a `\n` right after it ends nothing more).
+    last_cr: bool,
+}
+
+impl SseEvents {
+    /// Feeds a piece of the body; `event` gets each event it completes.
+    pub(crate) fn feed(&mut self, bytes: &[u8], mut event: impl FnMut(&[u8])) {
+        for &b in bytes {
+            if b == b'\n' && self.last_cr {
+                self.last_cr = false;
+                continue;
+            }
+            self.last_cr = b == b'\r';
+            if b == b'\n' || b == b'\r' {
+                self.end_line(&mut event);
+            } else if self.line.len() < MAX_BODY {
+                self.line.push(b);
+            }
+        }
+    }
+
+    /// End of the body: an event still unterminated is handed over.
+    pub(crate) fn finish(&mut self, mut event: impl FnMut(&[u8])) {
+        if !self.line.is_empty() {
+            self.end_line(&mut event);
+        }
+        self.dispatch(&mut event);
+    }
+
+    fn end_line(&mut self, event: &mut impl FnMut(&[u8])) {
+        if self.line.is_empty() {
+            self.dispatch(event);
+            return;
+        }
+        if let Some(rest) = self.line.strip_prefix(b"data:") {
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            if !self.data.is_empty() {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(rest);
+        }
+        self.line.clear();
+    }
+
+    fn dispatch(&mut self, event: &mut impl FnMut(&[u8])) {
+        if !self.data.is_empty() {
+            event(&self.data);
+            self.data.clear();
+        }
+    }
+}
+
 fn push_event(v: &Value, out: &mut Vec<u8>) {
     out.extend_from_slice(b"data: ");
     // Serializing a Value into a Vec cannot fail.
@@ -811,3 +838,5 @@ fn push_event(v: &Value, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests;
+
+pub mod inbound;
