@@ -2,7 +2,8 @@
 //! Messages endpoint): the request translated (path, `x-api-key` + `anthropic-version`,
 //! `system`, the configured `default_max_tokens`), JSON and streamed answers translated back
 //! with their usage counted, a field with no translation refused by name, Anthropic errors in
-//! OpenAI's shape (529 as 503), and fallbacks across the two formats both ways.
+//! OpenAI's shape (529 as 503), fallbacks across the two formats both ways, and tools,
+//! tool results and images translated with tool calls coming back (answers and streams).
 
 mod common;
 
