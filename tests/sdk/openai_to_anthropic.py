@@ -43,13 +43,16 @@ answer = client.chat.completions.create(
 )
 
 # The SDK's stream helper accumulates tool-call deltas into the final message.
-with client.beta.chat.completions.stream(model=model, messages=ASK, tools=TOOLS) as s:
+with client.beta.chat.completions.stream(model=model, messages=ASK, tools=TOOLS,
+                                        stream_options={"include_usage": True}) as s:
     for _ in s:
         pass
     final = s.get_final_completion()
 streamed_call = final.choices[0].message.tool_calls[0]
 
-usages = [chat.usage.model_dump(), stream_usage, tool.usage.model_dump(), answer.usage.model_dump()]
+# Every request's usage: the gateway's counters must come to exactly these sums.
+usages = [chat.usage.model_dump(), stream_usage, tool.usage.model_dump(), answer.usage.model_dump(),
+          final.usage.model_dump()]
 print(json.dumps({
     "chat_content": chat.choices[0].message.content,
     "chat_model": chat.model,
