@@ -55,6 +55,11 @@ completion_usd_per_mtok = 500000.0
 upstream = "anth"
 provider_model = "claude-sonnet-4-5"
 
+[models.claude-fb]
+upstream = "anth"
+provider_model = "claude-sonnet-4-5"
+fallbacks = ["gpt"]
+
 [auth]
 keys_file = "{dir}/keys"
 
@@ -328,4 +333,35 @@ fn errors_are_in_anthropic_shape() {
     );
     check(&r, 400, "invalid_request_error");
     assert!(anth.request_count() >= 1);
+}
+
+#[test]
+fn an_anthropic_client_falls_back_across_formats() {
+    let (oa, anth, gw) = start();
+    // Spend the OpenAI mock's one failure for this key, so only the Anthropic mock fails.
+    let r = request(
+        oa.addr(),
+        "GET /v1/health HTTP/1.1\r\nhost: m\r\nx-mock-status: 529\r\nx-mock-fail-first: 1\r\n\
+         x-mock-fail-key: fb\r\nconnection: close\r\n\r\n",
+    )
+    .expect("prewarm");
+    assert_eq!(r.status, 529);
+    // Claude is overloaded (529, a 503 to retry_on): the GPT fallback answers, translated.
+    let r = messages(
+        &gw,
+        &ASK.replace("MODEL", "claude-fb"),
+        &format!(
+            "x-api-key: {CLIENT_KEY}\r\nx-mock-status: 529\r\nx-mock-fail-first: 1\r\nx-mock-fail-key: fb\r\n"
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(v["model"], "gpt-4o-mini");
+    assert_eq!(v["content"][0]["text"], "Hello from the ringgate mock");
+    assert_eq!(anth.request_count(), 1);
+    assert_eq!(
+        oa.requests().pop().map(|r| r.path),
+        Some("/v1/chat/completions".to_string())
+    );
 }
