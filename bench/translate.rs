@@ -37,6 +37,14 @@ const ANTHROPIC_DELTA: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"c
 const OPENAI_DELTA: &[u8] = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" sunny\"},\"finish_reason\":null}]}\n\n";
 
 fn per_request(c: &mut Criterion) {
+    // The floor of a translation through `serde_json::Value`: parse and write back.
+    c.bench_function("translate_baseline_json_roundtrip", |b| {
+        b.iter(|| {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(OPENAI_REQUEST)).unwrap_or_default();
+            serde_json::to_vec(&v)
+        })
+    });
     c.bench_function("translate_request_openai_to_anthropic", |b| {
         b.iter(|| {
             anthropic::request_to_anthropic(black_box(OPENAI_REQUEST), "claude-sonnet-4-5", 4096)
