@@ -207,13 +207,13 @@ fn openai_chat_is_translated_to_and_from_anthropic() {
 #[test]
 fn untranslatable_fields_are_refused_and_errors_translated() {
     let (_oa, anth, gw) = start();
-    let with_schema = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}}"#;
-    let r = chat(&gw, with_schema, "");
+    let json_mode = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#;
+    let r = chat(&gw, json_mode, "");
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "unsupported_parameter");
     assert!(r.json()["error"]["message"]
         .as_str()
-        .is_some_and(|m| m.contains("`response_format`")));
+        .is_some_and(|m| m.contains("`response_format.type=json_object`")));
     assert_eq!(anth.request_count(), 0, "refused before any try");
 
     // Anthropic errors: the OpenAI shape, the same status, 529 as 503.

@@ -234,6 +234,10 @@ fn tools_of(v: &Value) -> Result<Value, TranslateError> {
                     tool.insert("input_schema".into(), v.clone());
                 }
                 ("strict", Value::Bool(false)) => {}
+                // Strict tool use (schema-valid inputs) is generally available.
+                ("strict", Value::Bool(true)) => {
+                    tool.insert("strict".into(), Value::Bool(true));
+                }
                 _ => return Err(TranslateError::Unsupported(format!("{path}.function.{k}"))),
             }
         }
@@ -276,6 +280,34 @@ fn tool_choice_of(v: &Value) -> Result<Value, TranslateError> {
         }
         _ => return Err(invalid()),
     })
+}
+
+/// OpenAI `response_format` as Anthropic's `output_config.format` (structured outputs, GA:
+/// no beta header): a JSON schema maps, plain text is the default (None), and schema-less
+/// JSON mode (`json_object`) has no equivalent.
+fn output_format(v: &Value) -> Result<Option<Value>, TranslateError> {
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_schema") => {
+            // `name`, `description` and `strict` label or tighten OpenAI's decoding;
+            // Anthropic's is always constrained to the schema.
+            let Some(schema) = v
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .filter(|s| s.is_object())
+            else {
+                return Err(TranslateError::Invalid(
+                    "response_format.json_schema.schema".into(),
+                    "must be a JSON schema object",
+                ));
+            };
+            Ok(Some(json!({"type": "json_schema", "schema": schema})))
+        }
+        t => Err(TranslateError::Unsupported(format!(
+            "response_format.type={}",
+            t.unwrap_or("")
+        ))),
+    }
 }
 
 /// An OpenAI chat completions body as an Anthropic Messages body for `model`, with
@@ -424,10 +456,11 @@ pub fn request_to_anthropic(
                 };
                 parallel = b;
             }
-            // Plain text is what Anthropic answers anyway; a JSON mode or schema has no
-            // equivalent under anthropic-version 2023-06-01 without a beta header, so it
-            // is refused (below) rather than dropped.
-            "response_format" if v.get("type").and_then(Value::as_str) == Some("text") => {}
+            "response_format" => {
+                if let Some(format) = output_format(v)? {
+                    out.insert("output_config".into(), json!({ "format": format }));
+                }
+            }
             k if inert(k, v) => {}
             k => return Err(TranslateError::Unsupported(k.to_string())),
         }

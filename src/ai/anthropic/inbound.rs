@@ -263,7 +263,7 @@ fn tools_of(v: &Value) -> Result<Value, TranslateError> {
         if ty != "custom" {
             return Err(TranslateError::Unsupported(format!("{path}.type={ty}")));
         }
-        check_block(t, &["name", "description", "input_schema"], &path)?;
+        check_block(t, &["name", "description", "input_schema", "strict"], &path)?;
         let Some(name) = t.get("name").and_then(Value::as_str) else {
             return Err(TranslateError::Invalid(
                 format!("{path}.name"),
@@ -276,6 +276,9 @@ fn tools_of(v: &Value) -> Result<Value, TranslateError> {
         }
         if let Some(s) = t.get("input_schema").filter(|s| !s.is_null()) {
             f["parameters"] = s.clone();
+        }
+        if let Some(strict) = t.get("strict").and_then(Value::as_bool) {
+            f["strict"] = Value::Bool(strict);
         }
         out.push(json!({"type": "function", "function": f}));
     }
@@ -377,6 +380,41 @@ pub fn request_to_openai(body: &[u8], model: &str) -> Result<Vec<u8>, TranslateE
                 out.insert("tool_choice".into(), choice);
                 if v.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
                     out.insert("parallel_tool_calls".into(), Value::Bool(false));
+                }
+            }
+            // Structured outputs (GA `output_config.format`, or the beta's `output_format`).
+            "output_config" | "output_format" => {
+                let (format, path) = if key == "output_config" {
+                    if let Some(k) = v
+                        .as_object()
+                        .and_then(|o| o.keys().find(|k| k.as_str() != "format"))
+                    {
+                        return Err(TranslateError::Unsupported(format!("output_config.{k}")));
+                    }
+                    (
+                        v.get("format").unwrap_or(&Value::Null),
+                        "output_config.format",
+                    )
+                } else {
+                    (v, "output_format")
+                };
+                match (
+                    format.get("type").and_then(Value::as_str),
+                    format.get("schema"),
+                ) {
+                    (Some("json_schema"), Some(schema)) if schema.is_object() => {
+                        out.insert(
+                            "response_format".into(),
+                            json!({"type": "json_schema", "json_schema": {"name": "output", "strict": true, "schema": schema}}),
+                        );
+                    }
+                    _ if format.is_null() => {}
+                    _ => {
+                        return Err(TranslateError::Invalid(
+                            path.into(),
+                            "must be {\"type\":\"json_schema\",\"schema\":{...}}",
+                        ))
+                    }
                 }
             }
             // Extended thinking switched off is the OpenAI default.

@@ -116,6 +116,17 @@ fn tools_and_images_translate() {
     let out = req(r#"{"messages":[{"role":"user","content":"a"}],"parallel_tool_calls":false,"response_format":{"type":"text"}}"#)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.get("tool_choice"), None, "no tools, nothing to choose");
+    assert_eq!(out.get("output_config"), None, "text is the default");
+    // Structured outputs: a JSON schema, and strict tools.
+    let out = req(r#"{"messages":[{"role":"user","content":"a"}],
+        "tools":[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object","properties":{},"additionalProperties":false}}}],
+        "response_format":{"type":"json_schema","json_schema":{"name":"contact","strict":true,"schema":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}}}}"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out["output_config"],
+        json!({"format": {"type": "json_schema", "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": false}}})
+    );
+    assert_eq!(out["tools"][0]["strict"], true);
 }
 
 #[test]
@@ -153,10 +164,8 @@ fn tool_use_answers_translate() {
 fn untranslatable_fields_are_refused_by_name() {
     let user = r#"[{"role":"user","content":"hi"}]"#;
     let cases: &[(String, &str)] = &[
-        (format!(r#"{{"messages":{user},"response_format":{{"type":"json_object"}}}}"#), "response_format"),
-        (format!(r#"{{"messages":{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"x","schema":{{}}}}}}}}"#), "response_format"),
+        (format!(r#"{{"messages":{user},"response_format":{{"type":"json_object"}}}}"#), "response_format.type=json_object"),
         (format!(r#"{{"messages":{user},"tools":[{{"type":"custom","custom":{{"name":"x"}}}}]}}"#), "tools[0].type=custom"),
-        (format!(r#"{{"messages":{user},"tools":[{{"type":"function","function":{{"name":"f","strict":true}}}}]}}"#), "tools[0].function.strict"),
         (r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.png","detail":"low"}}]}]}"#.into(), "messages[0].content[0].image_url.detail"),
         (r#"{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}"#.into(), "messages[0].content[0].type=input_audio"),
         (r#"{"messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x"}}]}]}"#.into(), "messages[0].content[0].type=image_url"),

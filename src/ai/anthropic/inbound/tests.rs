@@ -46,6 +46,23 @@ fn requests_translate() {
         ],
     });
     assert_eq!(req(input).unwrap_or_else(|e| panic!("{e}")), want);
+    // Structured outputs and strict tools.
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": false});
+    let out = req(&format!(
+        r#"{{"max_tokens":5,"messages":[{{"role":"user","content":"a"}}],"output_config":{{"format":{{"type":"json_schema","schema":{schema}}}}},
+            "tools":[{{"name":"f","strict":true,"input_schema":{schema}}}]}}"#
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "output", "strict": true, "schema": schema}})
+    );
+    assert_eq!(out["tools"][0]["function"]["strict"], true);
+    let beta = req(&format!(
+        r#"{{"max_tokens":5,"messages":[{{"role":"user","content":"a"}}],"output_format":{{"type":"json_schema","schema":{schema}}}}}"#
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(beta["response_format"], out["response_format"]);
     let plain = req(r#"{"model":"c","max_tokens":5,"system":"s","messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"tool","name":"f"}}"#)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -69,6 +86,7 @@ fn untranslatable_fields_are_refused_by_name() {
         (r#"{"max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"file","file_id":"f"}}]}]}"#.into(), "messages[0].content[0].source.type=file"),
         (r#"{"max_tokens":5,"system":[{"type":"image"}],"messages":[{"role":"user","content":"a"}]}"#.into(), "system[0].type=image"),
         (r#"{"max_tokens":5,"messages":[{"role":"system","content":"a"}]}"#.into(), "messages[0].role=system"),
+        (format!(r#"{{{user},"output_config":{{"effort":"high"}}}}"#), "output_config.effort"),
     ];
     for (input, field) in cases {
         assert_eq!(
