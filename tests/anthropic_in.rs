@@ -200,6 +200,11 @@ fn anthropic_clients_reach_openai_upstreams_translated() {
         None,
         "the client's key stays at the gateway"
     );
+    assert_eq!(
+        seen.header("anthropic-version"),
+        None,
+        "nor do Anthropic's headers"
+    );
     let sent: Value = serde_json::from_slice(&seen.body_prefix).expect("json");
     assert_eq!(
         sent["messages"],
