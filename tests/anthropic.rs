@@ -2,7 +2,8 @@
 //! Messages endpoint): the request translated (path, `x-api-key` + `anthropic-version`,
 //! `system`, the configured `default_max_tokens`), JSON and streamed answers translated back
 //! with their usage counted, a field with no translation refused by name, Anthropic errors in
-//! OpenAI's shape (529 as 503), and fallbacks across the two formats both ways.
+//! OpenAI's shape (529 as 503), fallbacks across the two formats both ways, and tools,
+//! tool results and images translated with tool calls coming back (answers and streams).
 
 mod common;
 
@@ -206,13 +207,13 @@ fn openai_chat_is_translated_to_and_from_anthropic() {
 #[test]
 fn untranslatable_fields_are_refused_and_errors_translated() {
     let (_oa, anth, gw) = start();
-    let with_tools = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#;
-    let r = chat(&gw, with_tools, "");
+    let json_mode = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#;
+    let r = chat(&gw, json_mode, "");
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "unsupported_parameter");
     assert!(r.json()["error"]["message"]
         .as_str()
-        .is_some_and(|m| m.contains("`tools`")));
+        .is_some_and(|m| m.contains("`response_format.type=json_object`")));
     assert_eq!(anth.request_count(), 0, "refused before any try");
 
     // Anthropic errors: the OpenAI shape, the same status, 529 as 503.
@@ -289,4 +290,95 @@ fn fallbacks_cross_formats_both_ways() {
         .expect("fallback reached the openai mock");
     assert_eq!(seen.path, "/v1/chat/completions");
     assert_eq!(seen.header("x-api-key"), None);
+}
+
+const TOOLS: &str = r#""tools":[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}}}],"tool_choice":"required""#;
+
+#[test]
+fn tools_go_to_anthropic_and_tool_calls_come_back() {
+    let (_oa, anth, gw) = start();
+    let ask = format!(
+        r#"{{"model":"claude","messages":[{{"role":"user","content":[{{"type":"text","text":"weather?"}},{{"type":"image_url","image_url":{{"url":"data:image/png;base64,iVBORw0KGgo="}}}}]}}],{TOOLS}}}"#
+    );
+    let r = chat(&gw, &ask, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(
+        call["function"]["arguments"],
+        r#"{"location":"mock-location"}"#
+    );
+    let id = call["id"].as_str().expect("call id").to_string();
+    assert!(id.starts_with("toolu_mock"), "{id}");
+    let sent: Value =
+        serde_json::from_slice(&anth.requests().pop().expect("reached").body_prefix).expect("json");
+    assert_eq!(sent["tools"][0]["name"], "get_weather");
+    assert_eq!(sent["tools"][0]["input_schema"]["required"][0], "location");
+    assert_eq!(sent["tool_choice"], serde_json::json!({"type": "any"}));
+    assert_eq!(
+        sent["messages"][0]["content"][1]["source"],
+        serde_json::json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="})
+    );
+
+    // The tool's result goes back as a tool_result block; the model then answers in text.
+    let follow = format!(
+        r#"{{"model":"claude","messages":[{{"role":"user","content":"weather?"}},
+        {{"role":"assistant","content":null,"tool_calls":[{{"id":"{id}","type":"function","function":{{"name":"get_weather","arguments":"{{\"location\":\"Paris\"}}"}}}}]}},
+        {{"role":"tool","tool_call_id":"{id}","content":"sunny"}}],{TOOLS}}}"#
+    );
+    let r = chat(&gw, &follow, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["finish_reason"],
+        "stop",
+        "{}",
+        r.text()
+    );
+    let sent: Value =
+        serde_json::from_slice(&anth.requests().pop().expect("reached").body_prefix).expect("json");
+    assert_eq!(
+        sent["messages"][1]["content"][0],
+        serde_json::json!({"type": "tool_use", "id": id, "name": "get_weather", "input": {"location": "Paris"}})
+    );
+    assert_eq!(
+        sent["messages"][2],
+        serde_json::json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "sunny"}]})
+    );
+
+    // Streamed: tool_calls deltas (id and name first, then argument fragments).
+    let r = chat(
+        &gw,
+        &ask.replace("\"model\"", "\"stream\":true,\"model\""),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = events(&r);
+    let chunks: Vec<Value> = evs[..evs.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk json"))
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert!(calls.len() > 2, "{evs:?}");
+    assert_eq!(calls[0][0]["function"]["name"], "get_weather");
+    assert!(calls[0][0]["id"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("toolu_mock")));
+    let args: String = calls
+        .iter()
+        .filter_map(|c| c[0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"location":"mock-location"}"#);
+    assert!(calls.iter().all(|c| c[0]["index"] == 0));
+    assert_eq!(
+        chunks
+            .last()
+            .map(|c| c["choices"][0]["finish_reason"].clone()),
+        Some(Value::from("tool_calls"))
+    );
 }

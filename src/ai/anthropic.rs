@@ -20,7 +20,7 @@ pub enum TranslateError {
     #[error("request body is not a JSON object")]
     NotJson,
     /// A field (named by its path) has no Anthropic equivalent in this gateway.
-    #[error("`{0}` is not supported for this model (its upstream speaks the Anthropic API)")]
+    #[error("`{0}` is not supported for this model (its upstream speaks another API)")]
     Unsupported(String),
     /// A field has a value that cannot be translated.
     #[error("`{0}`: {1}")]
@@ -31,7 +31,7 @@ pub enum TranslateError {
 fn inert(key: &str, v: &Value) -> bool {
     match key {
         "n" => v.as_u64() == Some(1),
-        "logprobs" | "parallel_tool_calls" => v.as_bool() == Some(false),
+        "logprobs" => v.as_bool() == Some(false),
         "presence_penalty" | "frequency_penalty" => v.as_f64() == Some(0.0),
         _ => false,
     }
@@ -59,25 +59,254 @@ fn text_of(content: &Value, path: &str) -> Result<String, TranslateError> {
     }
 }
 
-/// A user or assistant message's content in Anthropic's shape.
-fn content_of(content: &Value, path: &str) -> Result<Value, TranslateError> {
+/// An OpenAI `image_url` part as an Anthropic `image` block: a `data:` URL becomes a
+/// base64 source, an http(s) URL a `url` source.
+fn image_block(part: &Value, path: &str) -> Result<Value, TranslateError> {
+    let img = part.get("image_url").unwrap_or(&Value::Null);
+    let (url, detail) = match img {
+        Value::String(u) => (u.as_str(), None),
+        Value::Object(o) => {
+            if let Some(k) = o
+                .iter()
+                .find(|(k, v)| !matches!(k.as_str(), "url" | "detail") && !v.is_null())
+                .map(|(k, _)| k)
+            {
+                return Err(TranslateError::Unsupported(format!("{path}.image_url.{k}")));
+            }
+            let url = o.get("url").and_then(Value::as_str).unwrap_or("");
+            (url, o.get("detail").and_then(Value::as_str))
+        }
+        _ => ("", None),
+    };
+    // `detail` chooses OpenAI's resolution; Anthropic has no such knob, so only the
+    // default is accepted.
+    if detail.is_some_and(|d| d != "auto") {
+        return Err(TranslateError::Unsupported(format!(
+            "{path}.image_url.detail"
+        )));
+    }
+    if let Some(rest) = url.strip_prefix("data:") {
+        let Some((media, data)) = rest.split_once(";base64,") else {
+            return Err(TranslateError::Invalid(
+                format!("{path}.image_url.url"),
+                "a data: URL must be base64 (data:<media type>;base64,...)",
+            ));
+        };
+        return Ok(
+            json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
+        );
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
+    }
+    Err(TranslateError::Invalid(
+        format!("{path}.image_url.url"),
+        "must be a data: or http(s) URL",
+    ))
+}
+
+/// A user or assistant message's content as Anthropic content blocks, appended to `out`
+/// (images only in user turns).
+fn blocks_of(
+    content: &Value,
+    path: &str,
+    images: bool,
+    out: &mut Vec<Value>,
+) -> Result<(), TranslateError> {
     match content {
-        Value::String(s) => Ok(Value::String(s.clone())),
+        Value::String(s) => out.push(json!({"type": "text", "text": s})),
         Value::Array(parts) => {
-            let mut out = Vec::with_capacity(parts.len());
             for (j, p) in parts.iter().enumerate() {
                 let t = p.get("type").and_then(Value::as_str).unwrap_or("");
                 match (t, p.get("text").and_then(Value::as_str)) {
                     ("text", Some(s)) => out.push(json!({"type": "text", "text": s})),
+                    ("image_url", _) if images => {
+                        out.push(image_block(p, &format!("{path}[{j}]"))?)
+                    }
                     _ => return Err(TranslateError::Unsupported(format!("{path}[{j}].type={t}"))),
                 }
             }
-            Ok(Value::Array(out))
         }
-        _ => Err(TranslateError::Invalid(
+        Value::Null => {}
+        _ => {
+            return Err(TranslateError::Invalid(
+                path.to_string(),
+                "must be a string or an array of content parts",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// An assistant message's `tool_calls` as `tool_use` blocks appended to `out`.
+fn tool_uses(calls: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let Some(calls) = calls.as_array() else {
+        return Err(TranslateError::Invalid(
             path.to_string(),
-            "must be a string or an array of text parts",
-        )),
+            "must be an array",
+        ));
+    };
+    for (j, c) in calls.iter().enumerate() {
+        let cpath = format!("{path}[{j}]");
+        let t = c.get("type").and_then(Value::as_str).unwrap_or("function");
+        if t != "function" {
+            return Err(TranslateError::Unsupported(format!("{cpath}.type={t}")));
+        }
+        let f = c.get("function").unwrap_or(&Value::Null);
+        let (Some(id), Some(name)) = (
+            c.get("id").and_then(Value::as_str),
+            f.get("name").and_then(Value::as_str),
+        ) else {
+            return Err(TranslateError::Invalid(
+                cpath,
+                "needs an id and a function name",
+            ));
+        };
+        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
+        let input = if args.trim().is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_str::<Value>(args) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return Err(TranslateError::Invalid(
+                        format!("{cpath}.function.arguments"),
+                        "must be a JSON object in a string",
+                    ))
+                }
+            }
+        };
+        out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+    }
+    Ok(())
+}
+
+/// A `role: "tool"` message as a `tool_result` block.
+fn tool_result(obj: &Map<String, Value>, path: &str) -> Result<Value, TranslateError> {
+    let Some(id) = obj.get("tool_call_id").and_then(Value::as_str) else {
+        return Err(TranslateError::Invalid(
+            format!("{path}.tool_call_id"),
+            "is required on a tool message",
+        ));
+    };
+    let cpath = format!("{path}.content");
+    let content = match obj.get("content").unwrap_or(&Value::Null) {
+        Value::String(s) => Value::String(s.clone()),
+        c => {
+            let mut blocks = Vec::new();
+            blocks_of(c, &cpath, false, &mut blocks)?;
+            Value::Array(blocks)
+        }
+    };
+    Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
+}
+
+/// OpenAI `tools` as Anthropic tools.
+fn tools_of(v: &Value) -> Result<Value, TranslateError> {
+    let Some(list) = v.as_array() else {
+        return Err(TranslateError::Invalid("tools".into(), "must be an array"));
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let path = format!("tools[{i}]");
+        let ty = t.get("type").and_then(Value::as_str).unwrap_or("");
+        if ty != "function" {
+            return Err(TranslateError::Unsupported(format!("{path}.type={ty}")));
+        }
+        let Some(f) = t.get("function").and_then(Value::as_object) else {
+            return Err(TranslateError::Invalid(
+                format!("{path}.function"),
+                "must be an object",
+            ));
+        };
+        let mut tool = Map::new();
+        for (k, v) in f {
+            match (k.as_str(), v) {
+                (_, Value::Null) => {}
+                ("name", Value::String(_)) => {
+                    tool.insert("name".into(), v.clone());
+                }
+                ("description", Value::String(_)) => {
+                    tool.insert("description".into(), v.clone());
+                }
+                ("parameters", Value::Object(_)) => {
+                    tool.insert("input_schema".into(), v.clone());
+                }
+                ("strict", Value::Bool(false)) => {}
+                // Strict tool use (schema-valid inputs) is generally available.
+                ("strict", Value::Bool(true)) => {
+                    tool.insert("strict".into(), Value::Bool(true));
+                }
+                _ => return Err(TranslateError::Unsupported(format!("{path}.function.{k}"))),
+            }
+        }
+        if !tool.contains_key("name") {
+            return Err(TranslateError::Invalid(
+                format!("{path}.function.name"),
+                "is required",
+            ));
+        }
+        // Anthropic requires a schema; OpenAI's default for none is "no arguments".
+        tool.entry("input_schema")
+            .or_insert_with(|| json!({"type": "object", "properties": {}}));
+        out.push(Value::Object(tool));
+    }
+    Ok(Value::Array(out))
+}
+
+/// OpenAI `tool_choice` as Anthropic's.
+fn tool_choice_of(v: &Value) -> Result<Value, TranslateError> {
+    let invalid = || {
+        TranslateError::Invalid(
+            "tool_choice".into(),
+            "must be auto, none, required or {\"type\":\"function\",\"function\":{\"name\":...}}",
+        )
+    };
+    Ok(match v {
+        Value::String(s) => match s.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "none" => json!({"type": "none"}),
+            "required" => json!({"type": "any"}),
+            _ => return Err(invalid()),
+        },
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(invalid)?;
+            json!({"type": "tool", "name": name})
+        }
+        _ => return Err(invalid()),
+    })
+}
+
+/// OpenAI `response_format` as Anthropic's `output_config.format` (structured outputs, GA:
+/// no beta header): a JSON schema maps, plain text is the default (None), and schema-less
+/// JSON mode (`json_object`) has no equivalent.
+fn output_format(v: &Value) -> Result<Option<Value>, TranslateError> {
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_schema") => {
+            // `name`, `description` and `strict` label or tighten OpenAI's decoding;
+            // Anthropic's is always constrained to the schema.
+            let Some(schema) = v
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .filter(|s| s.is_object())
+            else {
+                return Err(TranslateError::Invalid(
+                    "response_format.json_schema.schema".into(),
+                    "must be a JSON schema object",
+                ));
+            };
+            Ok(Some(json!({"type": "json_schema", "schema": schema})))
+        }
+        t => Err(TranslateError::Unsupported(format!(
+            "response_format.type={}",
+            t.unwrap_or("")
+        ))),
     }
 }
 
@@ -96,6 +325,8 @@ pub fn request_to_anthropic(
     let mut max_tokens: Option<u64> = None;
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
+    let mut tool_choice: Option<Value> = None;
+    let mut parallel = true;
     for (key, v) in &req {
         if v.is_null() {
             continue;
@@ -106,19 +337,27 @@ pub fn request_to_anthropic(
                 let Some(list) = v.as_array() else {
                     return Err(TranslateError::Invalid(key.clone(), "must be an array"));
                 };
+                // Whether the last Anthropic message is a user turn made of tool results,
+                // which the next tool result joins.
+                let mut in_results = false;
                 for (i, m) in list.iter().enumerate() {
                     let path = format!("messages[{i}]");
                     let Some(obj) = m.as_object() else {
                         return Err(TranslateError::Invalid(path, "must be an object"));
                     };
+                    let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
+                    let allowed: &[&str] = match role {
+                        "assistant" => &["role", "content", "tool_calls", "refusal"],
+                        "tool" => &["role", "content", "tool_call_id"],
+                        _ => &["role", "content"],
+                    };
                     if let Some(k) = obj
                         .iter()
-                        .find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null())
+                        .find(|(k, v)| !allowed.contains(&k.as_str()) && !v.is_null())
                         .map(|(k, _)| k)
                     {
                         return Err(TranslateError::Unsupported(format!("{path}.{k}")));
                     }
-                    let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
                     let content = obj.get("content").unwrap_or(&Value::Null);
                     let cpath = format!("{path}.content");
                     match role {
@@ -130,12 +369,44 @@ pub fn request_to_anthropic(
                                 "{path}.role={role} after the conversation started"
                             )))
                         }
-                        "user" | "assistant" => messages
-                            .push(json!({"role": role, "content": content_of(content, &cpath)?})),
+                        "tool" => {
+                            let block = tool_result(obj, &path)?;
+                            match messages.last_mut().and_then(|m| m.get_mut("content")) {
+                                Some(Value::Array(blocks)) if in_results => blocks.push(block),
+                                _ => messages.push(json!({"role": "user", "content": [block]})),
+                            }
+                            in_results = true;
+                            continue;
+                        }
+                        "user" if content.is_string() => {
+                            messages.push(json!({"role": "user", "content": content}));
+                        }
+                        "user" => {
+                            let mut blocks = Vec::new();
+                            blocks_of(content, &cpath, true, &mut blocks)?;
+                            messages.push(json!({"role": "user", "content": blocks}));
+                        }
+                        "assistant" => match obj.get("tool_calls").filter(|c| !c.is_null()) {
+                            None if content.is_string() => {
+                                messages.push(json!({"role": "assistant", "content": content}))
+                            }
+                            calls => {
+                                let mut blocks = Vec::new();
+                                blocks_of(content, &cpath, false, &mut blocks)?;
+                                // An empty text block is refused by Anthropic.
+                                blocks
+                                    .retain(|b| b.get("text").and_then(Value::as_str) != Some(""));
+                                if let Some(calls) = calls {
+                                    tool_uses(calls, &format!("{path}.tool_calls"), &mut blocks)?;
+                                }
+                                messages.push(json!({"role": "assistant", "content": blocks}));
+                            }
+                        },
                         _ => {
                             return Err(TranslateError::Unsupported(format!("{path}.role={role}")))
                         }
                     }
+                    in_results = false;
                 }
             }
             "max_tokens" | "max_completion_tokens" => {
@@ -175,6 +446,21 @@ pub fn request_to_anthropic(
             "user" => {
                 out.insert("metadata".into(), json!({ "user_id": v }));
             }
+            "tools" => {
+                out.insert("tools".into(), tools_of(v)?);
+            }
+            "tool_choice" => tool_choice = Some(tool_choice_of(v)?),
+            "parallel_tool_calls" => {
+                let Some(b) = v.as_bool() else {
+                    return Err(TranslateError::Invalid(key.clone(), "must be a boolean"));
+                };
+                parallel = b;
+            }
+            "response_format" => {
+                if let Some(format) = output_format(v)? {
+                    out.insert("output_config".into(), json!({ "format": format }));
+                }
+            }
             k if inert(k, v) => {}
             k => return Err(TranslateError::Unsupported(k.to_string())),
         }
@@ -184,6 +470,20 @@ pub fn request_to_anthropic(
             "messages".into(),
             "must hold at least one user or assistant message",
         ));
+    }
+    // Without tools there is nothing to call in parallel (and no tool_choice to carry it).
+    if !parallel && out.contains_key("tools") {
+        let mut choice = tool_choice
+            .take()
+            .unwrap_or_else(|| json!({"type": "auto"}));
+        // `none` takes no option: no tool is called at all.
+        if choice.get("type").and_then(Value::as_str) != Some("none") {
+            choice["disable_parallel_tool_use"] = Value::Bool(true);
+        }
+        tool_choice = Some(choice);
+    }
+    if let Some(c) = tool_choice {
+        out.insert("tool_choice".into(), c);
     }
     out.insert(
         "max_tokens".into(),
@@ -260,14 +560,31 @@ pub fn response_to_openai(body: &[u8], created: u64) -> Result<Vec<u8>, Translat
         ));
     }
     let mut text = String::new();
+    let mut calls = Vec::new();
     for block in msg
         .get("content")
         .and_then(Value::as_array)
         .map_or(&[][..], |v| v)
     {
-        if block.get("type").and_then(Value::as_str) == Some("text") {
-            text.push_str(block.get("text").and_then(Value::as_str).unwrap_or(""));
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                },
+            })),
+            _ => {}
         }
+    }
+    let mut message = json!({"role": "assistant", "content": text});
+    if !calls.is_empty() {
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(calls);
     }
     let mut tokens = Tokens::default();
     if let Some(u) = msg.get("usage") {
@@ -284,7 +601,7 @@ pub fn response_to_openai(body: &[u8], created: u64) -> Result<Vec<u8>, Translat
         "model": msg.get("model").cloned().unwrap_or(Value::Null),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "finish_reason": finish,
         }],
         "usage": tokens.openai(),
@@ -333,16 +650,17 @@ pub fn map_status(status: u16) -> u16 {
 /// did not ask for it.
 #[derive(Debug, Default)]
 pub struct StreamTranslator {
-    /// The incomplete line.
-    line: Vec<u8>,
-    /// The `data:` lines of the current event, joined.
-    data: Vec<u8>,
-    /// The previous byte was `\r` (a `\n` right after it ends nothing more).
-    last_cr: bool,
+    /// The event being read.
+    sse: SseEvents,
     id: String,
     model: String,
     created: u64,
     tokens: Tokens,
+    /// Tool calls started so far (the next one's OpenAI `index`).
+    tools: u32,
+    /// The OpenAI index of the tool call whose block is open (Anthropic streams one
+    /// content block at a time).
+    tool: Option<u32>,
     /// The stream ended (`message_stop` or `error`): later bytes are ignored.
     done: bool,
 }
@@ -363,41 +681,15 @@ impl StreamTranslator {
 
     /// Feeds a piece of the body; what it completes is appended to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        for &b in bytes {
-            if b == b'\n' && self.last_cr {
-                self.last_cr = false;
-                continue;
-            }
-            self.last_cr = b == b'\r';
-            if b == b'\n' || b == b'\r' {
-                self.end_line(out);
-            } else if self.line.len() < MAX_BODY {
-                self.line.push(b);
-            }
-        }
+        let mut sse = std::mem::take(&mut self.sse);
+        sse.feed(bytes, |data| self.dispatch(data, out));
+        self.sse = sse;
     }
 
     /// End of the body: an event still unterminated is dispatched.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.line.is_empty() {
-            self.end_line(out);
-        }
-        self.dispatch(out);
-    }
-
-    fn end_line(&mut self, out: &mut Vec<u8>) {
-        if self.line.is_empty() {
-            self.dispatch(out);
-            return;
-        }
-        if let Some(rest) = self.line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if !self.data.is_empty() {
-                self.data.push(b'\n');
-            }
-            self.data.extend_from_slice(rest);
-        }
-        self.line.clear();
+        let mut sse = std::mem::take(&mut self.sse);
+        sse.finish(|data| self.dispatch(data, out));
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
@@ -411,15 +703,11 @@ impl StreamTranslator {
         push_event(&c, out);
     }
 
-    fn dispatch(&mut self, out: &mut Vec<u8>) {
-        if self.data.is_empty() {
-            return;
-        }
-        let data = std::mem::take(&mut self.data);
+    fn dispatch(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.done {
             return;
         }
-        let Ok(ev) = serde_json::from_slice::<Value>(&data) else {
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
             return;
         };
         match ev.get("type").and_then(Value::as_str).unwrap_or("") {
@@ -435,21 +723,49 @@ impl StreamTranslator {
             }
             "content_block_start" => {
                 let b = ev.get("content_block").unwrap_or(&Value::Null);
-                if let Some(t) = b
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .filter(|t| !t.is_empty())
-                {
-                    self.chunk(json!({ "content": t }), None, out);
+                self.tool = None;
+                match b.get("type").and_then(Value::as_str) {
+                    Some("tool_use") => {
+                        let index = self.tools;
+                        self.tools += 1;
+                        self.tool = Some(index);
+                        let call = json!({
+                            "index": index,
+                            "id": b.get("id").cloned().unwrap_or(Value::Null),
+                            "type": "function",
+                            "function": {"name": b.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
+                        });
+                        self.chunk(json!({ "tool_calls": [call] }), None, out);
+                    }
+                    _ => {
+                        if let Some(t) = b
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .filter(|t| !t.is_empty())
+                        {
+                            self.chunk(json!({ "content": t }), None, out);
+                        }
+                    }
                 }
             }
             "content_block_delta" => {
                 let d = ev.get("delta").unwrap_or(&Value::Null);
-                if d.get("type").and_then(Value::as_str) == Some("text_delta") {
-                    let t = d.get("text").and_then(Value::as_str).unwrap_or("");
-                    self.chunk(json!({ "content": t }), None, out);
+                match (d.get("type").and_then(Value::as_str), self.tool) {
+                    (Some("text_delta"), _) => {
+                        let t = d.get("text").and_then(Value::as_str).unwrap_or("");
+                        self.chunk(json!({ "content": t }), None, out);
+                    }
+                    (Some("input_json_delta"), Some(index)) => {
+                        let part = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
+                        if !part.is_empty() {
+                            let call = json!({"index": index, "function": {"arguments": part}});
+                            self.chunk(json!({ "tool_calls": [call] }), None, out);
+                        }
+                    }
+                    _ => {}
                 }
             }
+            "content_block_stop" => self.tool = None,
             "message_delta" => {
                 if let Some(u) = ev.get("usage") {
                     self.tokens.update(u);
@@ -479,8 +795,69 @@ impl StreamTranslator {
                 push_event(&openai_error(Some(&ev), 500), out);
                 self.done = true;
             }
-            // ping, content_block_stop, and event types added later carry nothing to say.
+            // ping, and event types added later, carry nothing to say.
             _ => {}
+        }
+    }
+}
+
+/// Splits an SSE body fed in any pieces into its events' `data` (the `data:` lines of an
+/// event joined by `\n`), each handed over once its blank line arrives; bounded by
+/// [`MAX_BODY`] per line.
+#[derive(Debug, Default)]
+pub(crate) struct SseEvents {
+    /// The incomplete line.
+    line: Vec<u8>,
+    /// The `data:` lines of the current event, joined.
+    data: Vec<u8>,
+    /// The previous byte was `\r` (a `\n` right after it ends nothing more).
+    last_cr: bool,
+}
+
+impl SseEvents {
+    /// Feeds a piece of the body; `event` gets each event it completes.
+    pub(crate) fn feed(&mut self, bytes: &[u8], mut event: impl FnMut(&[u8])) {
+        for &b in bytes {
+            if b == b'\n' && self.last_cr {
+                self.last_cr = false;
+                continue;
+            }
+            self.last_cr = b == b'\r';
+            if b == b'\n' || b == b'\r' {
+                self.end_line(&mut event);
+            } else if self.line.len() < MAX_BODY {
+                self.line.push(b);
+            }
+        }
+    }
+
+    /// End of the body: an event still unterminated is handed over.
+    pub(crate) fn finish(&mut self, mut event: impl FnMut(&[u8])) {
+        if !self.line.is_empty() {
+            self.end_line(&mut event);
+        }
+        self.dispatch(&mut event);
+    }
+
+    fn end_line(&mut self, event: &mut impl FnMut(&[u8])) {
+        if self.line.is_empty() {
+            self.dispatch(event);
+            return;
+        }
+        if let Some(rest) = self.line.strip_prefix(b"data:") {
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            if !self.data.is_empty() {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(rest);
+        }
+        self.line.clear();
+    }
+
+    fn dispatch(&mut self, event: &mut impl FnMut(&[u8])) {
+        if !self.data.is_empty() {
+            event(&self.data);
+            self.data.clear();
         }
     }
 }
@@ -494,3 +871,5 @@ fn push_event(v: &Value, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests;
+
+pub mod inbound;

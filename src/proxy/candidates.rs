@@ -37,9 +37,13 @@ pub struct AiRequest {
     pub info: RequestInfo,
     /// The gateway added `include_usage`, so the usage-only chunk must not reach the client.
     pub strip_usage_chunk: bool,
-    /// The body in Anthropic's shape for each candidate model (by index) whose upstream
-    /// speaks it, translated once up front so a refusal is known before any try.
+    /// The body in the upstream's API for each candidate model (by index) whose upstream
+    /// speaks another API than the client, translated once up front so a refusal is known
+    /// before any try.
     pub translated: Vec<(usize, Vec<u8>)>,
+    /// The API the client speaks: OpenAI chat completions, or the Anthropic Messages API
+    /// (`POST .../v1/messages`), whose answers and errors it then gets in Anthropic's shape.
+    pub client: Api,
 }
 
 impl AiRequest {
@@ -49,13 +53,15 @@ impl AiRequest {
     }
 }
 
-/// The candidates of a model-routed request whose body is `body`: the model named in it,
-/// then its fallbacks (those whose upstream exists). Errors are the client's: not JSON, no
-/// model, an unknown model.
+/// The candidates of a model-routed request whose body (in `client`'s API) is `body`: the
+/// model named in it, then its fallbacks (those whose upstream exists). Errors are the
+/// client's: not JSON, no model, an unknown model, a field the model's upstream API cannot
+/// be given.
 pub fn by_model<'c>(
     models: &'c Models,
     upstreams: &'c [std::sync::Arc<Upstream>],
     body: Vec<u8>,
+    client: Api,
 ) -> Result<(Vec<Candidate<'c>>, AiRequest), ProxyError> {
     let info = crate::ai::body::inspect(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
     let name = info.model.as_deref().ok_or(ProxyError::MissingModel)?;
@@ -70,9 +76,15 @@ pub fn by_model<'c>(
         .filter_map(|idx| {
             let m = models.list.get(idx)?;
             let upstream = upstreams.get(m.upstream)?;
-            if upstream.api == Api::Anthropic {
+            if upstream.api != client {
                 let model = m.provider_model.as_deref().unwrap_or(&m.name);
-                match anthropic::request_to_anthropic(&body, model, upstream.default_max_tokens) {
+                let body = match upstream.api {
+                    Api::Anthropic => {
+                        anthropic::request_to_anthropic(&body, model, upstream.default_max_tokens)
+                    }
+                    Api::OpenAi => anthropic::inbound::request_to_openai(&body, model),
+                };
+                match body {
                     Ok(b) => translated.push((idx, b)),
                     // A fallback that cannot take this request is skipped; the model asked
                     // for refuses it, naming the field.
@@ -93,7 +105,10 @@ pub fn by_model<'c>(
     if let Some(e) = refusal {
         return Err(ProxyError::Untranslatable(e));
     }
-    let strip_usage_chunk = info.stream && info.include_usage != Some(true);
+    // An Anthropic client's stream is translated (or passed through) whole: only an
+    // OpenAI client can be sent a usage chunk it did not ask for.
+    let strip_usage_chunk =
+        client == Api::OpenAi && info.stream && info.include_usage != Some(true);
     Ok((
         candidates,
         AiRequest {
@@ -101,6 +116,7 @@ pub fn by_model<'c>(
             info,
             strip_usage_chunk,
             translated,
+            client,
         },
     ))
 }
@@ -132,10 +148,10 @@ impl UpstreamRequest {
         body: &mut RequestBody,
     ) {
         let up = candidate.upstream;
-        let anthropic = up.api == Api::Anthropic;
+        let translate = ai.is_some_and(|a| a.client != up.api);
         if let (Some(a), RequestBody::Retained(b)) = (ai, &mut *body) {
             b.clear();
-            if anthropic {
+            if translate {
                 let idx = candidate.model.map(|(i, _)| i);
                 if let Some((_, t)) = a.translated.iter().find(|(i, _)| Some(*i) == idx) {
                     b.extend_from_slice(t);
@@ -155,10 +171,15 @@ impl UpstreamRequest {
         }
         let head = req.head;
         self.target.clear();
-        if anthropic && ai.is_some() {
+        if up.api == Api::Anthropic && ai.is_some() {
             // The Messages API has one endpoint, whatever path the client used.
             self.target.push_str(&up.base_path);
             self.target.push_str("/messages");
+        } else if translate {
+            // An Anthropic client's request, translated: the chat completions endpoint
+            // under the upstream's base, as `/messages` is under Anthropic's.
+            self.target.push_str(&up.base_path);
+            self.target.push_str("/chat/completions");
         } else {
             crate::router::upstream_target(
                 req.route,
@@ -217,7 +238,8 @@ route_by_model = true
     fn model_then_fallbacks_in_order() {
         let cfg = config();
         let body = br#"{"model":"big","messages":[],"stream":true}"#.to_vec();
-        let (cands, ai) = by_model(&cfg.models, &cfg.upstreams, body).expect("routable");
+        let (cands, ai) =
+            by_model(&cfg.models, &cfg.upstreams, body, Api::OpenAi).expect("routable");
         let names: Vec<(&str, &str)> = cands
             .iter()
             .map(|c| (c.model_name(), c.upstream.name.as_str()))
@@ -229,6 +251,7 @@ route_by_model = true
             &cfg.models,
             &cfg.upstreams,
             br#"{"model":"small"}"#.to_vec(),
+            Api::OpenAi,
         )
         .expect("routable");
         assert_eq!(
@@ -249,7 +272,7 @@ route_by_model = true
             (br#"{"model":"gpt-9"}"#, "model_not_found"),
         ];
         for (body, code) in cases {
-            let err = by_model(&cfg.models, &cfg.upstreams, body.to_vec())
+            let err = by_model(&cfg.models, &cfg.upstreams, body.to_vec(), Api::OpenAi)
                 .err()
                 .unwrap_or_else(|| panic!("{} routed", String::from_utf8_lossy(body)));
             assert_eq!(err.classify().2, code, "{}", String::from_utf8_lossy(body));

@@ -139,7 +139,13 @@ pub async fn forward(
             RequestBody::Retained(b) => std::mem::take(b),
             _ => Vec::new(),
         };
-        let (list, ai) = candidates::by_model(&req.config.models, &req.config.upstreams, bytes)?;
+        let client = if crate::ai::anthropic::inbound::is_messages_path(req.head.path()) {
+            crate::config::Api::Anthropic
+        } else {
+            crate::config::Api::OpenAi
+        };
+        let (list, ai) =
+            candidates::by_model(&req.config.models, &req.config.upstreams, bytes, client)?;
         body = RequestBody::Retained(Vec::with_capacity(ai.original.len() + 48));
         let price = list
             .first()

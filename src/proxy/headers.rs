@@ -153,6 +153,11 @@ pub fn write_upstream_head(
     // An Anthropic upstream is reached only through translation: the client's OpenAI
     // bearer token is never a key for it, and the gateway picks the API version it speaks.
     let anthropic = up.api == Api::Anthropic;
+    // An Anthropic client's request translated for an OpenAI upstream: its API's headers
+    // (`anthropic-version`, `anthropic-beta`) mean nothing there.
+    let from_anthropic = up.api == Api::OpenAi
+        && req.route.route_by_model
+        && crate::ai::anthropic::inbound::is_messages_path(head.path());
     let drop_underscores = server.underscores_in_headers == UnderscoreHeaders::Drop;
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -175,6 +180,9 @@ pub fn write_upstream_head(
             || ((strip_client_key || (anthropic && up.authorization.is_some()))
                 && (n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("api-key")))
             || (anthropic && n.eq_ignore_ascii_case("anthropic-version"))
+            || (from_anthropic
+                && n.len() > 10
+                && n.as_bytes()[..10].eq_ignore_ascii_case(b"anthropic-"))
             || (strip_encoding && n.eq_ignore_ascii_case("accept-encoding"))
             || (drop_underscores && n.contains('_'))
         {

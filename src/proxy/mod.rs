@@ -148,6 +148,7 @@ pub async fn serve_connection(worker: Rc<Worker>, mut stream: ClientStream, peer
                     &e,
                     &id,
                     false,
+                    false,
                     &mut scratch,
                     server.idle_timeout,
                     server.server_header.as_deref(),
@@ -480,11 +481,14 @@ async fn answer_failure(
         head.keep_alive && !body_left && !worker.drain.is_draining() && status < 500 && !malformed;
     let timeout = log.cfg.server.idle_timeout;
     let server_header = log.cfg.server.server_header.as_deref();
+    // An Anthropic client (the Messages endpoint) reads errors in Anthropic's shape.
+    let anthropic = crate::ai::anthropic::inbound::is_messages_path(head.path());
     let sent = send_error(
         client,
         &e,
         request_id,
         keep,
+        anthropic,
         scratch,
         timeout,
         server_header,
@@ -623,15 +627,16 @@ fn record(worker: &Worker, log: &LogContext<'_>, o: &Outcome) {
     crate::metrics::access_log(&obs, log.request_id, log.head.path(), client_ip);
 }
 
-/// Sends a gateway-made error in the OpenAI shape, with the `x-ratelimit-*` headers of
-/// `rate` (a refusal's own bucket reported as spent). Returns the body bytes written, None
-/// when the write failed.
+/// Sends a gateway-made error in the OpenAI shape (Anthropic's when `anthropic`), with the
+/// `x-ratelimit-*` headers of `rate` (a refusal's own bucket reported as spent). Returns the
+/// body bytes written, None when the write failed.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_error(
     client: &mut ClientStream,
     e: &ProxyError,
     request_id: &str,
     keep_alive: bool,
+    anthropic: bool,
     scratch: &mut Vec<u8>,
     timeout: Duration,
     server_header: Option<&str>,
@@ -639,7 +644,11 @@ pub async fn send_error(
 ) -> Option<u64> {
     let (status, kind, code) = e.classify();
     let mut body = Vec::with_capacity(160);
-    openai_error_body(&e.to_string(), kind, code, &mut body);
+    if anthropic {
+        crate::ai::anthropic::inbound::error_body(status, &e.to_string(), &mut body);
+    } else {
+        openai_error_body(&e.to_string(), kind, code, &mut body);
+    }
     let len = body.len().to_string();
     let date = http::date::now();
     let mut hdrs: Vec<(&str, &[u8])> = vec![

@@ -32,6 +32,61 @@ pub struct Tap {
     translated: Vec<u8>,
     /// Why the body could not be translated, once it is known.
     failed: Option<&'static str>,
+    /// An Anthropic client's answer from an OpenAI upstream, translated to Anthropic's
+    /// shape after the scanners read it.
+    outbound: Option<Outbound>,
+    /// An Anthropic stream passed through to an Anthropic client: translated only for the
+    /// scanners to read its usage.
+    shadow: Option<anthropic::StreamTranslator>,
+}
+
+/// How an OpenAI body becomes an Anthropic one (for an Anthropic client).
+enum Outbound {
+    /// An event stream, chunk by chunk.
+    Stream(anthropic::inbound::ToAnthropicStream),
+    /// A chat completion, translated once whole.
+    Message(Vec<u8>),
+    /// An error body of this status, translated once whole.
+    Error(Vec<u8>, u16),
+}
+
+impl Outbound {
+    /// Reads a piece; a stream's completed events go to `out` now.
+    fn feed(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+        match self {
+            Outbound::Stream(t) => t.feed(payload, out),
+            Outbound::Message(b) | Outbound::Error(b, _) => {
+                if b.len() + payload.len() > anthropic::MAX_BODY {
+                    return Err("larger than 16 MiB");
+                }
+                b.extend_from_slice(payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// End of the body: what is left, translated, goes to `out`.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        match self {
+            Outbound::Stream(t) => t.finish(out),
+            Outbound::Message(b) => {
+                let body = anthropic::inbound::response_from_openai(b)
+                    .map_err(|_| "not a chat completion")?;
+                out.extend_from_slice(&body);
+            }
+            Outbound::Error(b, status) => {
+                out.extend_from_slice(&anthropic::inbound::error_from_openai(b, *status));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Now, in Unix seconds (the `created` of translated chunks).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How an Anthropic body becomes an OpenAI one.
@@ -64,10 +119,7 @@ impl Translate {
         match self {
             Translate::Stream(t) => t.finish(out),
             Translate::Message(b) => {
-                let created = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let body = anthropic::response_to_openai(b, created)
+                let body = anthropic::response_to_openai(b, unix_now())
                     .map_err(|_| "not an Anthropic message")?;
                 out.extend_from_slice(&body);
             }
@@ -103,19 +155,33 @@ impl Tap {
             .header("content-encoding")
             .is_none_or(|v| v.eq_ignore_ascii_case(b"identity"));
         // The gateway dropped `accept-encoding`, so an encoded body is not one it asked for.
-        if api == Api::Anthropic && identity {
-            tap.filter = true;
-            tap.translate = Some(if !(200..300).contains(&resp.status) {
-                Translate::Error(Vec::new(), resp.status)
-            } else if is_event_stream(resp) {
-                Translate::Stream(anthropic::StreamTranslator::new(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                ))
-            } else {
-                Translate::Message(Vec::new())
-            });
+        let ok = (200..300).contains(&resp.status);
+        match (ai.client, api) {
+            (Api::OpenAi, Api::Anthropic) if identity => {
+                tap.filter = true;
+                tap.translate = Some(if !ok {
+                    Translate::Error(Vec::new(), resp.status)
+                } else if is_event_stream(resp) {
+                    Translate::Stream(anthropic::StreamTranslator::new(unix_now()))
+                } else {
+                    Translate::Message(Vec::new())
+                });
+            }
+            (Api::Anthropic, Api::OpenAi) if identity => {
+                tap.filter = true;
+                tap.outbound = Some(if !ok {
+                    Outbound::Error(Vec::new(), resp.status)
+                } else if is_event_stream(resp) {
+                    Outbound::Stream(anthropic::inbound::ToAnthropicStream::new())
+                } else {
+                    Outbound::Message(Vec::new())
+                });
+            }
+            // A JSON message's usage is read as it is; a stream's through a translation.
+            (Api::Anthropic, Api::Anthropic) if identity && ok && is_event_stream(resp) => {
+                tap.shadow = Some(anthropic::StreamTranslator::new(0));
+            }
+            _ => {}
         }
         if !(200..300).contains(&resp.status) || !identity {
             return tap;
@@ -143,6 +209,24 @@ impl Tap {
 
     /// Reads one piece of payload; in filter mode what is to be forwarded is in `filtered`.
     pub fn observe(&mut self, payload: &[u8]) {
+        if let Some(t) = &mut self.shadow {
+            let mut translated = std::mem::take(&mut self.translated);
+            translated.clear();
+            t.feed(payload, &mut translated);
+            self.scan(&translated);
+            self.translated = translated;
+            return;
+        }
+        if self.outbound.is_some() {
+            self.scan(payload);
+            self.filtered.clear();
+            if let (Some(o), None) = (&mut self.outbound, self.failed) {
+                if let Err(e) = o.feed(payload, &mut self.filtered) {
+                    self.failed = Some(e);
+                }
+            }
+            return;
+        }
         if self.translate.is_none() {
             self.scan(payload);
             return;
@@ -171,13 +255,16 @@ impl Tap {
         matches!(
             self.translate,
             Some(Translate::Message(_) | Translate::Error(..))
+        ) || matches!(
+            self.outbound,
+            Some(Outbound::Message(_) | Outbound::Error(..))
         )
     }
 
     /// Whether the body is being translated (it is then not cached: the cache keeps what
     /// the upstream sent).
     pub fn translating(&self) -> bool {
-        self.translate.is_some()
+        self.translate.is_some() || self.outbound.is_some()
     }
 
     /// Reads one piece of (translated) payload; in filter mode what is to be forwarded is
@@ -213,6 +300,23 @@ impl Tap {
 
     /// End of the body: in filter mode, what the SSE scanner still held goes to `filtered`.
     pub fn finish(&mut self) {
+        if let Some(t) = &mut self.shadow {
+            let mut tail = Vec::new();
+            t.finish(&mut tail);
+            self.scan(&tail);
+            // Nothing of the translation is forwarded: the client gets the upstream's bytes.
+            self.filtered.clear();
+            return;
+        }
+        if self.outbound.is_some() {
+            self.filtered.clear();
+            if let (Some(o), None) = (&mut self.outbound, self.failed) {
+                if let Err(e) = o.finish(&mut self.filtered) {
+                    self.failed = Some(e);
+                }
+            }
+            return;
+        }
         let mut tail = Vec::new();
         if let (Some(t), None) = (&mut self.translate, self.failed) {
             if let Err(e) = t.finish(&mut tail) {

@@ -84,6 +84,7 @@ fn strip_tap() -> Tap {
         info: RequestInfo::default(),
         strip_usage_chunk: true,
         translated: Vec::new(),
+        client: ringgate::config::Api::OpenAi,
     };
     Tap::for_response(Some(&ai), ringgate::config::Api::OpenAi, &resp)
 }

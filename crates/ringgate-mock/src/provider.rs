@@ -19,6 +19,14 @@
 //! | `.../health` | GET, HEAD | `200 OK` |
 //! | anything else | any | 404 with an OpenAI-shaped error |
 //!
+//! Tools, on both chat endpoints: when a request offers tools (OpenAI `tools[].function` or
+//! Anthropic `tools[]`), does not forbid them (`tool_choice` none) and its last message is
+//! not a tool result, the "model" calls the first tool: OpenAI `tool_calls` (streamed as
+//! `tool_calls` deltas) or an Anthropic `tool_use` block after a text block (streamed as
+//! `content_block_start` + `input_json_delta` fragments), finish reason `tool_calls` /
+//! `tool_use`. The input has one value per schema property: `"mock-<name>"` for strings,
+//! `1` for numbers, `true` for booleans.
+//!
 //! Request headers act as knobs on every endpoint: `x-mock-status`,
 //! `x-mock-delay-ms`, `x-mock-chunks`, `x-mock-chunk-interval-ms`,
 //! `x-mock-gate`, `x-mock-drop`, `x-mock-garbage`, `x-mock-early-100`,
@@ -1329,6 +1337,65 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4).max(1)
 }
 
+/// The tool call the mock "model" makes for `req` (either API's shape), if any: the first
+/// offered tool's name and an input with one value per schema property.
+fn mock_tool_call(req: &Value) -> Option<(String, Value)> {
+    let tool = req.get("tools")?.as_array()?.first()?;
+    let (name, schema) = match tool.get("function") {
+        Some(f) => (f.get("name")?, f.get("parameters")),
+        None => (tool.get("name")?, tool.get("input_schema")),
+    };
+    let choice = req.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none")
+        || choice.and_then(|c| c.get("type")).and_then(Value::as_str) == Some("none")
+    {
+        return None;
+    }
+    let last = req.get("messages")?.as_array()?.last()?;
+    let tool_result = last.get("role").and_then(Value::as_str) == Some("tool")
+        || last
+            .get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            });
+    if tool_result {
+        return None;
+    }
+    let mut input = serde_json::Map::new();
+    if let Some(props) = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+    {
+        for (k, p) in props {
+            let v = match p.get("type").and_then(Value::as_str) {
+                Some("number" | "integer") => json!(1),
+                Some("boolean") => json!(true),
+                Some("string") => json!(format!("mock-{k}")),
+                _ => Value::Null,
+            };
+            input.insert(k.clone(), v);
+        }
+    }
+    Some((name.as_str()?.to_string(), Value::Object(input)))
+}
+
+/// `s` in pieces of about `n` bytes, cut on character boundaries (tool input fragments).
+fn fragments(s: &str, n: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < s.len() {
+        let mut end = (start + n).min(s.len());
+        while !s.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&s[start..end]);
+        start = end;
+    }
+    out
+}
+
 fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
     let req = match json_body(ctx, resp) {
         Ok(v) => v,
@@ -1361,9 +1428,29 @@ fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
         "prompt_tokens_details": {"cached_tokens": ctx.knobs.cached_tokens.min(prompt_tokens)},
     });
     let token = |i: u64| TOKENS[(i % TOKENS.len() as u64) as usize];
+    let call = mock_tool_call(&req);
+    let call_id = format!("call_mock{}", ctx.req);
 
     if req.get("stream").and_then(Value::as_bool) != Some(true) {
         let content: String = (0..n).map(token).collect();
+        if let Some((name, input)) = &call {
+            return resp.json(
+                200,
+                &json!({
+                    "id": id, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                            "id": call_id, "type": "function",
+                            "function": {"name": name, "arguments": input.to_string()},
+                        }]},
+                        "logprobs": null,
+                        "finish_reason": "tool_calls",
+                    }],
+                    "usage": usage,
+                }),
+            );
+        }
         return resp.json(
             200,
             &json!({
@@ -1424,7 +1511,7 @@ fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
         if n > 0 {
             delta.insert("content".into(), json!(token(i)));
         }
-        let finish = (i + 1 == events).then_some("stop");
+        let finish = (i + 1 == events && call.is_none()).then_some("stop");
         resp.body(&chunk(Value::Object(delta), finish, false))?;
         resp.flush()?;
         if i == 0 {
@@ -1435,6 +1522,17 @@ fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
                 return Ok(Outcome::Abort);
             }
         }
+    }
+    if let Some((name, input)) = &call {
+        let start = json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]});
+        resp.body(&chunk(start, None, false))?;
+        for part in fragments(&input.to_string(), 7) {
+            let d = json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]});
+            resp.body(&chunk(d, None, false))?;
+        }
+        resp.body(&chunk(json!({}), Some("tool_calls"), false))?;
+        resp.flush()?;
     }
     if include_usage {
         let mut v = json!({
@@ -1510,14 +1608,25 @@ fn messages(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
     let n = ctx.knobs.chunks.unwrap_or(DEFAULT_CHUNKS);
     let id = format!("msg_mock{}", ctx.req);
     let token = |i: u64| TOKENS[(i % TOKENS.len() as u64) as usize];
+    let call = mock_tool_call(&req);
+    let tool_id = format!("toolu_mock{}", ctx.req);
+    let stop_reason = if call.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
     if req.get("stream").and_then(Value::as_bool) != Some(true) {
         let content: String = (0..n).map(token).collect();
+        let mut blocks = vec![json!({"type": "text", "text": content})];
+        if let Some((name, input)) = &call {
+            blocks.push(json!({"type": "tool_use", "id": tool_id, "name": name, "input": input}));
+        }
         return resp.json(
             200,
             &json!({
                 "id": id, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": content}],
-                "stop_reason": "end_turn", "stop_sequence": null,
+                "content": blocks,
+                "stop_reason": stop_reason, "stop_sequence": null,
                 "usage": {"input_tokens": input, "output_tokens": n,
                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
             }),
@@ -1567,10 +1676,30 @@ fn messages(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ))?;
+    if let Some((name, input)) = &call {
+        resp.body(&event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": tool_id, "name": name, "input": {}}}),
+        ))?;
+        let json = input.to_string();
+        for part in std::iter::once("").chain(fragments(&json, 7)) {
+            resp.body(&event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": part}}),
+            ))?;
+        }
+        resp.body(&event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ))?;
+        resp.flush()?;
+    }
     resp.body(&event(
         "message_delta",
         json!({"type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "delta": {"stop_reason": stop_reason, "stop_sequence": null},
         "usage": {"output_tokens": n}}),
     ))?;
     resp.body(&event("message_stop", json!({"type": "message_stop"})))?;
