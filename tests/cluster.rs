@@ -25,12 +25,38 @@ struct Redis {
     port: u16,
     dir: PathBuf,
     password: Option<String>,
+    /// A second, TLS-only port (`--tls-port`), its certificate signed by `dir/ca.pem`.
+    tls_port: Option<u16>,
+}
+
+/// A CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 (`server.pem`,
+/// `server.key`), written into `dir`.
+fn write_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    let key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("leaf params")
+        .signed_by(&key, &ca)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca.pem");
+    std::fs::write(dir.join("server.pem"), leaf.pem()).expect("server.pem");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("server.key");
 }
 
 impl Redis {
     /// Starts one, or returns None (after saying so) when `redis-server` is absent and
     /// `RINGGATE_SKIP_REDIS_TESTS=1` allows skipping.
     fn start(password: Option<&str>) -> Option<Redis> {
+        Redis::start_with(password, false)
+    }
+
+    /// As [`Redis::start`]; with `tls`, also a TLS port whose certificate a fresh CA
+    /// (`ca_path()`) signed.
+    fn start_with(password: Option<&str>, tls: bool) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -48,7 +74,12 @@ impl Redis {
             port: free_port(),
             dir: temp_dir("redis"),
             password: password.map(str::to_string),
+            tls_port: None,
         };
+        if tls {
+            write_pki(&r.dir);
+            r.tls_port = Some(free_port());
+        }
         r.spawn();
         Some(r)
     }
@@ -64,6 +95,17 @@ impl Redis {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        if let Some(tls_port) = self.tls_port {
+            let f = |name: &str| self.dir.join(name);
+            cmd.args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(f("server.pem"))
+                .arg("--tls-key-file")
+                .arg(f("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(f("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
         self.child = Some(cmd.spawn().expect("redis-server starts"));
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
@@ -77,6 +119,19 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port's URL (a TLS-only port: a plain client gets nothing from it).
+    fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("started with tls")
+        )
+    }
+
+    /// The CA that signed the TLS port's certificate.
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// Kills it (SIGKILL: no goodbye to the gateways).
@@ -664,4 +719,79 @@ fn a_reloaded_cluster_limit_applies_at_once_and_keeps_its_state() {
     // The bucket in Redis kept its two requests; the larger burst admits three more (the
     // worker's memory of "dave" refused for ~1000 s was for the old parameters).
     assert_eq!(statuses(4), vec![200, 200, 200, 429]);
+}
+
+#[test]
+fn rediss_with_a_private_ca_shares_limits_and_a_wrong_ca_falls_back_without_hanging() {
+    let Some(redis) = Redis::start_with(None, true) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let cluster = format!(
+        "ca_file = \"{}\"\ntimeout_ms = 500",
+        redis.ca_path().display()
+    );
+    let cfg = config(
+        &mock,
+        &redis.tls_url(),
+        &cluster,
+        "rate_per_second = 5\nburst = 10",
+    );
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::start(&cfg, Driver::Epoll))
+        .collect();
+    for gw in &gws {
+        wait_store_up(gw);
+    }
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.addr).collect();
+    let (ok, window, _) = spread(&addrs, 30, "tls-user", Duration::from_millis(20));
+    let want = expected(5.0, 10, window);
+    eprintln!("two gateways over rediss://: admitted {ok} of 30, one gateway would admit {want} over {window:?}");
+    assert!(ok.abs_diff(want) <= 1, "admitted {ok}, want {want}");
+    for gw in &gws {
+        assert_eq!(
+            gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+            Some(0.0),
+            "decided in the store, over TLS"
+        );
+    }
+    assert_eq!(redis.dbsize(), 1, "the bucket is in Redis");
+
+    // A CA that did not sign the server's certificate: the handshake fails, the store is
+    // down, requests are answered by the local fallback within the timeout.
+    let other = temp_dir("redis-other-ca");
+    write_pki(&other);
+    let cluster = format!(
+        "ca_file = \"{}\"\ntimeout_ms = 200\nreplicas = 1",
+        other.join("ca.pem").display()
+    );
+    let cfg = config(
+        &mock,
+        &redis.tls_url(),
+        &cluster,
+        "rate_per_second = 5\nburst = 10",
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(20), || {
+            gw.metric("ringgate_cluster_connects_total{result=\"failed\"}")
+                .unwrap_or(0.0)
+                >= 1.0
+        }),
+        "a failed TLS connect is counted:\n{}",
+        gw.logs()
+    );
+    let (ok, window, _) = spread(&[gw.addr], 15, "tls-user-2", Duration::ZERO);
+    assert!(
+        ok.abs_diff(expected(5.0, 10, window)) <= 1,
+        "the local fallback admitted {ok}"
+    );
+    assert_eq!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+        Some(15.0)
+    );
+    assert_eq!(gw.metric("ringgate_cluster_store_up"), Some(0.0));
+    let logs = gw.logs();
+    assert!(logs.contains("TLS"), "the log says why:\n{logs}");
+    let _ = std::fs::remove_dir_all(other);
 }

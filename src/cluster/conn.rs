@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
 
 use super::resp::{self, Value};
@@ -337,8 +337,11 @@ pub async fn run(w: Rc<Worker>, store: Rc<Store>) {
             Ok((stream, sha)) => {
                 attempt = 0;
                 store.set_up(sha);
-                tracing::info!(worker = w.id, host = %cfg.host, port = cfg.port, "cluster store connected");
-                let why = serve(&w, &store, &cfg, stream).await;
+                tracing::info!(worker = w.id, host = %cfg.host, port = cfg.port, tls = cfg.tls.is_some(), "cluster store connected");
+                let why = match stream {
+                    Conn::Plain(s) => serve(&w, &store, &cfg, s).await,
+                    Conn::Tls(s) => serve(&w, &store, &cfg, *s).await,
+                };
                 store.set_down();
                 was_up = true;
                 if w.drain.is_draining() {
@@ -398,6 +401,14 @@ enum ConnectError {
     Refused(String),
     #[error("connection closed during the handshake")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A connection to the store: plain, or TLS (`rediss://`) over TCP.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
 }
 
 /// Time the handshake (connect, AUTH, SELECT, SCRIPT LOAD) may take: off the request path,
@@ -406,37 +417,52 @@ fn handshake_timeout(cfg: &ClusterSettings) -> Duration {
     cfg.timeout.max(Duration::from_millis(500))
 }
 
-async fn connect(cfg: &ClusterSettings) -> Result<(TcpStream, Vec<u8>), ConnectError> {
+async fn connect(cfg: &ClusterSettings) -> Result<(Conn, Vec<u8>), ConnectError> {
     let limit = handshake_timeout(cfg);
     let addr = *cfg.addrs.load().first().ok_or(ConnectError::Unresolved)?;
     let timed_out = || ConnectError::Timeout(limit.as_millis() as u64);
-    let mut stream = match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
+    let deadline = Instant::now() + limit;
+    let stream = match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Err(_) => return Err(timed_out()),
     };
     let _ = stream.set_nodelay(true);
-    let mut cmds = Vec::new();
-    let mut expected = 0;
-    if let Some(pw) = &cfg.password {
-        match &cfg.username {
-            Some(u) => resp::encode(&mut cmds, &[b"AUTH", u.as_bytes(), &pw.0]),
-            None => resp::encode(&mut cmds, &[b"AUTH", &pw.0]),
-        }
-        expected += 1;
-    }
-    if cfg.db != 0 {
-        resp::encode(&mut cmds, &[b"SELECT", cfg.db.to_string().as_bytes()]);
-        expected += 1;
-    }
-    resp::encode(
-        &mut cmds,
-        &[b"SCRIPT", b"LOAD", super::limits::SCRIPT.as_bytes()],
-    );
-    expected += 1;
+    let Some(tls) = &cfg.tls else {
+        let (s, sha) = hello(cfg, stream, deadline).await?;
+        return Ok((Conn::Plain(s), sha));
+    };
+    // The TLS handshake shares the attempt's time limit: a peer that stalls it is a failed
+    // attempt like any other (never a hang), and so is a certificate that does not verify.
+    let connector = monoio_rustls::TlsConnector::from(tls.config.clone());
+    let left = deadline.saturating_duration_since(Instant::now());
+    let stream =
+        match monoio::time::timeout(left, connector.connect(tls.server_name.clone(), stream)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::Tls(e.to_string())),
+            Err(_) => return Err(timed_out()),
+        };
+    let (s, sha) = hello(cfg, stream, deadline).await?;
+    Ok((Conn::Tls(Box::new(s)), sha))
+}
+
+/// AUTH, SELECT and SCRIPT LOAD, pipelined, answered before `deadline`; returns the stream
+/// and the script's sha1.
+async fn hello<S: AsyncReadRent + AsyncWriteRent>(
+    cfg: &ClusterSettings,
+    mut stream: S,
+    deadline: Instant,
+) -> Result<(S, Vec<u8>), ConnectError> {
+    let limit = deadline.saturating_duration_since(Instant::now());
+    let timed_out = || ConnectError::Timeout(handshake_timeout(cfg).as_millis() as u64);
+    let cmds = hello_commands(cfg);
+    let expected = cmds.1;
     let handshake = async {
-        let (r, _) = stream.write_all(cmds).await;
+        let (r, _) = stream.write_all(cmds.0).await;
         r.map_err(ConnectError::Io)?;
+        // TLS writes are buffered until flushed.
+        stream.flush().await.map_err(ConnectError::Io)?;
         let mut buf: Vec<u8> = Vec::with_capacity(512);
         let mut replies = Vec::new();
         while replies.len() < expected {
@@ -481,13 +507,34 @@ async fn connect(cfg: &ClusterSettings) -> Result<(TcpStream, Vec<u8>), ConnectE
     Ok((stream, sha))
 }
 
+/// The handshake's commands, pipelined, and how many replies they get.
+fn hello_commands(cfg: &ClusterSettings) -> (Vec<u8>, usize) {
+    let mut cmds = Vec::new();
+    let mut expected = 0;
+    if let Some(pw) = &cfg.password {
+        match &cfg.username {
+            Some(u) => resp::encode(&mut cmds, &[b"AUTH", u.as_bytes(), &pw.0]),
+            None => resp::encode(&mut cmds, &[b"AUTH", &pw.0]),
+        }
+        expected += 1;
+    }
+    if cfg.db != 0 {
+        resp::encode(&mut cmds, &[b"SELECT", cfg.db.to_string().as_bytes()]);
+        expected += 1;
+    }
+    resp::encode(
+        &mut cmds,
+        &[b"SCRIPT", b"LOAD", super::limits::SCRIPT.as_bytes()],
+    );
+    expected += 1;
+    (cmds, expected)
+}
+
 /// Runs one connection until it ends; returns why.
-async fn serve(
-    w: &Worker,
-    store: &Store,
-    cfg: &ClusterSettings,
-    stream: TcpStream,
-) -> &'static str {
+async fn serve<S>(w: &Worker, store: &Store, cfg: &ClusterSettings, stream: S) -> &'static str
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
     let (mut rd, mut wr) = stream.into_split();
     let writer = async {
         let mut spare = Some(Vec::with_capacity(4096));
@@ -501,6 +548,10 @@ async fn serve(
             };
             let (r, bytes) = wr.write_all(bytes).await;
             if r.is_err() {
+                return "write failed";
+            }
+            // TLS buffers records until flushed (a no-op on plain TCP).
+            if wr.flush().await.is_err() {
                 return "write failed";
             }
             spare = Some(bytes);
