@@ -795,3 +795,74 @@ fn rediss_with_a_private_ca_shares_limits_and_a_wrong_ca_falls_back_without_hang
     assert!(logs.contains("TLS"), "the log says why:\n{logs}");
     let _ = std::fs::remove_dir_all(other);
 }
+
+#[test]
+fn an_acl_user_from_the_url_authenticates_and_a_rotated_password_file_is_used_on_reconnect() {
+    let Some(redis) = Redis::start(Some("admin-pw")) else {
+        return;
+    };
+    let acl = redis
+        .cmd(&["ACL", "SETUSER", "gw", "on", ">first-pw", "~rg:*", "+@all"])
+        .expect("ACL SETUSER");
+    assert!(acl.starts_with("+OK"), "{acl}");
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let pw_dir = temp_dir("redis-acl-pw");
+    let pw_file = pw_dir.join("password");
+    std::fs::write(&pw_file, "first-pw\n").expect("password file");
+    let url = redis.url().replace("redis://", "redis://gw@");
+    let cluster = format!(
+        "password_file = \"{}\"\ntimeout_ms = 500\nbreaker_open_ms = 200",
+        pw_file.display()
+    );
+    let cfg = config(&mock, &url, &cluster, "rate_per_second = 1\nburst = 2");
+    let gw = Gateway::start(&cfg, Driver::Epoll);
+    wait_store_up(&gw);
+    let clients = redis.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+    assert!(clients.contains("user=gw"), "connected as gw: {clients}");
+    let (ok, _, _) = spread(&[gw.addr], 5, "acl", Duration::ZERO);
+    assert_eq!(ok, 3, "burst 2 + 1, decided in Redis");
+    assert_eq!(redis.dbsize(), 1);
+
+    // The password changes in Redis and the gateway's connections are cut: reconnecting
+    // with the old password fails (the store is down, the fallback answers)...
+    let r = redis
+        .cmd(&["ACL", "SETUSER", "gw", "resetpass", ">second-pw"])
+        .expect("ACL SETUSER");
+    assert!(r.starts_with("+OK"), "{r}");
+    let r = redis
+        .cmd(&["CLIENT", "KILL", "USER", "gw"])
+        .expect("CLIENT KILL");
+    assert!(r.starts_with(':'), "{r}");
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(20), || {
+            gw.metric("ringgate_cluster_store_up") == Some(0.0)
+                && gw
+                    .metric("ringgate_cluster_connects_total{result=\"failed\"}")
+                    .unwrap_or(0.0)
+                    >= 1.0
+        }),
+        "the old password is refused:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        get(gw.addr, "acl-2").status,
+        200,
+        "answered by the fallback"
+    );
+    // ...until the Secret is rotated: the file is re-read and the next reconnect uses it.
+    let tmp = pw_dir.join(".password.tmp");
+    std::fs::write(&tmp, "second-pw\n").expect("write");
+    std::fs::rename(&tmp, &pw_file).expect("rename");
+    wait_store_up(&gw);
+    let clients = redis.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+    assert!(clients.contains("user=gw"), "{clients}");
+    let before = redis.dbsize();
+    assert_eq!(get(gw.addr, "acl-3").status, 200);
+    assert_eq!(redis.dbsize(), before + 1, "decided in Redis again");
+    let logs = gw.logs();
+    assert!(logs.contains("WRONGPASS"), "the refusal is logged:\n{logs}");
+    for pw in ["first-pw", "second-pw", "admin-pw"] {
+        assert!(!logs.contains(pw), "a password is never logged");
+    }
+    let _ = std::fs::remove_dir_all(pw_dir);
+}
