@@ -27,6 +27,8 @@ struct Redis {
     password: Option<String>,
     /// A second, TLS-only port (`--tls-port`), its certificate signed by `dir/ca.pem`.
     tls_port: Option<u16>,
+    /// More `redis-server` arguments (a Redis Cluster node's).
+    extra: Vec<String>,
 }
 
 /// A CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 (`server.pem`,
@@ -54,6 +56,31 @@ impl Redis {
         Redis::start_with(password, false)
     }
 
+    /// A Redis Cluster node (not yet part of a cluster): its bus on a port of its own.
+    fn start_cluster_node() -> Option<Redis> {
+        let mut r = Redis::start(None)?;
+        r.kill();
+        r.extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &free_port().to_string(),
+            "--cluster-node-timeout",
+            "5000",
+        ]
+        .map(String::from)
+        .to_vec();
+        r.spawn();
+        Some(r)
+    }
+
+    /// Keys in this node's database.
+    fn keys(&self) -> String {
+        self.cmd(&["KEYS", "rg:*"]).expect("KEYS")
+    }
+
     /// As [`Redis::start`]; with `tls`, also a TLS port whose certificate a fresh CA
     /// (`ca_path()`) signed.
     fn start_with(password: Option<&str>, tls: bool) -> Option<Redis> {
@@ -75,6 +102,7 @@ impl Redis {
             dir: temp_dir("redis"),
             password: password.map(str::to_string),
             tls_port: None,
+            extra: Vec::new(),
         };
         if tls {
             write_pki(&r.dir);
@@ -95,6 +123,7 @@ impl Redis {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.extra);
         if let Some(tls_port) = self.tls_port {
             let f = |name: &str| self.dir.join(name);
             cmd.args(["--tls-port", &tls_port.to_string()])
@@ -865,4 +894,182 @@ fn an_acl_user_from_the_url_authenticates_and_a_rotated_password_file_is_used_on
         assert!(!logs.contains(pw), "a password is never logged");
     }
     let _ = std::fs::remove_dir_all(pw_dir);
+}
+
+/// Three masters (no replicas) made a Redis Cluster by `redis-cli --cluster create`, all on
+/// loopback; returns once every node says `cluster_state:ok`.
+fn redis_cluster() -> Option<Vec<Redis>> {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| Redis::start_cluster_node())
+        .collect::<Option<_>>()?;
+    let mut create = Command::new("redis-cli");
+    create.arg("--cluster").arg("create");
+    for n in &nodes {
+        create.arg(format!("127.0.0.1:{}", n.port));
+    }
+    let out = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs (Debian's redis-tools)");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(30), || nodes.iter().all(|n| n
+            .cmd(&["CLUSTER", "INFO"])
+            .is_some_and(|i| i.contains("cluster_state:ok")))),
+        "the cluster never became ok"
+    );
+    Some(nodes)
+}
+
+/// Waits (bounded) until the published `name` reaches `want` (metrics are published once
+/// a second).
+fn wait_metric(gw: &Gateway, name: &str, want: f64) {
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(10), || gw.metric(name).unwrap_or(0.0)
+            >= want),
+        "{name} never reached {want}: {:?}",
+        gw.metric(name)
+    );
+}
+
+/// Which node holds `rg:*` keys whose count changed: the node of the one key a request added.
+fn node_of_new_key(nodes: &[Redis], before: &[i64]) -> usize {
+    let after: Vec<i64> = nodes.iter().map(Redis::dbsize).collect();
+    let grew: Vec<usize> = (0..nodes.len()).filter(|&i| after[i] > before[i]).collect();
+    assert_eq!(
+        grew.len(),
+        1,
+        "one node got the key: {before:?} -> {after:?}"
+    );
+    grew[0]
+}
+
+#[test]
+fn redis_cluster_moved_is_followed_and_remembered_and_ask_is_followed_once() {
+    let Some(nodes) = redis_cluster() else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let cfg = config(
+        &mock,
+        &nodes[0].url(),
+        "timeout_ms = 1000",
+        "rate_per_second = 0.001\nburst = 2",
+    )
+    .replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    wait_store_up(&gw);
+    // Twelve users' buckets spread over the three masters' slots; each is admitted burst + 1
+    // times wherever its slot lives, then refused.
+    let users = 12;
+    for u in 0..users {
+        let (ok, _, _) = spread(&[gw.addr], 4, &format!("user-{u}"), Duration::ZERO);
+        assert_eq!(ok, 3, "user-{u}: burst 2 + 1 in the cluster");
+    }
+    let sizes: Vec<i64> = nodes.iter().map(Redis::dbsize).collect();
+    eprintln!("keys per master: {sizes:?}");
+    assert_eq!(
+        sizes.iter().sum::<i64>(),
+        users,
+        "one bucket per user, in the cluster"
+    );
+    assert!(
+        sizes.iter().filter(|&&n| n > 0).count() >= 2,
+        "the buckets are spread over the masters: {sizes:?}"
+    );
+    // Metrics are published once a second: wait for the 48 calls (36 admitted, 12 refused).
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 48.0);
+    assert_eq!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+        Some(0.0),
+        "every request was decided in the cluster"
+    );
+    let moved = gw
+        .metric("ringgate_cluster_redirects_total{kind=\"moved\"}")
+        .unwrap_or(0.0);
+    let elsewhere = (users - sizes[0]) as f64;
+    // Four requests per user: without remembering the slot each of them would be
+    // redirected; remembered, a user whose slot is elsewhere costs one MOVED.
+    assert!(
+        moved >= 1.0 && moved <= elsewhere,
+        "{moved} MOVED for {elsewhere} users whose slot is on another master"
+    );
+
+    // ASK: the slot of a new user's bucket is being migrated to another master, and the
+    // bucket is not on the source any more: the source answers ASK, the call follows it.
+    let before: Vec<i64> = nodes.iter().map(Redis::dbsize).collect();
+    let keys_before: Vec<String> = nodes.iter().map(Redis::keys).collect();
+    assert_eq!(get(gw.addr, "asker").status, 200);
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 49.0);
+    let src = node_of_new_key(&nodes, &before);
+    let keys = nodes[src].keys();
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("rg:") && !keys_before[src].contains(l))
+        .expect("the new key")
+        .to_string();
+    let slot = nodes[src]
+        .cmd(&["CLUSTER", "KEYSLOT", &key])
+        .expect("KEYSLOT")
+        .trim()
+        .trim_start_matches(':')
+        .to_string();
+    let dst = (src + 1) % nodes.len();
+    let id = |n: &Redis| {
+        let r = n.cmd(&["CLUSTER", "MYID"]).expect("MYID");
+        r.lines().nth(1).expect("id").to_string()
+    };
+    let (src_id, dst_id) = (id(&nodes[src]), id(&nodes[dst]));
+    for (node, args) in [
+        (dst, ["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
+        (src, ["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+    ] {
+        let r = nodes[node].cmd(&args).expect("SETSLOT");
+        assert!(r.starts_with("+OK"), "{args:?}: {r}");
+    }
+    assert!(nodes[src]
+        .cmd(&["DEL", &key])
+        .expect("DEL")
+        .starts_with(":1"));
+    let asks = |gw: &Gateway| {
+        gw.metric("ringgate_cluster_redirects_total{kind=\"ask\"}")
+            .unwrap_or(0.0)
+    };
+    assert_eq!(asks(&gw), 0.0);
+    let r = get(gw.addr, "asker");
+    assert_eq!(
+        r.status,
+        200,
+        "a fresh bucket on the importing node: {}",
+        r.text()
+    );
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 50.0);
+    assert_eq!(asks(&gw), 1.0);
+    assert!(
+        nodes[dst].keys().contains(&key),
+        "the bucket is on the importing node"
+    );
+    assert_eq!(get(gw.addr, "asker").status, 200);
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 51.0);
+    assert_eq!(
+        asks(&gw),
+        2.0,
+        "ASK is not remembered: the slot is still the source's"
+    );
+    // The bucket on the importing node was fresh (the source's was deleted): burst 2 + 1.
+    assert_eq!(get(gw.addr, "asker").status, 200);
+    assert_eq!(
+        get(gw.addr, "asker").status,
+        429,
+        "burst 2 + 1, counted on the importing node"
+    );
+    assert_eq!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+        Some(0.0)
+    );
 }
