@@ -8,7 +8,7 @@
 //! blocks the worker and nothing is shared with another worker.
 //!
 //! With Redis Cluster, a `MOVED`/`ASK` reply is followed once within the call's deadline
-//! over a connection to the named node ([`run_node`]); `MOVED` slots are remembered.
+//! over a connection to the named node (`run_node`); `MOVED` slots are remembered.
 //!
 //! Failure handling, all per worker:
 //! - a call that is not answered within `timeout` fails at once for its request, and the
