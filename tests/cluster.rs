@@ -25,12 +25,65 @@ struct Redis {
     port: u16,
     dir: PathBuf,
     password: Option<String>,
+    /// A second, TLS-only port (`--tls-port`), its certificate signed by `dir/ca.pem`.
+    tls_port: Option<u16>,
+    /// More `redis-server` arguments (a Redis Cluster node's).
+    extra: Vec<String>,
+}
+
+/// A CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 (`server.pem`,
+/// `server.key`), written into `dir`.
+fn write_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    let key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("leaf params")
+        .signed_by(&key, &ca)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca.pem");
+    std::fs::write(dir.join("server.pem"), leaf.pem()).expect("server.pem");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("server.key");
 }
 
 impl Redis {
     /// Starts one, or returns None (after saying so) when `redis-server` is absent and
     /// `RINGGATE_SKIP_REDIS_TESTS=1` allows skipping.
     fn start(password: Option<&str>) -> Option<Redis> {
+        Redis::start_with(password, false)
+    }
+
+    /// A Redis Cluster node (not yet part of a cluster): its bus on a port of its own.
+    fn start_cluster_node() -> Option<Redis> {
+        let mut r = Redis::start(None)?;
+        r.kill();
+        r.extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &free_port().to_string(),
+            "--cluster-node-timeout",
+            "5000",
+        ]
+        .map(String::from)
+        .to_vec();
+        r.spawn();
+        Some(r)
+    }
+
+    /// Keys in this node's database.
+    fn keys(&self) -> String {
+        self.cmd(&["KEYS", "rg:*"]).expect("KEYS")
+    }
+
+    /// As [`Redis::start`]; with `tls`, also a TLS port whose certificate a fresh CA
+    /// (`ca_path()`) signed.
+    fn start_with(password: Option<&str>, tls: bool) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -48,7 +101,13 @@ impl Redis {
             port: free_port(),
             dir: temp_dir("redis"),
             password: password.map(str::to_string),
+            tls_port: None,
+            extra: Vec::new(),
         };
+        if tls {
+            write_pki(&r.dir);
+            r.tls_port = Some(free_port());
+        }
         r.spawn();
         Some(r)
     }
@@ -64,6 +123,18 @@ impl Redis {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.extra);
+        if let Some(tls_port) = self.tls_port {
+            let f = |name: &str| self.dir.join(name);
+            cmd.args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(f("server.pem"))
+                .arg("--tls-key-file")
+                .arg(f("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(f("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
         self.child = Some(cmd.spawn().expect("redis-server starts"));
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
@@ -77,6 +148,19 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port's URL (a TLS-only port: a plain client gets nothing from it).
+    fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("started with tls")
+        )
+    }
+
+    /// The CA that signed the TLS port's certificate.
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// Kills it (SIGKILL: no goodbye to the gateways).
@@ -1134,4 +1218,327 @@ fn spend_budgets_fall_back_to_the_pods_share_while_the_store_is_down() {
             >= 1.0
     );
     let _ = std::fs::remove_dir_all(keys);
+}
+#[test]
+fn rediss_with_a_private_ca_shares_limits_and_a_wrong_ca_falls_back_without_hanging() {
+    let Some(redis) = Redis::start_with(None, true) else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let cluster = format!(
+        "ca_file = \"{}\"\ntimeout_ms = 500",
+        redis.ca_path().display()
+    );
+    let cfg = config(
+        &mock,
+        &redis.tls_url(),
+        &cluster,
+        "rate_per_second = 5\nburst = 10",
+    );
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::start(&cfg, Driver::Epoll))
+        .collect();
+    for gw in &gws {
+        wait_store_up(gw);
+    }
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.addr).collect();
+    let (ok, window, _) = spread(&addrs, 30, "tls-user", Duration::from_millis(20));
+    let want = expected(5.0, 10, window);
+    eprintln!("two gateways over rediss://: admitted {ok} of 30, one gateway would admit {want} over {window:?}");
+    assert!(ok.abs_diff(want) <= 1, "admitted {ok}, want {want}");
+    for gw in &gws {
+        assert_eq!(
+            gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+            Some(0.0),
+            "decided in the store, over TLS"
+        );
+    }
+    assert_eq!(redis.dbsize(), 1, "the bucket is in Redis");
+
+    // A CA that did not sign the server's certificate: the handshake fails, the store is
+    // down, requests are answered by the local fallback within the timeout.
+    let other = temp_dir("redis-other-ca");
+    write_pki(&other);
+    let cluster = format!(
+        "ca_file = \"{}\"\ntimeout_ms = 200\nreplicas = 1",
+        other.join("ca.pem").display()
+    );
+    let cfg = config(
+        &mock,
+        &redis.tls_url(),
+        &cluster,
+        "rate_per_second = 5\nburst = 10",
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(20), || {
+            gw.metric("ringgate_cluster_connects_total{result=\"failed\"}")
+                .unwrap_or(0.0)
+                >= 1.0
+        }),
+        "a failed TLS connect is counted:\n{}",
+        gw.logs()
+    );
+    let (ok, window, _) = spread(&[gw.addr], 15, "tls-user-2", Duration::ZERO);
+    assert!(
+        ok.abs_diff(expected(5.0, 10, window)) <= 1,
+        "the local fallback admitted {ok}"
+    );
+    assert_eq!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+        Some(15.0)
+    );
+    assert_eq!(gw.metric("ringgate_cluster_store_up"), Some(0.0));
+    let logs = gw.logs();
+    assert!(logs.contains("TLS"), "the log says why:\n{logs}");
+    let _ = std::fs::remove_dir_all(other);
+}
+
+#[test]
+fn an_acl_user_from_the_url_authenticates_and_a_rotated_password_file_is_used_on_reconnect() {
+    let Some(redis) = Redis::start(Some("admin-pw")) else {
+        return;
+    };
+    let acl = redis
+        .cmd(&["ACL", "SETUSER", "gw", "on", ">first-pw", "~rg:*", "+@all"])
+        .expect("ACL SETUSER");
+    assert!(acl.starts_with("+OK"), "{acl}");
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let pw_dir = temp_dir("redis-acl-pw");
+    let pw_file = pw_dir.join("password");
+    std::fs::write(&pw_file, "first-pw\n").expect("password file");
+    let url = redis.url().replace("redis://", "redis://gw@");
+    let cluster = format!(
+        "password_file = \"{}\"\ntimeout_ms = 500\nbreaker_open_ms = 200",
+        pw_file.display()
+    );
+    let cfg = config(&mock, &url, &cluster, "rate_per_second = 1\nburst = 2");
+    let gw = Gateway::start(&cfg, Driver::Epoll);
+    wait_store_up(&gw);
+    let clients = redis.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+    assert!(clients.contains("user=gw"), "connected as gw: {clients}");
+    let (ok, _, _) = spread(&[gw.addr], 5, "acl", Duration::ZERO);
+    assert_eq!(ok, 3, "burst 2 + 1, decided in Redis");
+    assert_eq!(redis.dbsize(), 1);
+
+    // The password changes in Redis and the gateway's connections are cut: reconnecting
+    // with the old password fails (the store is down, the fallback answers)...
+    let r = redis
+        .cmd(&["ACL", "SETUSER", "gw", "resetpass", ">second-pw"])
+        .expect("ACL SETUSER");
+    assert!(r.starts_with("+OK"), "{r}");
+    let r = redis
+        .cmd(&["CLIENT", "KILL", "USER", "gw"])
+        .expect("CLIENT KILL");
+    assert!(r.starts_with(':'), "{r}");
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(20), || {
+            gw.metric("ringgate_cluster_store_up") == Some(0.0)
+                && gw
+                    .metric("ringgate_cluster_connects_total{result=\"failed\"}")
+                    .unwrap_or(0.0)
+                    >= 1.0
+        }),
+        "the old password is refused:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        get(gw.addr, "acl-2").status,
+        200,
+        "answered by the fallback"
+    );
+    // ...until the Secret is rotated: the file is re-read and the next reconnect uses it.
+    let tmp = pw_dir.join(".password.tmp");
+    std::fs::write(&tmp, "second-pw\n").expect("write");
+    std::fs::rename(&tmp, &pw_file).expect("rename");
+    wait_store_up(&gw);
+    let clients = redis.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+    assert!(clients.contains("user=gw"), "{clients}");
+    let before = redis.dbsize();
+    assert_eq!(get(gw.addr, "acl-3").status, 200);
+    assert_eq!(redis.dbsize(), before + 1, "decided in Redis again");
+    let logs = gw.logs();
+    assert!(logs.contains("WRONGPASS"), "the refusal is logged:\n{logs}");
+    for pw in ["first-pw", "second-pw", "admin-pw"] {
+        assert!(!logs.contains(pw), "a password is never logged");
+    }
+    let _ = std::fs::remove_dir_all(pw_dir);
+}
+
+/// Three masters (no replicas) made a Redis Cluster by `redis-cli --cluster create`, all on
+/// loopback; returns once every node says `cluster_state:ok`.
+fn redis_cluster() -> Option<Vec<Redis>> {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| Redis::start_cluster_node())
+        .collect::<Option<_>>()?;
+    let mut create = Command::new("redis-cli");
+    create.arg("--cluster").arg("create");
+    for n in &nodes {
+        create.arg(format!("127.0.0.1:{}", n.port));
+    }
+    let out = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs (Debian's redis-tools)");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(30), || nodes.iter().all(|n| n
+            .cmd(&["CLUSTER", "INFO"])
+            .is_some_and(|i| i.contains("cluster_state:ok")))),
+        "the cluster never became ok"
+    );
+    Some(nodes)
+}
+
+/// Waits (bounded) until the published `name` reaches `want` (metrics are published once
+/// a second).
+fn wait_metric(gw: &Gateway, name: &str, want: f64) {
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(10), || gw.metric(name).unwrap_or(0.0)
+            >= want),
+        "{name} never reached {want}: {:?}",
+        gw.metric(name)
+    );
+}
+
+/// Which node holds `rg:*` keys whose count changed: the node of the one key a request added.
+fn node_of_new_key(nodes: &[Redis], before: &[i64]) -> usize {
+    let after: Vec<i64> = nodes.iter().map(Redis::dbsize).collect();
+    let grew: Vec<usize> = (0..nodes.len()).filter(|&i| after[i] > before[i]).collect();
+    assert_eq!(
+        grew.len(),
+        1,
+        "one node got the key: {before:?} -> {after:?}"
+    );
+    grew[0]
+}
+
+#[test]
+fn redis_cluster_moved_is_followed_and_remembered_and_ask_is_followed_once() {
+    let Some(nodes) = redis_cluster() else {
+        return;
+    };
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let cfg = config(
+        &mock,
+        &nodes[0].url(),
+        "timeout_ms = 1000",
+        "rate_per_second = 0.001\nburst = 2",
+    )
+    .replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    wait_store_up(&gw);
+    // Twelve users' buckets spread over the three masters' slots; each is admitted burst + 1
+    // times wherever its slot lives, then refused.
+    let users = 12;
+    for u in 0..users {
+        let (ok, _, _) = spread(&[gw.addr], 4, &format!("user-{u}"), Duration::ZERO);
+        assert_eq!(ok, 3, "user-{u}: burst 2 + 1 in the cluster");
+    }
+    let sizes: Vec<i64> = nodes.iter().map(Redis::dbsize).collect();
+    eprintln!("keys per master: {sizes:?}");
+    assert_eq!(
+        sizes.iter().sum::<i64>(),
+        users,
+        "one bucket per user, in the cluster"
+    );
+    assert!(
+        sizes.iter().filter(|&&n| n > 0).count() >= 2,
+        "the buckets are spread over the masters: {sizes:?}"
+    );
+    // Metrics are published once a second: wait for the 48 calls (36 admitted, 12 refused).
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 48.0);
+    assert_eq!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+        Some(0.0),
+        "every request was decided in the cluster"
+    );
+    let moved = gw
+        .metric("ringgate_cluster_redirects_total{kind=\"moved\"}")
+        .unwrap_or(0.0);
+    let elsewhere = (users - sizes[0]) as f64;
+    // Four requests per user: without remembering the slot each of them would be
+    // redirected; remembered, a user whose slot is elsewhere costs one MOVED.
+    assert!(
+        moved >= 1.0 && moved <= elsewhere,
+        "{moved} MOVED for {elsewhere} users whose slot is on another master"
+    );
+
+    // ASK: the slot of a new user's bucket is being migrated to another master, and the
+    // bucket is not on the source any more: the source answers ASK, the call follows it.
+    let before: Vec<i64> = nodes.iter().map(Redis::dbsize).collect();
+    let keys_before: Vec<String> = nodes.iter().map(Redis::keys).collect();
+    assert_eq!(get(gw.addr, "asker").status, 200);
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 49.0);
+    let src = node_of_new_key(&nodes, &before);
+    let keys = nodes[src].keys();
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("rg:") && !keys_before[src].contains(l))
+        .expect("the new key")
+        .to_string();
+    let slot = nodes[src]
+        .cmd(&["CLUSTER", "KEYSLOT", &key])
+        .expect("KEYSLOT")
+        .trim()
+        .trim_start_matches(':')
+        .to_string();
+    let dst = (src + 1) % nodes.len();
+    let id = |n: &Redis| {
+        let r = n.cmd(&["CLUSTER", "MYID"]).expect("MYID");
+        r.lines().nth(1).expect("id").to_string()
+    };
+    let (src_id, dst_id) = (id(&nodes[src]), id(&nodes[dst]));
+    for (node, args) in [
+        (dst, ["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
+        (src, ["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+    ] {
+        let r = nodes[node].cmd(&args).expect("SETSLOT");
+        assert!(r.starts_with("+OK"), "{args:?}: {r}");
+    }
+    assert!(nodes[src]
+        .cmd(&["DEL", &key])
+        .expect("DEL")
+        .starts_with(":1"));
+    let asks = |gw: &Gateway| {
+        gw.metric("ringgate_cluster_redirects_total{kind=\"ask\"}")
+            .unwrap_or(0.0)
+    };
+    assert_eq!(asks(&gw), 0.0);
+    let r = get(gw.addr, "asker");
+    assert_eq!(
+        r.status,
+        200,
+        "a fresh bucket on the importing node: {}",
+        r.text()
+    );
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 50.0);
+    assert_eq!(asks(&gw), 1.0);
+    assert!(
+        nodes[dst].keys().contains(&key),
+        "the bucket is on the importing node"
+    );
+    assert_eq!(get(gw.addr, "asker").status, 200);
+    wait_metric(&gw, "ringgate_cluster_calls_total{result=\"ok\"}", 51.0);
+    assert_eq!(
+        asks(&gw),
+        2.0,
+        "ASK is not remembered: the slot is still the source's"
+    );
+    // The bucket on the importing node was fresh (the source's was deleted): burst 2 + 1.
+    assert_eq!(get(gw.addr, "asker").status, 200);
+    assert_eq!(
+        get(gw.addr, "asker").status,
+        429,
+        "burst 2 + 1, counted on the importing node"
+    );
+    assert_eq!(
+        gw.metric("ringgate_cluster_fallbacks_total{mode=\"local\"}"),
+        Some(0.0)
+    );
 }

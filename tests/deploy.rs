@@ -307,10 +307,17 @@ fn the_manifests_pass_the_kubernetes_schema_check() {
         "kubernetes-validate {newest} is older than 1.31"
     );
     let dir = temp_dir("schema");
-    let variants: [&[&str]; 4] = [
+    let variants: [&[&str]; 6] = [
         &[],
         &["--seccomp", "localhost"],
         EVERYTHING,
+        &["--with-redis", "--with-secret-template"],
+        &[
+            "--redis-url",
+            "rediss://redis.example.net:6380",
+            "--redis-password-secret",
+            "my-redis",
+        ],
         &[
             "--namespace",
             "gw-test",
@@ -1282,5 +1289,289 @@ fn without_a_cluster_deploy_fails_clearly() {
         err.contains("no Kubernetes cluster answers") || err.contains("kubectl is not installed"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--with-redis`: a small Redis (pinned official image, one pod, no persistence, password
+/// from a Secret that is never in the output unless asked for, restricted Pod Security,
+/// reachable only from ringgate pods, no egress) wired into the gateway: `[cluster]` added
+/// to the config (which still validates), the password Secret mounted as a directory, and
+/// the gateway's egress opened to the Redis pods only. `--redis-url` wires an existing one.
+#[test]
+fn with_redis_renders_a_locked_down_redis_wired_into_the_gateway() {
+    let items = items_of(&["--with-redis"]);
+    let named = |kind: &str, name: &str| -> Value {
+        items
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    assert!(
+        items.iter().all(|o| o["kind"] != "Secret"),
+        "no Secret unless --with-secret-template"
+    );
+    let deploy = named("Deployment", "ringgate-redis");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let image = c["image"].as_str().expect("image");
+    assert!(
+        image.starts_with("redis:7.")
+            && image.ends_with("-alpine")
+            && image.matches('.').count() == 2,
+        "the official image, pinned to a release: {image}"
+    );
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(restricted_violations(pod), Vec::<String>::new());
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let script = c["command"][2].as_str().expect("script");
+    assert!(
+        script.contains("--save ''") && script.contains("--appendonly no"),
+        "{script}"
+    );
+    assert!(
+        script.contains("\"$REDIS_PASSWORD\" > /run/redis/redis.conf"),
+        "{script}"
+    );
+    assert_eq!(
+        c["env"][0]["valueFrom"]["secretKeyRef"],
+        json!({"name": "ringgate-redis", "key": "password", "optional": false})
+    );
+    let svc = named("Service", "ringgate-redis");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 6379);
+    let np = named("NetworkPolicy", "ringgate-redis")["spec"].clone();
+    assert_eq!(np["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(np["egress"], json!([]), "the Redis pod talks to no one");
+    assert_eq!(
+        np["ingress"],
+        json!([{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ringgate"}}}],
+                "ports": [{"port": 6379, "protocol": "TCP"}]}])
+    );
+    // The gateway: [cluster] in its config, the password mounted, egress to the Redis pods.
+    let toml = named("ConfigMap", "ringgate-config")["data"]["gateway.toml"]
+        .as_str()
+        .expect("toml")
+        .to_string();
+    assert!(
+        toml.contains("[cluster]\nredis_url = \"redis://ringgate-redis:6379\"\npassword_file = \"/etc/ringgate/redis/password\"\n"),
+        "{toml}"
+    );
+    let gw = named("Deployment", "ringgate");
+    let gpod = &gw["spec"]["template"]["spec"];
+    assert!(gpod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "ringgate-redis"
+            && v["secret"]["defaultMode"] == 0o440));
+    assert!(gpod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["mountPath"] == "/etc/ringgate/redis" && m["subPath"].is_null()));
+    let egress = named("NetworkPolicy", "ringgate")["spec"]["egress"].clone();
+    assert!(
+        egress.as_array().expect("egress").contains(&json!({
+            "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ringgate-redis"}}}],
+            "ports": [{"port": 6379, "protocol": "TCP"}]
+        })),
+        "{egress}"
+    );
+    // The template, only when asked for, says it is one.
+    let with = xtask_deploy(&["--dry-run", "--with-redis", "--with-secret-template"]);
+    assert!(
+        with.contains("CHANGE_ME_REDIS_PASSWORD") && with.contains("PLACEHOLDER Redis password")
+    );
+
+    // An existing Redis: its URL in the config, its port open, its password Secret mounted.
+    let items = items_of(&[
+        "--redis-url",
+        "rediss://redis.example.net:6380",
+        "--redis-password-secret",
+        "my-redis",
+    ]);
+    assert!(items
+        .iter()
+        .all(|o| o["metadata"]["name"] != "ringgate-redis"));
+    let cm = items.iter().find(|o| o["kind"] == "ConfigMap").expect("cm");
+    assert!(cm["data"]["gateway.toml"]
+        .as_str()
+        .expect("toml")
+        .contains("redis_url = \"rediss://redis.example.net:6380\"\npassword_file = \"/etc/ringgate/redis/password\""));
+    let np = items
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy")
+        .expect("np");
+    assert!(np["spec"]["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .any(|r| r["ports"] == json!([{"port": 6380, "protocol": "TCP"}])));
+    let items = items_of(&["--redis-url", "redis://10.1.2.3:6379"]);
+    let cm = items.iter().find(|o| o["kind"] == "ConfigMap").expect("cm");
+    let toml = cm["data"]["gateway.toml"].as_str().expect("toml");
+    assert!(
+        toml.contains("redis_url = \"redis://10.1.2.3:6379\"") && !toml.contains("password_file")
+    );
+
+    // Refused: both at once, a stray flag, a bad URL, and a config that has [cluster] already.
+    for (args, want) in [
+        (
+            &["--with-redis", "--redis-url", "redis://r:6379"][..],
+            "exclude each other",
+        ),
+        (
+            &["--redis-password-secret", "x"][..],
+            "goes with --redis-url",
+        ),
+        (&["--redis-url", "http://r:6379"][..], "want redis://"),
+        (
+            &["--redis-url", "redis://u:pw@r"][..],
+            "password in the URL",
+        ),
+    ] {
+        let mut all = vec!["--dry-run"];
+        all.extend_from_slice(args);
+        let out = xtask_deploy_output(&all, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let dir = temp_dir("has-cluster");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configmaps/ringgate-config.yaml"),
+    )
+    .expect("config");
+    let edited = shipped.replace(
+        "    [limits.general]",
+        "    [cluster]\n    redis_url = \"redis://mine:6379\"\n\n    [limits.general]",
+    );
+    assert_ne!(edited, shipped);
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, edited).expect("write");
+    let out = xtask_deploy_output(
+        &[
+            "--dry-run",
+            "--with-redis",
+            "--config",
+            file.to_str().expect("path"),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already has a [cluster]"), "{err}");
+    // Its own [cluster]: the egress follows its port.
+    let items = items_of(&["--config", file.to_str().expect("path")]);
+    let np = items
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy")
+        .expect("np");
+    assert!(np["spec"]["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .any(|r| r["ports"] == json!([{"port": 6379, "protocol": "TCP"}])));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Applying `--with-redis` (kubectl replaced by a recording fake): the Redis password
+/// Secret is created once, with a random password that is never printed or applied as a
+/// manifest, and never replaced on a re-deploy.
+#[test]
+fn with_redis_apply_creates_a_random_password_secret_once() {
+    let dir = temp_dir("fake-kubectl-redis");
+    let fake = dir.join("kubectl");
+    std::fs::write(
+        &fake,
+        r#"#!/bin/sh
+echo "$*" >> "$FAKE_KUBECTL_DIR/calls"
+case "$1" in
+  version) exit 0 ;;
+  get)
+    if [ "$2" = secret ] && [ -e "$FAKE_KUBECTL_DIR/secret-$5" ]; then echo "secret/$5"; exit 0; fi
+    echo "Error from server (NotFound): $2 \"$5\" not found" >&2; exit 1 ;;
+  apply) cat > "$FAKE_KUBECTL_DIR/applied"; echo applied; exit 0 ;;
+  create) cat > "$FAKE_KUBECTL_DIR/created"; exit 0 ;;
+esac
+exit 3
+"#,
+    )
+    .expect("write fake kubectl");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::write(dir.join("secret-ringgate-provider"), "").expect("marker");
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = dir.display().to_string();
+    let run = |args: &[&str]| {
+        for f in ["applied", "created", "calls"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let out = xtask_deploy_output(args, &[("PATH", &path), ("FAKE_KUBECTL_DIR", &d)]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            std::fs::read_to_string(dir.join("applied")).expect("applied"),
+            std::fs::read_to_string(dir.join("created")).ok(),
+        )
+    };
+    let (stdout, applied, created) = run(&["--with-redis", "--with-secret-template"]);
+    let created = created.expect("the Redis Secret is created");
+    let secret: Value = serde_json::from_str(&created).expect("json");
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "ringgate-redis");
+    let pw = secret["stringData"]["password"].as_str().expect("password");
+    assert!(
+        pw.len() == 64 && pw.bytes().all(|b| b.is_ascii_hexdigit()),
+        "32 random bytes, hex: {pw:?}"
+    );
+    assert!(
+        !stdout.contains(pw) && !applied.contains(pw),
+        "never printed or applied"
+    );
+    assert!(
+        !applied.contains("CHANGE_ME_REDIS_PASSWORD"),
+        "the template is never applied"
+    );
+    assert!(applied.contains("name: ringgate-redis"), "{applied}");
+    let (_, _, again) = run(&["--with-redis"]);
+    let pw2 = serde_json::from_str::<Value>(&again.expect("still absent: created again"))
+        .expect("json")["stringData"]["password"]
+        .as_str()
+        .expect("password")
+        .to_string();
+    assert_ne!(pw, pw2, "random each time");
+    // It exists now: left as it is.
+    std::fs::write(dir.join("secret-ringgate-redis"), "").expect("marker");
+    let (_, _, created) = run(&["--with-redis"]);
+    assert!(
+        created.is_none(),
+        "an existing Redis password is never replaced"
+    );
+    // An external Redis's password Secret must exist.
+    let out = xtask_deploy_output(
+        &[
+            "--redis-url",
+            "redis://r:6379",
+            "--redis-password-secret",
+            "nope",
+        ],
+        &[("PATH", &path), ("FAKE_KUBECTL_DIR", &d)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Secret ai-gateway/nope"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

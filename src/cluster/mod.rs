@@ -65,6 +65,10 @@ pub struct ClusterMetrics {
     pub refusals: AtomicU64,
     /// EVALSHA answered NOSCRIPT (the script was sent again with EVAL).
     pub noscript: AtomicU64,
+    /// Redis Cluster `MOVED` redirections followed.
+    pub redirects_moved: AtomicU64,
+    /// Redis Cluster `ASK` redirections followed.
+    pub redirects_ask: AtomicU64,
     /// Token reservations settled in the store.
     pub settles_ok: AtomicU64,
     /// Token settlements that did not reach the store (the reservation stays charged).
@@ -227,6 +231,22 @@ pub fn render(out: &mut String, workers: &[&ClusterMetrics]) {
         out,
         "ringgate_cluster_noscript_total {}",
         sum(&|m| ld(&m.noscript))
+    );
+    fam(
+        out,
+        "ringgate_cluster_redirects_total",
+        "counter",
+        "Redis Cluster redirections followed, by kind",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_cluster_redirects_total{{kind=\"moved\"}} {}",
+        sum(&|m| ld(&m.redirects_moved))
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_cluster_redirects_total{{kind=\"ask\"}} {}",
+        sum(&|m| ld(&m.redirects_ask))
     );
     fam(
         out,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::compiled::{ClusterSettings, LimitScope, OnUnavailable, Secret};
 use super::raw::RawCluster;
 use super::validate::Errors;
+use crate::upstream::tls::{self, UpstreamTls};
 
 /// The env var that overrides `[cluster] replicas` (set it from the Deployment, e.g. to the
 /// autoscaler's maximum: Kubernetes' downward API exposes no replica count).
@@ -102,6 +103,15 @@ pub(super) fn compile_cluster(
             }
         }
     };
+    let tls = compile_tls(
+        raw,
+        target.as_ref().ok(),
+        base_dir,
+        secrets,
+        watched,
+        &mut hasher,
+        errs,
+    );
     let target = target.ok()?;
     target.hash(&mut hasher);
     let addrs = match target.host.parse::<std::net::IpAddr>() {
@@ -115,6 +125,7 @@ pub(super) fn compile_cluster(
         username: target.username,
         db: target.db,
         password,
+        tls,
         timeout: std::time::Duration::from_millis(raw.timeout_ms),
         on_unavailable,
         replicas,
@@ -123,6 +134,76 @@ pub(super) fn compile_cluster(
         default_max_tokens: raw.default_max_tokens,
         fingerprint: hasher.finish(),
     }))
+}
+
+/// The TLS client config of a `rediss://` store: trust from `ca_file` (read now, its bytes
+/// in the fingerprint so a rotated CA reconnects) or the webpki roots; SNI from the host.
+fn compile_tls(
+    raw: &RawCluster,
+    target: Option<&RedisTarget>,
+    base_dir: &Path,
+    secrets: super::SecretFiles,
+    watched: &mut Vec<PathBuf>,
+    hasher: &mut impl Hasher,
+    errs: &mut Errors,
+) -> Option<UpstreamTls> {
+    let target = target?;
+    if !target.tls {
+        if raw.ca_file.is_some() {
+            errs.push("cluster.ca_file", "only applies to a rediss:// redis_url");
+        }
+        return None;
+    }
+    let ca = match &raw.ca_file {
+        None => None,
+        Some(f) if f.trim().is_empty() => {
+            errs.push("cluster.ca_file", "must not be empty");
+            return None;
+        }
+        Some(f) => {
+            let p = base_dir.join(f);
+            watched.push(p.clone());
+            if secrets == super::SecretFiles::Skip {
+                None
+            } else {
+                match std::fs::read(&p) {
+                    Ok(bytes) => {
+                        bytes.hash(hasher);
+                        Some((p, bytes))
+                    }
+                    Err(e) => {
+                        errs.push(
+                            "cluster.ca_file",
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+    };
+    let config =
+        match tls::client_config_with_alpn(ca.as_ref().map(|(_, b)| b.as_slice()), Vec::new()) {
+            Ok(c) => c,
+            Err(e) => {
+                let file = ca.as_ref().map(|(p, _)| p.display().to_string());
+                errs.push(
+                    "cluster.ca_file",
+                    format!("{}: {e}", file.unwrap_or_default()),
+                );
+                return None;
+            }
+        };
+    match tls::server_name(&target.host) {
+        Ok(server_name) => Some(UpstreamTls {
+            config,
+            server_name,
+        }),
+        Err(e) => {
+            errs.push("cluster.redis_url", e);
+            None
+        }
+    }
 }
 
 /// A limit's `scope` value against the `[cluster]` it needs.
@@ -164,20 +245,19 @@ pub struct RedisTarget {
     pub username: Option<String>,
     /// Database index from the path (`/2`), 0 by default.
     pub db: u32,
+    /// `rediss://`: TLS.
+    pub tls: bool,
 }
 
-/// Parses `redis://[user@]host[:port][/db]`. A password in the URL is refused: it would be
-/// shown wherever the config is (use `password_file`).
+/// Parses `redis[s]://[user@]host[:port][/db]`. A password in the URL is refused: it would
+/// be shown wherever the config is (use `password_file`).
 pub fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
-    let rest = if let Some(r) = url.strip_prefix("redis://") {
-        r
-    } else if url.starts_with("rediss://") {
-        return Err(
-            "rediss:// (TLS to Redis) is not supported yet; use redis:// on a private network"
-                .into(),
-        );
+    let (rest, tls) = if let Some(r) = url.strip_prefix("redis://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("rediss://") {
+        (r, true)
     } else {
-        return Err("must start with redis://".into());
+        return Err("must start with redis:// or rediss://".into());
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -226,6 +306,7 @@ pub fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
         port,
         username,
         db,
+        tls,
     })
 }
 
@@ -283,6 +364,7 @@ limit = "l"
                 "password_file = \"/nonexistent/ringgate-pw\"",
                 "cluster.password_file",
             ),
+            ("ca_file = \"ca.pem\"", "cluster.ca_file"),
         ] {
             let e = load(&format!(
                 "[cluster]\nredis_url = \"redis://h\"\n{extra}\n[limits.l]\nrate_per_second = 1.0\n"
@@ -290,6 +372,62 @@ limit = "l"
             .expect_err(extra);
             assert!(e.0.iter().any(|e| e.path == path), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn rediss_builds_a_tls_config_and_checks_its_ca_file() {
+        let cfg = |extra: &str| {
+            format!(
+                "[cluster]\nredis_url = \"rediss://redis.internal:6380\"\n{extra}\n\
+                 [limits.l]\nrate_per_second = 1.0\n"
+            )
+        };
+        let ok = load(&cfg("")).expect("webpki roots");
+        let c = ok.cluster.as_ref().expect("cluster");
+        let tls = c.tls.as_ref().expect("tls");
+        assert_eq!(
+            format!("{:?}", tls.server_name),
+            format!("{:?}", tls::server_name("redis.internal").expect("name"))
+        );
+        assert!(
+            tls.config.alpn_protocols.is_empty(),
+            "Redis negotiates no ALPN"
+        );
+        let dir = std::env::temp_dir().join(format!("ringgate-cluster-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let not_pem = dir.join("junk.pem");
+        std::fs::write(&not_pem, "not a certificate\n").expect("write");
+        for (extra, why) in [
+            ("ca_file = \"/nonexistent/ringgate-ca.pem\"", "missing"),
+            (&*format!("ca_file = \"{}\"", not_pem.display()), "not PEM"),
+            ("ca_file = \"\"", "empty"),
+        ] {
+            let e = load(&cfg(extra)).expect_err(why);
+            assert!(
+                e.0.iter().any(|e| e.path == "cluster.ca_file"),
+                "{why}: {e}"
+            );
+        }
+        let ca =
+            rcgen::generate_simple_self_signed(vec!["redis.internal".to_string()]).expect("ca");
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.cert.pem()).expect("write");
+        let a = load(&cfg(&format!("ca_file = \"{}\"", ca_path.display()))).expect("valid");
+        let a_c = a.cluster.as_ref().expect("cluster");
+        assert!(a_c.tls.is_some());
+        assert!(
+            a.watched_files.contains(&ca_path),
+            "the CA file is a watched input"
+        );
+        let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).expect("ca");
+        std::fs::write(&ca_path, other.cert.pem()).expect("write");
+        let b = load(&cfg(&format!("ca_file = \"{}\"", ca_path.display()))).expect("valid");
+        assert_ne!(
+            a_c.fingerprint,
+            b.cluster.as_ref().expect("cluster").fingerprint,
+            "a rotated CA makes the workers reconnect"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -304,8 +442,15 @@ limit = "l"
             (t.host.as_str(), t.port, t.username.as_deref()),
             ("::1", 6379, Some("gw"))
         );
+        let t = parse_redis_url("rediss://gw@redis.internal:6380").expect("valid");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls, t.username.as_deref()),
+            ("redis.internal", 6380, true, Some("gw"))
+        );
+        assert!(!parse_redis_url("redis://h").expect("valid").tls);
         for bad in [
-            "rediss://h:6379",
+            "rediss://",
+            "rediss://u:pw@h",
             "http://h",
             "redis://:pw@h",
             "redis://u:pw@h",

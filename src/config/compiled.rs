@@ -339,6 +339,9 @@ pub struct ClusterSettings {
     pub db: u32,
     /// Password from `password_file`.
     pub password: Option<Secret>,
+    /// TLS (`rediss://`): the rustls client config (`ca_file` or the webpki roots, no ALPN)
+    /// and the host as SNI name.
+    pub tls: Option<crate::upstream::tls::UpstreamTls>,
     /// Longest wait for one call on the request path.
     pub timeout: Duration,
     /// Fallback while the store is unavailable.
@@ -351,7 +354,8 @@ pub struct ClusterSettings {
     pub breaker_open: Duration,
     /// Completion tokens reserved when a request names no maximum.
     pub default_max_tokens: u64,
-    /// Digest of what the connection depends on (address, user, db, password): a reload
+    /// Digest of what the connection depends on (address, user, db, password, TLS and its
+    /// CA file's bytes): a reload
     /// that changes it makes every worker reconnect.
     pub fingerprint: u64,
 }

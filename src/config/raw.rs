@@ -48,8 +48,13 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    /// `redis://[user@]host:port[/db]` (`rediss://` is refused until TLS to Redis exists).
+    /// `redis://[user@]host:port[/db]`, or `rediss://` for TLS (rustls; SNI and the
+    /// certificate name from the host).
     pub redis_url: String,
+    /// PEM file of the CA(s) that sign the Redis server's certificate (`rediss://` only);
+    /// the webpki roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// A file (a mounted Secret) holding the Redis password, sent with AUTH; never logged.
     #[serde(default)]
     pub password_file: Option<String>,

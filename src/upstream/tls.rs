@@ -33,6 +33,15 @@ pub struct UpstreamTls {
 /// Builds the client config of an upstream: the webpki roots, or only the certificates of
 /// `ca_pem` when given. Errors are messages for the config error list.
 pub fn client_config(ca_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
+    client_config_with_alpn(ca_pem, vec![b"http/1.1".to_vec()])
+}
+
+/// As [`client_config`], offering `alpn` (empty: no ALPN extension, as for Redis, which
+/// negotiates none).
+pub fn client_config_with_alpn(
+    ca_pem: Option<&[u8]>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -56,7 +65,7 @@ pub fn client_config(ca_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>, String>
         .map_err(|e| format!("TLS set-up failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 

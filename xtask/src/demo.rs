@@ -10,6 +10,11 @@
 //! running after the request went through, and each demo keeps its state in a directory of
 //! its own (`target/demo/<port>`). The children die with the demo whatever stops it
 //! (`PR_SET_PDEATHSIG`: Ctrl-C, SIGTERM, SIGHUP, a closed terminal, even SIGKILL).
+//!
+//! When `redis-server` is installed it also shows cluster-scoped limits: a private Redis on
+//! an ephemeral loopback port, two more gateway processes sharing it with one
+//! `scope = "cluster"` limit, and requests alternating between them that together get what
+//! one gateway would give (without `redis-server` it says so and skips that part).
 
 use ringgate_mock::kubelet;
 
@@ -24,7 +29,8 @@ struct Children(Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        // Last started, first stopped: the gateways before what they depend on.
+        for c in self.0.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -38,6 +44,9 @@ pub const USAGE: &str =
 Runs the mock provider and the gateway on configmaps/ringgate-config.yaml (projected into
 target/demo/<port> the way kubelet projects a ConfigMap), sends one chat completion
 through, prints what to try, and re-projects the ConfigMap each time you save it.
+With redis-server installed it first shows one scope = \"cluster\" limit shared by two
+more gateways through a private Redis on an ephemeral loopback port (skipped, saying so,
+without it).
 
   --port N        the gateway's client port (default 8080)
   --mock-port N   the mock provider's port (default 9000)
@@ -193,6 +202,148 @@ fn children_alive(children: &mut Children) -> bool {
     true
 }
 
+/// A port the kernel had free a moment ago (for the cluster part's private processes).
+fn ephemeral_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// The cluster part's burst and rate: small, so the shared limit shows in a few requests.
+const CLUSTER_BURST: u32 = 4;
+const CLUSTER_RATE: f64 = 0.5;
+const CLUSTER_REQUESTS: usize = 12;
+
+/// Two gateways sharing one `scope = "cluster"` limit through a private `redis-server`:
+/// requests alternate between them, and together they admit what one would. Skipped,
+/// saying so, when `redis-server` is not installed; its processes end before it returns.
+fn cluster_demo(target: &Path, demo_dir: &Path, mock_port: u16) -> Result<(), String> {
+    if Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_err()
+    {
+        println!("demo: redis-server is not installed, so the cluster-limits part is skipped (apt-get install redis-server to see one limit shared by two gateways).");
+        return Ok(());
+    }
+    let redis_port = ephemeral_port()?;
+    let redis_dir = demo_dir.join("redis");
+    std::fs::create_dir_all(&redis_dir).map_err(|e| e.to_string())?;
+    let mut children = Children(Vec::new());
+    let redis = spawn_tied(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&redis_dir)
+            .stdout(std::process::Stdio::null()),
+    )
+    .map_err(|e| format!("cannot start redis-server: {e}"))?;
+    children.0.push(redis);
+    let start = Instant::now();
+    let ping = || -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", redis_port)) else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
+            && s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && &buf == b"+PONG\r\n"
+    };
+    while !ping() {
+        if start.elapsed() > Duration::from_secs(10) || !children_alive(&mut children) {
+            return Err(format!(
+                "redis-server did not answer on 127.0.0.1:{redis_port}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut gateways = Vec::new();
+    for name in ["A", "B"] {
+        let (port, admin) = (ephemeral_port()?, ephemeral_port()?);
+        let dir = demo_dir.join(format!("cluster-{name}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+             [upstreams.mock]\nurl = \"http://127.0.0.1:{mock_port}\"\n\n\
+             [cluster]\nredis_url = \"redis://127.0.0.1:{redis_port}\"\ntimeout_ms = 100\n\n\
+             [limits.shared]\nrate_per_second = {CLUSTER_RATE}\nburst = {CLUSTER_BURST}\nkey = \"header:x-user\"\nscope = \"cluster\"\n\n\
+             [[routes]]\nname = \"limited\"\nprefix = \"/v1/\"\nupstream = \"mock\"\nlimit = \"shared\"\n"
+        );
+        std::fs::write(dir.join("gateway.toml"), config).map_err(|e| e.to_string())?;
+        // Their logs go to a file beside their config (the demo's own output stays short).
+        let log = std::fs::File::create(dir.join("ringgate.log")).map_err(|e| e.to_string())?;
+        let child = spawn_tied(
+            Command::new(target.join("debug/ringgate"))
+                .arg("--config")
+                .arg(dir.join("gateway.toml"))
+                .stdout(std::process::Stdio::null())
+                .stderr(log),
+        )
+        .map_err(|e| format!("cannot start ringgate: {e}"))?;
+        children.0.push(child);
+        gateways.push((name, port, admin));
+    }
+    for &(name, port, admin) in &gateways {
+        let start = Instant::now();
+        loop {
+            let up = http(
+                admin,
+                "GET /metrics HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n",
+            )
+            .is_ok_and(|m| m.lines().any(|l| l == "ringgate_cluster_store_up 1"));
+            if up {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) || !children_alive(&mut children) {
+                return Err(format!(
+                    "gateway {name} (127.0.0.1:{port}) never reached the Redis"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!("demo: cluster limits: two gateways (A, B) share limit `shared` (rate {CLUSTER_RATE}/s, burst {CLUSTER_BURST}, scope = \"cluster\") through redis-server on 127.0.0.1:{redis_port}; {CLUSTER_REQUESTS} requests from one client, alternating:");
+    let started = Instant::now();
+    let mut line = String::new();
+    let mut admitted: usize = 0;
+    for i in 0..CLUSTER_REQUESTS {
+        let (name, port, _) = gateways[i % 2];
+        let r = http(
+            port,
+            "GET /v1/echo HTTP/1.1\r\nhost: demo\r\nx-user: demo-client\r\nconnection: close\r\n\r\n",
+        )
+        .map_err(|e| format!("gateway {name}: {e}"))?;
+        let status = r.get(9..12).unwrap_or("???").to_string();
+        match status.as_str() {
+            "200" => admitted += 1,
+            "429" => {}
+            other => return Err(format!("gateway {name} answered {other}:\n{r}")),
+        }
+        line.push_str(&format!(" {name}:{status}"));
+    }
+    let elapsed = started.elapsed();
+    let one = CLUSTER_BURST as usize + 1 + (elapsed.as_secs_f64() * CLUSTER_RATE).floor() as usize;
+    println!("  {}", line.trim_start());
+    println!("  admitted {admitted} of {CLUSTER_REQUESTS} in {:.0} ms: what ONE gateway admits (burst + 1 = {one}), not two gateways' worth ({}); per-pod limits would have let {} through.", elapsed.as_secs_f64() * 1e3, 2 * one, 2 * one);
+    if admitted.abs_diff(one) > 1 {
+        return Err(format!(
+            "the two gateways admitted {admitted}, one would admit {one}"
+        ));
+    }
+    if !children_alive(&mut children) {
+        return Err("a cluster-demo process exited".into());
+    }
+    println!(
+        "  (their logs: {}/cluster-{{A,B}}/ringgate.log; both stop now)",
+        demo_dir.display()
+    );
+    Ok(())
+}
+
 /// Runs the demo; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
     let Options {
@@ -331,6 +482,10 @@ pub fn run(args: &[String]) -> i32 {
     }
     // The answers above must have come from this demo's processes.
     if !children_alive(&mut children) {
+        return 1;
+    }
+    if let Err(e) = cluster_demo(&target, &demo_dir, mock_port) {
+        eprintln!("demo: cluster limits: {e}");
         return 1;
     }
     println!("ringgate is serving on http://127.0.0.1:{port} (admin http://127.0.0.1:{admin_port}), mock provider on :{mock_port}.");

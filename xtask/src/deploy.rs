@@ -6,7 +6,8 @@
 //! The objects: Namespace, ServiceAccount, ConfigMap (read from
 //! configmaps/ringgate-config.yaml), the Secret template (configmaps/provider-secret.yaml,
 //! only with `--with-secret-template`), Deployment, Service, Ingress and/or HTTPRoute, HPA,
-//! PDB, ServiceMonitor, PrometheusRule and NetworkPolicy.
+//! PDB, ServiceMonitor, PrometheusRule and NetworkPolicy; with `--with-redis` the Redis of
+//! cluster-scoped limits (`deploy_redis.rs`).
 //!
 //! Rules this file exists to keep:
 //! - The ConfigMap and the Secret are mounted as *directories*, never with `subPath`: a
@@ -51,6 +52,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
+
+#[path = "deploy_redis.rs"]
+pub mod redis;
+use redis::RedisChoice;
 
 /// Where the ConfigMap is mounted (a directory; `--config` points here).
 pub const CONFIG_DIR: &str = "/etc/ringgate/config";
@@ -178,6 +183,9 @@ pub struct Options {
     pub prometheus_release: String,
     /// `--dry-run` output format.
     pub format: Format,
+    /// The Redis cluster-scoped limits share: the config's own, `--with-redis` or
+    /// `--redis-url`.
+    pub redis: RedisChoice,
 }
 
 impl Options {
@@ -200,6 +208,7 @@ impl Options {
             in_flight_target: 100,
             prometheus_release: "prometheus".into(),
             format: Format::Yaml,
+            redis: RedisChoice::None,
         }
     }
 
@@ -207,6 +216,9 @@ impl Options {
     pub fn parse(args: &[String], root: &Path) -> Result<Options, String> {
         let mut o = Options::defaults(root);
         let mut it = args.iter();
+        let mut with_redis = false;
+        let mut redis_url = None;
+        let mut redis_password_secret = None;
         while let Some(a) = it.next() {
             let mut value = |name: &str| {
                 it.next()
@@ -289,6 +301,9 @@ impl Options {
                         })?;
                 }
                 "--prometheus-release" => o.prometheus_release = value(a)?,
+                "--with-redis" => with_redis = true,
+                "--redis-url" => redis_url = Some(value(a)?),
+                "--redis-password-secret" => redis_password_secret = Some(value(a)?),
                 "--format" => {
                     o.format = match value(a)?.as_str() {
                         "yaml" => Format::Yaml,
@@ -299,6 +314,35 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
+        o.redis =
+            match (with_redis, redis_url, redis_password_secret) {
+                (true, Some(_), _) => {
+                    return Err("--with-redis and --redis-url exclude each other".into())
+                }
+                (true, None, Some(_)) => return Err(
+                    "--redis-password-secret goes with --redis-url (--with-redis makes its own)"
+                        .into(),
+                ),
+                (true, None, None) => RedisChoice::Bundled,
+                (false, Some(url), secret) => {
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                        return Err(format!(
+                            "--redis-url {url}: want redis://host:port or rediss://host:port"
+                        ));
+                    }
+                    if secret.as_deref().is_some_and(str::is_empty) {
+                        return Err("--redis-password-secret must not be empty".into());
+                    }
+                    RedisChoice::External {
+                        url,
+                        password_secret: secret,
+                    }
+                }
+                (false, None, Some(_)) => {
+                    return Err("--redis-password-secret goes with --redis-url".into())
+                }
+                (false, None, None) => RedisChoice::None,
+            };
         if o.namespace.is_empty() || o.image.is_empty() || o.prometheus_release.is_empty() {
             return Err("--namespace, --image and --prometheus-release must not be empty".into());
         }
@@ -344,7 +388,17 @@ Renders ringgate's Kubernetes objects and applies them (kubectl apply --server-s
                                its name is what the pod mounts
   --with-secret-template       include the Secret TEMPLATE (a placeholder key): with --dry-run
                                it is printed; applying creates it only when absent. Without
-                               it no Secret is ever printed or applied.";
+                               it no Secret is ever printed or applied.
+  --with-redis                 also a small Redis for scope = \"cluster\" limits (Deployment,
+                               Service, NetworkPolicy: only ringgate pods may connect), its
+                               password Secret (ringgate-redis; applying creates it with a
+                               random password when absent) mounted by the gateway, and a
+                               [cluster] section naming it added to the config
+  --redis-url URL              use an existing Redis (redis:// or rediss://): a [cluster]
+                               section naming it is added to the config, egress opened to
+                               its port
+  --redis-password-secret NAME with --redis-url: a Secret with a `password` key, mounted at
+                               /etc/ringgate/redis and named by password_file";
 
 /// The prometheus-operator `ServiceMonitor` (monitoring.coreos.com/v1): a CRD, so not in
 /// k8s-openapi; only the fields used here.
@@ -733,6 +787,8 @@ pub struct GatewayFacts {
     pub shutdown_grace_seconds: i64,
     /// The ports of every upstream endpoint (what the egress NetworkPolicy opens).
     pub upstream_ports: BTreeSet<u16>,
+    /// The `[cluster]` Redis port, when the config has one.
+    pub redis_port: Option<u16>,
 }
 
 /// Reads a manifest into a typed object, naming the file in errors.
@@ -777,6 +833,7 @@ pub fn gateway_facts(cm: &ConfigMap, source: &Path) -> Result<GatewayFacts, Stri
             .iter()
             .flat_map(|u| u.endpoints.iter().map(|e| e.port))
             .collect(),
+        redis_port: config.cluster.as_ref().map(|c| c.port),
     })
 }
 
@@ -837,6 +894,44 @@ fn seccomp_profile(choice: Seccomp) -> SeccompProfile {
 
 /// The Deployment. `config_map` and `secret` are the names of the objects it mounts.
 pub fn deployment(o: &Options, facts: &GatewayFacts, config_map: &str, secret: &str) -> Deployment {
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "secrets".into(),
+            mount_path: SECRETS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "secrets".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if let Some(s) = o.redis.password_secret() {
+        let (v, m) = redis::gateway_volume(s);
+        volumes.push(v);
+        mounts.push(m);
+    }
     let container = Container {
         name: APP.into(),
         image: Some(o.image.clone()),
@@ -861,22 +956,9 @@ pub fn deployment(o: &Options, facts: &GatewayFacts, config_map: &str, secret: &
                 ..Default::default()
             },
         ]),
-        // Both volumes are directories: kubelet swaps `..data` inside them and ringgate's
+        // Every volume is a directory: kubelet swaps `..data` inside it and ringgate's
         // watcher sees it. Never `subPath` (a one-time copy that is never updated).
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "secrets".into(),
-                mount_path: SECRETS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         resources: Some(ResourceRequirements {
             requests: Some(quantities("250m", "256Mi")),
             limits: Some(quantities("1000m", "512Mi")),
@@ -947,25 +1029,7 @@ pub fn deployment(o: &Options, facts: &GatewayFacts, config_map: &str, secret: &
                 })
                 .collect(),
         ),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "secrets".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.into()),
-                    default_mode: Some(0o440),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+        volumes: Some(volumes),
         ..Default::default()
     };
     Deployment {
@@ -1246,6 +1310,33 @@ pub fn network_policy(o: &Options, facts: &GatewayFacts) -> NetworkPolicy {
             ),
         });
     }
+    // The Redis of cluster-scoped limits: the bundled one's pods, or its port anywhere.
+    match (&o.redis, facts.redis_port) {
+        (RedisChoice::Bundled, _) => egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![redis::gateway_egress_peer()]),
+            ports: Some(vec![port(IntOrString::Int(redis::REDIS_PORT), "TCP")]),
+        }),
+        (_, Some(p)) => egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![
+                NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: "0.0.0.0/0".into(),
+                        except: None,
+                    }),
+                    ..Default::default()
+                },
+                NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: "::/0".into(),
+                        except: None,
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ports: Some(vec![port(IntOrString::Int(i32::from(p)), "TCP")]),
+        }),
+        _ => {}
+    }
     NetworkPolicy {
         metadata: meta(APP, &o.namespace),
         spec: Some(NetworkPolicySpec {
@@ -1460,6 +1551,10 @@ pub fn render(o: &Options, with_secret: bool) -> Result<Vec<Doc>, String> {
     // The file may name a namespace of its own; --namespace wins for every object.
     cm.metadata.namespace = Some(o.namespace.clone());
     let facts = gateway_facts(&cm, &o.config)?;
+    redis::wire(&mut cm, &o.redis, facts.redis_port.is_some())
+        .map_err(|e| format!("{}: {e}", o.config.display()))?;
+    // Validated again with the [cluster] section added.
+    let facts = gateway_facts(&cm, &o.config)?;
     let cm_name = cm
         .metadata
         .name
@@ -1522,8 +1617,27 @@ pub fn render(o: &Options, with_secret: bool) -> Result<Vec<Doc>, String> {
         doc("PodDisruptionBudget", APP, "At most one pod voluntarily disrupted at a time; unready pods may always be evicted.", &pdb(o))?,
         doc("ServiceMonitor", APP, &format!("prometheus-operator CRD: scrape admin /metrics every 15 s. Selected by the label\nrelease: {} (kube-prometheus-stack's serviceMonitorSelector; --prometheus-release).", o.prometheus_release), &service_monitor(o))?,
         doc("PrometheusRule", APP, &format!("prometheus-operator CRD: alerts on reload failures, 5xx ratio, failing upstreams,\nexpiring certificates, dead workers and panics. Selected by release: {} (ruleSelector).", o.prometheus_release), &prometheus_rule(o))?,
-        doc("NetworkPolicy", APP, "In: http open; admin only from this namespace and the monitoring namespace.\nOut: DNS (kube-dns, 53) and the upstreams' ports from the config only.", &network_policy(o, &facts))?,
+        doc("NetworkPolicy", APP, "In: http open; admin only from this namespace and the monitoring namespace.\nOut: DNS (kube-dns, 53), the upstreams' ports from the config and its Redis only.", &network_policy(o, &facts))?,
     ]);
+    if o.redis == RedisChoice::Bundled {
+        let r = redis::REDIS;
+        if with_secret {
+            docs.push(doc("Secret", r, &format!(
+                "TEMPLATE (--with-secret-template): a PLACEHOLDER Redis password. Applying without it\n\
+                 creates {r} with a random password when absent; or create it yourself:\n\
+                 kubectl -n {ns} create secret generic {r} --from-literal=password=\"$(openssl rand -hex 32)\""
+            ), &redis::secret_template(o))?);
+        }
+        docs.extend([
+            doc("Deployment", r, &format!(
+                "--with-redis: the Redis of scope = \"cluster\" limits, {}. One pod (Recreate: never two),\n\
+                 no persistence (a restart means fresh buckets), password from Secret {r} (never in argv).",
+                redis::REDIS_IMAGE
+            ), &redis::deployment(o))?,
+            doc("Service", r, &format!("redis://{r}:{} (the gateway's [cluster] redis_url).", redis::REDIS_PORT), &redis::service(o))?,
+            doc("NetworkPolicy", r, "In: only ringgate pods, on the Redis port. Out: nothing.", &redis::network_policy(o))?,
+        ]);
+    }
     Ok(docs)
 }
 
@@ -1661,7 +1775,33 @@ fn apply(o: &Options) -> Result<(), String> {
             shown(&o.secret)
         ));
     }
+    let exists = |name: &str| -> Result<bool, String> {
+        match kubectl(
+            &["get", "secret", "-n", &o.namespace, name, "-o", "name"],
+            None,
+        )? {
+            Ok(_) => Ok(true),
+            Err(e) if e.contains("NotFound") || e.contains("not found") => Ok(false),
+            Err(e) => Err(format!("cannot tell whether Secret {name} exists: {e}")),
+        }
+    };
+    let create_redis_secret = o.redis == RedisChoice::Bundled && !exists(redis::REDIS)?;
+    match &o.redis {
+        RedisChoice::External {
+            password_secret: Some(name),
+            ..
+        } if !exists(name)? => {
+            return Err(format!(
+                "Secret {}/{name} (--redis-password-secret) does not exist; create it:\n  \
+                 kubectl -n {} create secret generic {name} --from-literal=password=...",
+                o.namespace, o.namespace
+            ));
+        }
+        _ => {}
+    }
     let mut docs = render(o, with_secret)?;
+    // The Redis Secret template is for --dry-run readers; applying created the real one.
+    docs.retain(|d| !(d.kind == "Secret" && d.yaml.contains("CHANGE_ME_REDIS_PASSWORD")));
     if o.route.http_route() && !crd_present("httproutes.gateway.networking.k8s.io")? {
         return Err(
             "--route asks for an HTTPRoute, but this cluster has no Gateway API CRDs \
@@ -1695,6 +1835,21 @@ fn apply(o: &Options) -> Result<(), String> {
     )? {
         Ok(out) => {
             stdout(&out)?;
+            if create_redis_secret {
+                // Created, never applied over: a re-deploy keeps the password Redis and the
+                // gateways already share. Random, never printed; created after the
+                // Namespace exists (the Redis pod waits for it meanwhile).
+                let secret = redis::secret_with(o, &redis::random_password()?);
+                let json = serde_json::to_string(&secret).map_err(|e| e.to_string())?;
+                if let Err(e) = kubectl(&["create", "-f", "-"], Some(&json))? {
+                    return Err(format!("creating Secret {}: {e}", redis::REDIS));
+                }
+                say(format!(
+                    "deploy: created Secret {}/{} with a random Redis password",
+                    o.namespace,
+                    redis::REDIS
+                ))?;
+            }
             say(format!(
                 "deploy: applied. Watch the rollout: kubectl -n {} rollout status deployment/{APP}",
                 o.namespace

@@ -10,7 +10,9 @@
 //! 3. reload under load: the config directory re-projected kubelet-style while the load runs;
 //!    failed requests and the time from the `..data` rename to the first request the new
 //!    route serves;
-//! 4. memory: RSS of each proxy holding many idle keep-alive client connections.
+//! 4. memory: RSS of each proxy holding many idle keep-alive client connections;
+//! 5. cluster limits: the same route with a `scope = "cluster"` limit (Redis on loopback)
+//!    and with a local one, paced at the same rate: the latency and CPU the store adds.
 //!
 //! The proxy under test runs on one core, the client and the upstream on the other. Writes
 //! target/bench/report.md, target/bench/latency.svg and target/bench/results.json.
@@ -22,6 +24,7 @@ macro_rules! progress {
     };
 }
 
+mod cluster;
 mod load;
 mod nginx;
 mod reload;
@@ -109,7 +112,8 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration
 
 Direct, nginx (the seed's config) and ringgate side by side on this machine, in rotated
 rounds: throughput and CPU per request, latency at the same load, SSE event delay, reload
-under load, idle-connection memory. Writes target/bench/report.md, latency.svg, results.json.
+under load, idle-connection memory; and what a scope = \"cluster\" limit adds (redis-server on
+loopback, when installed) against a local one. Writes target/bench/report.md, latency.svg, results.json.
 Builds ringgate and the load client with --release first. Installs nginx-light with apt-get
 when nginx is missing (needs root), and pins the proxy to core 0, client and upstream to core 1.
 
@@ -168,6 +172,8 @@ pub struct Results {
     pub sse: Vec<sse::SseResult>,
     pub reload: Option<reload::ReloadResult>,
     pub memory: Vec<(Path3, u64, u64, usize)>,
+    /// Scenario 5, or why it was skipped.
+    pub cluster: Option<Result<cluster::ClusterResult, String>>,
 }
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -286,6 +292,7 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         sse: Vec::new(),
         reload: None,
         memory: Vec::new(),
+        cluster: None,
     };
 
     // ---- scenario 1: throughput and latency --------------------------------------------
@@ -438,6 +445,16 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         cores,
         &settings,
         &request,
+    )?);
+
+    // ---- scenario 5: cluster limits ----------------------------------------------------
+    results.cluster = Some(cluster::run(
+        &nginx,
+        &ringgate_bin,
+        &work,
+        cores,
+        &settings,
+        results.same_load_rate,
     )?);
 
     results.setup.push(format!(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 
+use super::cluster;
 use super::{Path3, Results, Run};
 
 /// "87 µs", "1.24 ms", "2.1 s".
@@ -419,6 +420,51 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         );
     }
 
+    // --- cluster limits
+    match &r.cluster {
+        Some(Ok(c)) => {
+            let _ = writeln!(md, "\n## 5. Cluster limits (Redis on loopback)\n");
+            let _ = writeln!(md, "One ringgate, two routes to the same upstream whose limits differ only in `scope`; paced at {:.0} req/s, rounds alternating the order. {}.\n", c.rate, c.redis_version);
+            let _ = writeln!(md, "| route's limit | p50 | p99 | p99.9 | errors | ringgate CPU / request | redis CPU / request |");
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+            for scope in ["local", "cluster"] {
+                let runs: Vec<&cluster::ClusterRun> =
+                    c.runs.iter().filter(|x| x.scope == scope).collect();
+                let q = |q: f64| {
+                    median(
+                        runs.iter()
+                            .map(|x| x.result.hist.value_at_quantile(q) as f64)
+                            .collect(),
+                    ) as u64
+                };
+                let errors: u64 = runs.iter().map(|x| x.result.errors.total()).sum();
+                let (g, rd) = c.cpu_us(scope);
+                let _ = writeln!(
+                    md,
+                    "| {scope} | {} | {} | {} | {errors} | {g:.1} µs | {rd:.1} µs |",
+                    fmt_ns(q(0.5)),
+                    fmt_ns(q(0.99)),
+                    fmt_ns(q(0.999)),
+                );
+            }
+            let med = |v: Vec<i64>| median(v.into_iter().map(|x| x as f64).collect());
+            let _ = writeln!(
+                md,
+                "\nAdded by the store (cluster − local, median of the rounds): p50 {:+.0} µs, p99 {:+.0} µs; store calls that failed and fell back: {}.",
+                med(c.added(0.5)) / 1e3,
+                med(c.added(0.99)) / 1e3,
+                c.store_failures
+            );
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(
+                md,
+                "\n## 5. Cluster limits (Redis on loopback)\n\nSkipped: {why}."
+            );
+        }
+        None => {}
+    }
+
     // --- ratios and targets
     let rn = ratio(med[2], med[1]);
     let rd = ratio(med[2], med[0]);
@@ -488,6 +534,16 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
             fmt_ns(p50),
             fmt_ns(rl.to_serving.max()),
             mark(p50 < 50_000_000 && rl.to_serving.max() < 250_000_000 && rl.unseen == 0)
+        );
+    }
+    if let Some(Ok(c)) = &r.cluster {
+        let added = median(c.added(0.99).into_iter().map(|x| x as f64).collect());
+        let _ = writeln!(
+            md,
+            "| cluster limits: p99 added ≤ 0.3 ms (Redis on loopback) | {:+.0} µs ({} store failures) | {} |",
+            added / 1e3,
+            c.store_failures,
+            mark(added <= 300_000.0 && c.store_failures == 0.0)
         );
     }
     if r.memory.len() == 2 {
@@ -659,6 +715,8 @@ fn json(r: &Results, med: [f64; 3], rn: f64, rd: f64) -> String {
         "reload_to_serving_p50_ns": r.reload.as_ref().map(|x| x.to_serving.value_at_quantile(0.5)),
         "reload_to_serving_max_ns": r.reload.as_ref().map(|x| x.to_serving.max()),
         "sse_late_events": r.sse.iter().map(|x| (x.path.name(), x.late)).collect::<std::collections::BTreeMap<_, _>>(),
+        "cluster_added_p50_ns": r.cluster.as_ref().and_then(|c| c.as_ref().ok()).map(|c| median(c.added(0.5).into_iter().map(|x| x as f64).collect())),
+        "cluster_added_p99_ns": r.cluster.as_ref().and_then(|c| c.as_ref().ok()).map(|c| median(c.added(0.99).into_iter().map(|x| x as f64).collect())),
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
