@@ -4,8 +4,8 @@
 //! connection keeps working, broken pairs rejected with the old certificate kept, the
 //! handshake timeout, garbage on the TLS port, curl, a rotated `api_key_file` reaching the
 //! upstream with no config change, sessions resumed across a rotation (TLS 1.3 and 1.2), and
-//! config errors. Certificates are generated here
-//! (rcgen). Loopback only; every wait is bounded.
+//! config errors. Certificates are generated here (rcgen). Loopback only; every wait is
+//! bounded.
 
 mod common;
 
