@@ -191,11 +191,15 @@ fn drain_matrix(listener: Listener, driver: Driver) {
 
     // Two requests in flight when the drain begins, each answered only when the test says:
     // an upload with half its body sent, and a held stream.
+    // The stream first, then only it in flight (a finished request's slot may be released
+    // a moment after its answer was read), so that two in flight means the upload's head
+    // was read.
+    let mut stream = case.held_stream();
+    case.wait_in_flight(1.0);
     let mut upload = case.connect();
     upload
         .send(b"POST /v1/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 8\r\n\r\nhalf")
         .expect("upload head");
-    let mut stream = case.held_stream();
     case.wait_in_flight(2.0);
 
     case.terminate_and_wait_not_ready();

@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::{request, temp_dir, Driver, Gateway, DRIVERS};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -224,16 +224,12 @@ upstream = "mock"
     )
 }
 
-/// Polls `cond` every 50 ms for at most 15 s.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
+/// Polls `cond` for at most 15 s; fails the test naming `what` when it never held.
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(15), cond),
+        "timed out waiting for {what}"
+    );
 }
 
 /// `promtool check metrics` accepts `text` (a missing promtool fails, unless

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::gateway::{request, Conn, Driver, Gateway};
+use common::gateway::{request, wait_until, Conn, Driver, Gateway};
 use ringgate_mock::MockProvider;
 
 /// An upstream over `endpoints` (host:port), one route `/v1/` with the given retry policy.
@@ -462,14 +462,13 @@ fn least_request_counts_a_stream_until_its_body_ends() {
 
 /// Waits (bounded) until the gateway has applied config generation `generation`.
 fn wait_generation(gw: &Gateway, generation: f64) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if gw.metric("ringgate_config_generation") == Some(generation) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("generation {generation} never applied; log:\n{}", gw.logs());
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .metric("ringgate_config_generation")
+            == Some(generation)),
+        "generation {generation} never applied; log:\n{}",
+        gw.logs()
+    );
 }
 
 #[test]
@@ -584,16 +583,7 @@ fn the_in_flight_gauge_counts_streams_until_they_end() {
     let eps = [mock.addr().to_string()];
     let gw = Gateway::start(&config(&eps, "round_robin", "", 1, "", ""), Driver::IoUring);
     let gauge = || gw.metric("ringgate_requests_in_flight");
-    let settled = |want: f64| {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if gauge() == Some(want) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    };
+    let settled = |want: f64| wait_until(Duration::from_secs(5), || gauge() == Some(want));
     assert!(settled(0.0), "{:?}", gauge());
     let mut streams: Vec<Conn> = (0..3).map(|_| open_gated_stream(&gw)).collect();
     assert!(settled(3.0), "three live streams: {:?}", gauge());
