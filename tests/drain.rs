@@ -4,8 +4,8 @@
 //! - an idle keep-alive connection is closed at once (long before any timeout could close it);
 //! - `/ready` answers 503 (strictly) while the stream runs, and the process stays up;
 //! - new connections are refused meanwhile;
-//! - a response finished during the drain carries `connection: close`, then the connection
-//!   closes;
+//! - a response finished during the drain (proxied, or the gateway's own `/health`) carries
+//!   `connection: close`, then the connection closes;
 //! - the held stream, released, runs to its end and the process exits 0;
 //! - a stream still running when `shutdown_grace_ms` ends is cut, and the exit code is 1.
 
@@ -181,6 +181,20 @@ fn drain_matrix(listener: Listener, driver: Driver) {
     let mut case = Case::start(listener, driver, 60_000);
     assert_eq!(case.gw.admin_get("/ready").status, 200, "{what}");
 
+    // A health probe whose head is cut short: its first bytes are read while the worker is
+    // idle (the request on the next connection takes several turns of the same
+    // single-threaded event loop), so the connection is no longer idle when the drain
+    // begins; the head ends during the drain.
+    // One whole request first: the connection is served (for TLS, past the handshake).
+    let mut probe = case.connect();
+    probe
+        .send(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .expect("probe");
+    assert_eq!(probe.read_response(false).expect("probe").status, 200);
+    probe
+        .send(b"GET /health HTTP/1.1\r\nhost: gw\r\n")
+        .expect("probe head");
+
     // An idle keep-alive connection: one answered request, then nothing.
     let mut idle = case.connect();
     idle.send(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n")
@@ -237,6 +251,21 @@ fn drain_matrix(listener: Listener, driver: Driver) {
         .read_to_close()
         .unwrap_or_else(|e| panic!("{what}: the upload's connection stayed open: {e}"));
     assert!(after.is_empty(), "{what}");
+
+    // So is the gateway's own answer to the probe.
+    probe
+        .send(b"\r\n")
+        .unwrap_or_else(|e| panic!("{what}: end of the probe's head: {e}"));
+    let r = probe.read_response(false).expect("probe answer");
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "{what}: /health during the drain: {:?}",
+        r.headers
+    );
+    probe
+        .read_to_close()
+        .unwrap_or_else(|e| panic!("{what}: the probe's connection stayed open: {e}"));
 
     // Still draining: the stream runs to its end once released, then the process exits 0.
     assert_eq!(case.gw.admin_get("/ready").status, 503, "{what}");
