@@ -157,10 +157,10 @@ pub fn run(path: &Path, opts: RunOptions) -> i32 {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let dns_store = store.clone();
-    let _dns = spawn_periodic(
-        "ringgate-dns",
-        move || crate::upstream::dns::resolve_config(&dns_store.current().config),
-        Duration::from_secs(30),
+    let _dns = crate::upstream::dns::spawn_refresher(
+        move |round| round(&dns_store.current().config),
+        crate::upstream::dns::system_resolve,
+        crate::upstream::dns::REFRESH_EVERY,
         stop.clone(),
     );
 

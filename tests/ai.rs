@@ -2,7 +2,8 @@
 //! model name), fallback to the second provider on 503 and on a dead provider, no fallback
 //! after the first byte, token and cost accounting for JSON and SSE responses (the usage
 //! chunk the gateway asked for never reaches the client), client keys (accepted, rejected,
-//! limited by requests and by tokens), the response cache (hit, miss, bypass, expiry) and
+//! limited by requests and by tokens; per-client token budgets: default and override,
+//! independent, streamed usage charged, kept across a reload), the response cache (hit, miss, bypass, expiry) and
 //! `/v1/models`. The official SDK goes through all of it in `openai_ai_layer`.
 
 mod common;
@@ -617,5 +618,106 @@ fn openai_ai_layer() {
         wait_metric(&gw, "ringgate_client_requests_total{client=\"sdk\"}", 5.0),
         Some(5.0),
         "requests counted for the client"
+    );
+}
+
+/// Sends a chat request on its own connection and waits until its access line is in the
+/// log: the usage is charged before the line is written, so the next request sees it.
+fn charged_chat(gw: &Gateway, body: &str, headers: &str) -> Response {
+    let r = chat(gw, body, headers);
+    let id = r.header("x-request-id").unwrap_or_default().to_string();
+    assert!(!id.is_empty(), "no x-request-id");
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(10), || gw
+            .logs()
+            .lines()
+            .any(|l| l.contains("ringgate::access") && l.contains(&id))),
+        "no access line for {id}"
+    );
+    r
+}
+
+/// Per-client token budgets end to end: the default budget and a client's override, each
+/// client's budget its own, streamed usage charged like JSON usage, the refusal's type, and
+/// the spent budgets kept across a reload. Every answer uses a few prompt tokens and as many
+/// completion tokens as `x-mock-chunks` asks: 100 is over the 25-token default (a debt that
+/// holds the client back for minutes) and well within the 1000-token override.
+#[test]
+fn token_budgets_per_client_end_to_end() {
+    let a = MockProvider::start("127.0.0.1:0").expect("mock");
+    let s = a.addr().to_string();
+    let keys = keys_volume(&format!(
+        "small-a {}\nsmall-b {}\nbig {}\n",
+        sha_hex("sk-small-a"),
+        sha_hex("sk-small-b"),
+        sha_hex("sk-big")
+    ));
+    let auth = |extra: &str| {
+        format!(
+            "[auth]\nkeys_file = \"{}/keys\"\ntokens_per_minute = 25\n\n\
+             [auth.clients.big]\ntokens_per_minute = 1000\n{extra}",
+            keys.dir().display()
+        )
+    };
+    let gw = Gateway::start(&config(&s, &s, &auth(""), ""), Driver::IoUring);
+    let key =
+        |k: &str, chunks: u32| format!("authorization: Bearer {k}\r\nx-mock-chunks: {chunks}\r\n");
+    let refused = |r: &Response, who: &str| {
+        assert_eq!(r.status, 429, "{who}: {}", r.text());
+        assert_eq!(r.json()["error"]["type"], "tokens", "{who}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded", "{who}");
+        assert!(r.header("retry-after").is_some(), "{who}");
+    };
+
+    // The default budget: one 108-token answer spends it.
+    let r = charged_chat(&gw, HELLO, &key("sk-small-a", 100));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 100, "{}", r.text());
+    refused(&charged_chat(&gw, HELLO, &key("sk-small-a", 1)), "small-a");
+
+    // Another client's budget is its own; its streamed usage is charged too.
+    let stream =
+        r#"{"messages":[{"role":"user","content":"Say hello"}],"model":"gpt4","stream":true}"#;
+    let r = charged_chat(&gw, stream, &key("sk-small-b", 100));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("[DONE]"), "{}", r.text());
+    refused(&charged_chat(&gw, HELLO, &key("sk-small-b", 1)), "small-b");
+
+    // The override: what refuses a default client twice over is within big's budget...
+    for _ in 0..3 {
+        let r = charged_chat(&gw, HELLO, &key("sk-big", 100));
+        assert_eq!(r.status, 200, "big within its override: {}", r.text());
+    }
+    // ...which is still a budget: 1008 more tokens spend it.
+    let r = charged_chat(&gw, HELLO, &key("sk-big", 1000));
+    assert_eq!(r.status, 200, "{}", r.text());
+    refused(&charged_chat(&gw, HELLO, &key("sk-big", 1)), "big");
+
+    // A reload that leaves the budgets' sizes alone keeps what was spent.
+    let generation = gw.metric("ringgate_config_generation").expect("generation");
+    assert!(gw.project(&config(
+        &s,
+        &s,
+        &auth("\n[auth.clients.unrelated]\ntokens_per_minute = 7\n"),
+        ""
+    )));
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(20), || gw
+            .metric("ringgate_config_generation")
+            .is_some_and(|g| g > generation)),
+        "the reload never applied: {}",
+        gw.logs()
+    );
+    refused(
+        &charged_chat(&gw, HELLO, &key("sk-small-a", 1)),
+        "small-a after reload",
+    );
+    refused(
+        &charged_chat(&gw, HELLO, &key("sk-small-b", 1)),
+        "small-b after reload",
+    );
+    refused(
+        &charged_chat(&gw, HELLO, &key("sk-big", 1)),
+        "big after reload",
     );
 }

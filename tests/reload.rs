@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::gateway::{request, Conn, Driver, Gateway};
+use common::gateway::{request, wait_until, Conn, Driver, Gateway};
 use ringgate_mock::MockProvider;
 
 /// A config whose fallback route sends `/v1/*` to `target` with the path rewritten to
@@ -57,17 +57,6 @@ fn served_by(gw: &Gateway) -> Option<String> {
         .map(String::from)
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// The poll interval of the tests that check the digest dedupe: every 100 ms the watcher
 /// re-reads the unchanged file, so a missing dedupe would reload (or reject) again and again.
 const FAST_POLL_MS: u64 = 100;
@@ -80,7 +69,7 @@ fn a_change_applies_and_identical_reapply_does_not() {
     assert_eq!(gw.metric("ringgate_config_generation"), Some(1.0));
     assert!(gw.project(&config(&a, "two", FAST_POLL_MS)));
     assert!(
-        wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+        wait_until(Duration::from_secs(5), || served_by(&gw).as_deref()
             == Some("two")),
         "{}",
         gw.logs()
@@ -108,7 +97,7 @@ fn a_change_applies_and_identical_reapply_does_not() {
     // the 100 ms polls) would have counted a generation without the dedupe.
     assert!(gw.project(&config(&a, "three", FAST_POLL_MS)));
     assert!(
-        wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+        wait_until(Duration::from_secs(5), || served_by(&gw).as_deref()
             == Some("three")),
         "{}",
         gw.logs()
@@ -158,7 +147,7 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
         assert!(gw.project(text));
         let want = (i + 1) as f64;
         assert!(
-            wait_for(Duration::from_secs(5), || gw
+            wait_until(Duration::from_secs(5), || gw
                 .metric("ringgate_config_reloads_total{result=\"rejected\"}")
                 == Some(want)),
             "{name}: not rejected; {}",
@@ -189,7 +178,7 @@ fn rejected_configs_keep_the_old_one_serving_until_a_valid_one_arrives() {
         "the error is logged with its key path"
     );
     assert!(gw.project(&config(&a, "fixed", FAST_POLL_MS)));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+    assert!(wait_until(Duration::from_secs(5), || served_by(&gw)
         .as_deref()
         == Some("fixed")));
     // Not retried while the bytes stayed the same: the 100 ms polls re-read each broken
@@ -214,7 +203,7 @@ fn rolling_back_to_the_serving_config_clears_the_failure() {
     let gw = Gateway::start(&good, Driver::IoUring);
     assert!(gw.project(&good.replace("upstream = \"main\"", "upstream = \"ghost\"")));
     assert!(
-        wait_for(Duration::from_secs(5), || gw
+        wait_until(Duration::from_secs(5), || gw
             .metric("ringgate_config_last_reload_successful")
             == Some(0.0)),
         "the broken config is rejected"
@@ -222,7 +211,7 @@ fn rolling_back_to_the_serving_config_clears_the_failure() {
     assert!(gw.admin_get("/config").json()["last_error"].is_object());
     assert!(gw.project(&good), "the rollback is projected");
     assert!(
-        wait_for(Duration::from_secs(5), || gw
+        wait_until(Duration::from_secs(5), || gw
             .metric("ringgate_config_last_reload_successful")
             == Some(1.0)),
         "the rollback clears the failure; log:\n{}",
@@ -242,7 +231,7 @@ fn three_swaps_inside_the_debounce_window_end_in_the_last() {
     for tag in ["s1", "s2", "s3"] {
         gw.project(&config(&a, tag, 30_000));
     }
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+    assert!(wait_until(Duration::from_secs(5), || served_by(&gw)
         .as_deref()
         == Some("s3")));
     std::thread::sleep(Duration::from_millis(300));
@@ -260,7 +249,7 @@ fn a_key_added_and_removed_and_every_later_change_still_seen() {
     );
     files.insert("extra.txt".to_string(), b"hello".to_vec());
     assert!(gw.volume.project(&files).expect("project"));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+    assert!(wait_until(Duration::from_secs(5), || served_by(&gw)
         .as_deref()
         == Some("k1")));
     files.remove("extra.txt");
@@ -273,7 +262,7 @@ fn a_key_added_and_removed_and_every_later_change_still_seen() {
         let tag = format!("k{i}");
         gw.project(&config(&a, &tag, 30_000));
         assert!(
-            wait_for(Duration::from_secs(5), || served_by(&gw).as_deref()
+            wait_until(Duration::from_secs(5), || served_by(&gw).as_deref()
                 == Some(tag.as_str())),
             "change {i} not seen"
         );
@@ -297,7 +286,7 @@ fn lost_events_and_a_remounted_directory_are_caught_by_the_poll() {
     );
     fresh.project(&files).expect("project");
     assert!(
-        wait_for(Duration::from_secs(8), || served_by(&gw).as_deref()
+        wait_until(Duration::from_secs(8), || served_by(&gw).as_deref()
             == Some("p1")),
         "{}",
         gw.logs()
@@ -310,11 +299,15 @@ fn inflight_requests_finish_on_the_config_they_started_with() {
     let a = MockProvider::start("127.0.0.1:0").expect("mock");
     let gw = Gateway::start(&config(&a, "old", 30_000), Driver::IoUring);
     let mut c = Conn::connect(gw.addr);
+    let before = a.request_count();
     c.send(b"GET /v1/echo HTTP/1.1\r\nhost: gw\r\nx-mock-delay-ms: 1000\r\n\r\n")
         .expect("send");
-    std::thread::sleep(Duration::from_millis(200));
+    // The provider has it (and answers in a second): it left on the old config. (Not the
+    // in-flight gauge: a finished request's slot may not be released yet when its answer
+    // is read.)
+    assert!(wait_until(Duration::from_secs(10), || a.request_count() > before));
     gw.project(&config(&a, "new", 30_000));
-    assert!(wait_for(Duration::from_secs(5), || served_by(&gw)
+    assert!(wait_until(Duration::from_secs(5), || served_by(&gw)
         .as_deref()
         == Some("new")));
     let r = c.read_response(false).expect("slow response");
@@ -419,7 +412,7 @@ fn pools_survive_a_reload_unless_their_upstream_changed() {
     assert_eq!(a.connections_accepted(), 1);
     // Only a route changed: the upstream's pooled connection is reused.
     gw.project(&one_worker("r1", 8));
-    assert!(wait_for(Duration::from_secs(5), || get(&mut c).starts_with("/r1/")));
+    assert!(wait_until(Duration::from_secs(5), || get(&mut c).starts_with("/r1/")));
     assert_eq!(
         a.connections_accepted(),
         1,
@@ -427,7 +420,7 @@ fn pools_survive_a_reload_unless_their_upstream_changed() {
     );
     // The upstream's definition changed: a new pool, so a new connection.
     gw.project(&one_worker("r2", 9));
-    assert!(wait_for(Duration::from_secs(5), || get(&mut c).starts_with("/r2/")));
+    assert!(wait_until(Duration::from_secs(5), || get(&mut c).starts_with("/r2/")));
     assert_eq!(
         a.connections_accepted(),
         2,
@@ -456,7 +449,7 @@ fn a_plain_file_config_warns_that_it_never_updates() {
         Duration::from_secs(10),
     );
     let up = ports.as_ref().is_ok_and(|p| {
-        wait_for(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), || {
             matches!(child.try_wait(), Ok(None))
                 && request(
                     p.listen,

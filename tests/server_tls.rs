@@ -3,8 +3,9 @@
 //! kubelet-style, as cert-manager's Secret lands) served to new connections while an old
 //! connection keeps working, broken pairs rejected with the old certificate kept, the
 //! handshake timeout, garbage on the TLS port, curl, a rotated `api_key_file` reaching the
-//! upstream with no config change, and config errors. Certificates are generated here
-//! (rcgen). Loopback only; every wait is bounded.
+//! upstream with no config change, sessions resumed across a rotation (TLS 1.3 and 1.2), and
+//! config errors. Certificates are generated here (rcgen). Loopback only; every wait is
+//! bounded.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::{request, temp_dir, Driver, Gateway, DRIVERS};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -223,16 +224,12 @@ upstream = "mock"
     )
 }
 
-/// Polls `cond` every 50 ms for at most 15 s.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
+/// Polls `cond` for at most 15 s; fails the test naming `what` when it never held.
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        common::gateway::wait_until(Duration::from_secs(15), cond),
+        "timed out waiting for {what}"
+    );
 }
 
 /// `promtool check metrics` accepts `text` (a missing promtool fails, unless
@@ -782,4 +779,99 @@ fn bad_tls_configs_name_their_key_paths() {
     )
     .expect("check skips secret files");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client config like [`client_config`] limited to one TLS version, with or without a
+/// session store (rustls' default in-memory one).
+fn client_config_for(
+    ca_pem: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+    resume: bool,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("version")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Arc::new(cfg)
+}
+
+/// Server-side session resumption, and across a certificate rotation for the same name.
+///
+/// The chosen behaviour: a session resumes after the rotation. The session cache and the
+/// ticket keys are process-wide, not per config generation (`config::tls`): a rotation is
+/// routine (cert-manager renews every few weeks), and refusing every session it finds would
+/// turn each renewal into a full-handshake storm from every client at once. A resumed
+/// session was authenticated by a certificate this server held when it was made; a
+/// compromised key calls for a restart, which drops the ticket keys and the cache.
+/// Checked for TLS 1.3 (tickets) and TLS 1.2.
+#[test]
+fn sessions_resume_across_a_certificate_rotation() {
+    use rustls::HandshakeKind;
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let ca = ca();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let what = format!("{:?}", version.version);
+        let resuming = client_config_for(&ca.pem, version, true);
+        let fresh = client_config_for(&ca.pem, version, false);
+        let first = leaf(&ca, &["localhost"]);
+        let second = leaf(&ca, &["localhost"]);
+        let (dir, vol) = secret_volume("resume");
+        project_pair(&vol, &first.cert_pem, &first.key_pem);
+        let cfg = config(
+            &mock,
+            &vol.dir().join("tls.crt"),
+            &vol.dir().join("tls.key"),
+            "",
+        );
+        let gw = Gateway::start(&cfg, Driver::IoUring);
+        let tls_addr: SocketAddr = gw.tls.expect("tls listener reported");
+
+        // A full handshake; the request also reads the session tickets the server sends.
+        let mut a = HttpsConn::connect(tls_addr, "localhost", &resuming).expect("conn A");
+        assert_eq!(
+            a.tls.conn.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "{what}"
+        );
+        assert_eq!(a.get("/v1/echo").expect("A").0, 200, "{what}");
+        drop(a);
+        // The server resumes what it issued.
+        let mut b = HttpsConn::connect(tls_addr, "localhost", &resuming).expect("conn B");
+        assert_eq!(
+            b.tls.conn.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{what}: no resumption before any rotation"
+        );
+        assert_eq!(b.get("/v1/echo").expect("B").0, 200, "{what}");
+        drop(b);
+
+        // Rotate, and wait until a client without a session gets the new certificate.
+        project_pair(&vol, &second.cert_pem, &second.key_pem);
+        wait_for("the rotated certificate on a new connection", || {
+            HttpsConn::connect(tls_addr, "localhost", &fresh)
+                .map(|c| c.peer_leaf() == second.der)
+                .unwrap_or(false)
+        });
+        // A session from before the rotation still resumes, and serves requests.
+        let mut c = HttpsConn::connect(tls_addr, "localhost", &resuming).expect("conn C");
+        assert_eq!(
+            c.tls.conn.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{what}: the session did not survive the rotation"
+        );
+        assert_eq!(c.get("/v1/echo").expect("C").0, 200, "{what}");
+        drop(c);
+        drop(gw);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

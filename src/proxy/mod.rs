@@ -325,8 +325,10 @@ async fn health(
         _ => (503, b"a worker died or is wedged"),
     };
     // A request that is rejected before its body is read leaves the body on the wire, so
-    // the connection cannot carry another request.
-    let keep_alive = head.keep_alive && matches!(head.framing, BodyFraming::None);
+    // the connection cannot carry another request; nor can one of a draining worker, which
+    // closes it after this answer (the answer says so).
+    let keep_alive =
+        head.keep_alive && matches!(head.framing, BodyFraming::None) && !worker.drain.is_draining();
     let head_only = head.method == "HEAD";
     let ok = respond_plain(
         client,

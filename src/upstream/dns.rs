@@ -4,17 +4,56 @@
 //! background thread; workers only read the results through arc-swap.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
+
+/// How often the background thread re-resolves every name (a moved provider address is
+/// picked up within this, with no reload).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// Starts the thread that re-resolves the current config's names every `every` with
+/// `resolve` until `stop` is set (it notices within 200 ms or `every`, whichever is
+/// shorter). `current` runs the round on the config of the moment: the gateway passes its
+/// store's and [`REFRESH_EVERY`]; tests pass their own resolver and interval.
+pub fn spawn_refresher<C, R>(
+    current: C,
+    resolve: R,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    C: Fn(&dyn Fn(&Config)) + Send + 'static,
+    R: Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("ringgate-dns".into())
+        .spawn(move || {
+            let step = every.min(Duration::from_millis(200));
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(step);
+                waited += step;
+                if waited >= every {
+                    waited = Duration::ZERO;
+                    current(&|cfg| resolve_config_with(cfg, &resolve));
+                }
+            }
+        })
+}
 
 /// Resolves every upstream endpoint of `config` that is a name, and the `[cluster]` Redis
 /// host, storing the addresses. Failures are logged and leave the previous addresses (or
 /// none) in place.
 pub fn resolve_config(config: &Config) {
-    resolve_config_with(config, |host, port| {
-        (host, port).to_socket_addrs().map(Iterator::collect)
-    });
+    resolve_config_with(config, system_resolve);
+}
+
+/// The system's resolver (getaddrinfo), every address it gives.
+pub fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
 }
 
 /// [`resolve_config`] with the lookup given: tests pass a resolver whose answers they
@@ -85,6 +124,42 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().expect("addr")
+    }
+
+    /// The refresher thread re-resolves on its interval, with no reload: a name that moves
+    /// is followed, and stopping it ends the thread.
+    #[test]
+    fn the_refresher_follows_a_moving_name_on_its_interval() {
+        use std::sync::Mutex;
+        let cfg = Arc::new(config());
+        let answer = Arc::new(Mutex::new(vec![sa("10.3.3.3:8080")]));
+        let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, a, n) = (cfg.clone(), answer.clone(), rounds.clone());
+        let thread = spawn_refresher(
+            move |round| round(&c),
+            move |_, _| {
+                n.fetch_add(1, Ordering::SeqCst);
+                Ok(a.lock().map(|v| v.clone()).unwrap_or_default())
+            },
+            Duration::from_millis(10),
+            stop.clone(),
+        )
+        .expect("thread");
+        let wait = |want: &[SocketAddr]| {
+            let start = std::time::Instant::now();
+            while addrs(&cfg, 0) != want && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(addrs(&cfg, 0), want);
+        };
+        wait(&[sa("10.3.3.3:8080")]);
+        *answer.lock().expect("lock") = vec![sa("10.4.4.4:8080"), sa("10.4.4.5:8080")];
+        wait(&[sa("10.4.4.4:8080"), sa("10.4.4.5:8080")]);
+        stop.store(true, Ordering::SeqCst);
+        thread.join().expect("the refresher ends when stopped");
+        let after = rounds.load(Ordering::SeqCst);
+        assert!(after >= 2, "{after} rounds");
     }
 
     #[test]

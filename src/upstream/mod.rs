@@ -61,3 +61,66 @@ pub async fn connect(up: &Upstream, ep: usize, timeout: Duration) -> Result<TcpS
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Connecting to a resolved name: every address in turn, on real loopback sockets.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// An upstream whose one endpoint is a name, its addresses set by the test.
+    fn named_upstream() -> Arc<Upstream> {
+        let toml = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.u]\nurl = \"http://api.provider.test:8080\"\n\
+             [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+        let cfg = crate::config::load_bytes(toml.as_bytes(), std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        cfg.upstreams[0].clone()
+    }
+
+    /// A loopback address nothing listens on: connecting is refused at once.
+    fn refused() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_dead_first_address_falls_through_to_the_next() {
+        let up = named_upstream();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let live_addr = live.local_addr().expect("addr");
+        let dead = refused();
+        let t = Duration::from_secs(5);
+        rt().block_on(async {
+            up.addrs[0].store(Arc::new(vec![dead, live_addr]));
+            let s = connect(&up, 0, t)
+                .await
+                .expect("the second address answers");
+            assert_eq!(s.peer_addr().ok(), Some(live_addr));
+
+            // Every address dead: the last error, not a hang.
+            up.addrs[0].store(Arc::new(vec![dead, refused()]));
+            assert!(matches!(
+                connect(&up, 0, t).await,
+                Err(ProxyError::Connect(_))
+            ));
+            // No address at all (never resolved): a resolution error naming the host.
+            up.addrs[0].store(Arc::new(Vec::new()));
+            match connect(&up, 0, t).await {
+                Err(ProxyError::Resolve(h)) => assert_eq!(h, "api.provider.test"),
+                other => panic!("{:?}", other.err()),
+            }
+        });
+        drop(live);
+    }
+}

@@ -441,22 +441,15 @@ pub fn request(addr: SocketAddr, raw: &str) -> std::io::Result<Response> {
     c.read_response(raw.starts_with("HEAD "))
 }
 
-/// A keep-alive client connection.
-pub struct Conn {
+/// A keep-alive client connection: plain TCP by default, or any byte stream (a rustls
+/// client stream for the TLS listener).
+pub struct Conn<S: Read + Write = TcpStream> {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
-    /// Wraps a connected socket.
-    pub fn new(stream: TcpStream) -> Conn {
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
+impl Conn<TcpStream> {
     /// Connects with a 10 s read timeout.
     pub fn connect(addr: SocketAddr) -> Conn {
         let s = TcpStream::connect(addr).expect("connect");
@@ -464,10 +457,21 @@ impl Conn {
             .expect("timeout");
         Conn::new(s)
     }
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// Wraps a connected socket.
+    pub fn new(stream: S) -> Conn<S> {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
 
     /// Writes raw bytes.
     pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(raw)
+        self.stream.write_all(raw)?;
+        self.stream.flush()
     }
 
     fn fill(&mut self) -> std::io::Result<usize> {
@@ -478,14 +482,16 @@ impl Conn {
     }
 
     /// Reads until the peer closes the connection (end of stream, or a reset: a close with
-    /// input left unread resets); returns everything unread. A read timeout (10 s after
-    /// [`Conn::connect`]) is an error, never "closed": the peer kept the connection open.
+    /// input left unread resets; over TLS, a TCP close without close_notify); returns
+    /// everything unread. A read timeout (10 s after [`Conn::connect`]) is an error, never
+    /// "closed": the peer kept the connection open.
     pub fn read_to_close(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
             match self.fill() {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -2,3 +2,4 @@
 //! binary. The mock provider and the kubelet projector live in the `ringgate-mock` crate.
 
 pub mod gateway;
+pub mod tls;
