@@ -6,8 +6,8 @@
 use super::forward::Request;
 use super::headers::{self, UpstreamFraming};
 use super::request_body::RequestBody;
-use crate::ai::anthropic;
 use crate::ai::body::RequestInfo;
+use crate::ai::{anthropic, gemini};
 use crate::config::ai::{Model, Models};
 use crate::config::{Api, Upstream};
 use crate::error::ProxyError;
@@ -37,8 +37,9 @@ pub struct AiRequest {
     pub info: RequestInfo,
     /// The gateway added `include_usage`, so the usage-only chunk must not reach the client.
     pub strip_usage_chunk: bool,
-    /// The body in Anthropic's shape for each candidate model (by index) whose upstream
-    /// speaks it, translated once up front so a refusal is known before any try.
+    /// The body in its provider's shape for each candidate model (by index) whose upstream
+    /// speaks another API than OpenAI's, translated once up front so a refusal is known
+    /// before any try.
     pub translated: Vec<(usize, Vec<u8>)>,
 }
 
@@ -70,18 +71,25 @@ pub fn by_model<'c>(
         .filter_map(|idx| {
             let m = models.list.get(idx)?;
             let upstream = upstreams.get(m.upstream)?;
-            if upstream.api == Api::Anthropic {
-                let model = m.provider_model.as_deref().unwrap_or(&m.name);
-                match anthropic::request_to_anthropic(&body, model, upstream.default_max_tokens) {
-                    Ok(b) => translated.push((idx, b)),
-                    // A fallback that cannot take this request is skipped; the model asked
-                    // for refuses it, naming the field.
-                    Err(e) => {
-                        if idx == first {
-                            refusal = Some(e);
-                        }
-                        return None;
+            let model = m.provider_model.as_deref().unwrap_or(&m.name);
+            let translation = match upstream.api {
+                Api::OpenAi => None,
+                Api::Anthropic => Some(
+                    anthropic::request_to_anthropic(&body, model, upstream.default_max_tokens)
+                        .map_err(|e| e.to_string()),
+                ),
+                Api::Gemini => Some(gemini::request_to_gemini(&body).map_err(|e| e.to_string())),
+            };
+            match translation {
+                None => {}
+                Some(Ok(b)) => translated.push((idx, b)),
+                // A fallback that cannot take this request is skipped; the model asked for
+                // refuses it, naming the field.
+                Some(Err(e)) => {
+                    if idx == first {
+                        refusal = Some(e);
                     }
+                    return None;
                 }
             }
             Some(Candidate {
@@ -132,10 +140,10 @@ impl UpstreamRequest {
         body: &mut RequestBody,
     ) {
         let up = candidate.upstream;
-        let anthropic = up.api == Api::Anthropic;
+        let translated = up.api != Api::OpenAi;
         if let (Some(a), RequestBody::Retained(b)) = (ai, &mut *body) {
             b.clear();
-            if anthropic {
+            if translated {
                 let idx = candidate.model.map(|(i, _)| i);
                 if let Some((_, t)) = a.translated.iter().find(|(i, _)| Some(*i) == idx) {
                     b.extend_from_slice(t);
@@ -155,18 +163,26 @@ impl UpstreamRequest {
         }
         let head = req.head;
         self.target.clear();
-        if anthropic && ai.is_some() {
+        match (up.api, ai) {
             // The Messages API has one endpoint, whatever path the client used.
-            self.target.push_str(&up.base_path);
-            self.target.push_str("/messages");
-        } else {
-            crate::router::upstream_target(
+            (Api::Anthropic, Some(_)) => {
+                self.target.push_str(&up.base_path);
+                self.target.push_str("/messages");
+            }
+            // Gemini names the model and the streaming method in the path.
+            (Api::Gemini, Some(a)) => {
+                let model = candidate.model.map_or("", |(_, m)| {
+                    m.provider_model.as_deref().unwrap_or(m.name.as_str())
+                });
+                gemini::target(&up.base_path, model, a.streaming(), &mut self.target);
+            }
+            _ => crate::router::upstream_target(
                 req.route,
                 &up.base_path,
                 head.path(),
                 head.query(),
                 &mut self.target,
-            );
+            ),
         }
         let framing = match &*body {
             RequestBody::None => {

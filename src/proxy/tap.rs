@@ -4,8 +4,8 @@
 
 use super::candidates::{AiRequest, Candidate};
 use super::forward::Request;
-use crate::ai::anthropic;
 use crate::ai::usage::{JsonUsageScanner, SseScanner};
+use crate::ai::{anthropic, gemini};
 use crate::config::Api;
 use crate::http::ResponseHead;
 use crate::worker::Worker;
@@ -34,14 +34,17 @@ pub struct Tap {
     failed: Option<&'static str>,
 }
 
-/// How an Anthropic body becomes an OpenAI one.
+/// How an Anthropic or Gemini body becomes an OpenAI one.
 enum Translate {
-    /// An event stream, event by event.
+    /// An Anthropic event stream, event by event.
     Stream(anthropic::StreamTranslator),
-    /// A message, translated once whole.
-    Message(Vec<u8>),
-    /// An error body of this status, translated once whole.
-    Error(Vec<u8>, u16),
+    /// A Gemini event stream, event by event.
+    GeminiStream(gemini::StreamTranslator),
+    /// An answer of this API, translated once whole (the model asked for, in case the
+    /// answer names none).
+    Message(Vec<u8>, Api, String),
+    /// An error body of this API and status, translated once whole.
+    Error(Vec<u8>, Api, u16),
 }
 
 impl Translate {
@@ -49,8 +52,9 @@ impl Translate {
     fn feed(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
         match self {
             Translate::Stream(t) => t.feed(payload, out),
-            Translate::Message(b) | Translate::Error(b, _) => {
-                if b.len() + payload.len() > anthropic::MAX_BODY {
+            Translate::GeminiStream(t) => t.feed(payload, out),
+            Translate::Message(b, ..) | Translate::Error(b, ..) => {
+                if b.len() + payload.len() > anthropic::MAX_BODY.min(gemini::MAX_BODY) {
                     return Err("larger than 16 MiB");
                 }
                 b.extend_from_slice(payload);
@@ -63,20 +67,30 @@ impl Translate {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), &'static str> {
         match self {
             Translate::Stream(t) => t.finish(out),
-            Translate::Message(b) => {
-                let created = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let body = anthropic::response_to_openai(b, created)
-                    .map_err(|_| "not an Anthropic message")?;
+            Translate::GeminiStream(t) => t.finish(out),
+            Translate::Message(b, api, model) => {
+                let body = match api {
+                    Api::Gemini => gemini::response_to_openai(b, unix_now(), model)
+                        .map_err(|_| "not a Gemini GenerateContentResponse")?,
+                    _ => anthropic::response_to_openai(b, unix_now())
+                        .map_err(|_| "not an Anthropic message")?,
+                };
                 out.extend_from_slice(&body);
             }
-            Translate::Error(b, status) => {
-                out.extend_from_slice(&anthropic::error_to_openai(b, *status));
-            }
+            Translate::Error(b, api, status) => out.extend_from_slice(&match api {
+                Api::Gemini => gemini::error_to_openai(b, *status),
+                _ => anthropic::error_to_openai(b, *status),
+            }),
         }
         Ok(())
     }
+}
+
+/// Seconds since the Unix epoch (a translated answer's `created`).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Bytes per prompt token in an estimate (OpenAI's rule of thumb for English text).
@@ -92,8 +106,8 @@ impl Tap {
     /// The tap for `resp`: usage is read from 2xx bodies of model-routed requests that are
     /// not content-encoded.
     ///
-    /// An Anthropic upstream's body (answers and errors alike) is translated to OpenAI's
-    /// shape first; it is then forwarded re-chunked, since its length changes.
+    /// An Anthropic or Gemini upstream's body (answers and errors alike) is translated to
+    /// OpenAI's shape first; it is then forwarded re-chunked, since its length changes.
     pub fn for_response(ai: Option<&AiRequest>, api: Api, resp: &ResponseHead) -> Tap {
         let mut tap = Tap::default();
         let Some(ai) = ai else {
@@ -103,18 +117,20 @@ impl Tap {
             .header("content-encoding")
             .is_none_or(|v| v.eq_ignore_ascii_case(b"identity"));
         // The gateway dropped `accept-encoding`, so an encoded body is not one it asked for.
-        if api == Api::Anthropic && identity {
+        if api != Api::OpenAi && identity {
             tap.filter = true;
             tap.translate = Some(if !(200..300).contains(&resp.status) {
-                Translate::Error(Vec::new(), resp.status)
+                Translate::Error(Vec::new(), api, resp.status)
             } else if is_event_stream(resp) {
-                Translate::Stream(anthropic::StreamTranslator::new(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                ))
+                match api {
+                    Api::Gemini => Translate::GeminiStream(gemini::StreamTranslator::new(
+                        unix_now(),
+                        ai.info.model.as_deref().unwrap_or(""),
+                    )),
+                    _ => Translate::Stream(anthropic::StreamTranslator::new(unix_now())),
+                }
             } else {
-                Translate::Message(Vec::new())
+                Translate::Message(Vec::new(), api, ai.info.model.clone().unwrap_or_default())
             });
         }
         if !(200..300).contains(&resp.status) || !identity {
@@ -170,7 +186,7 @@ impl Tap {
     pub fn whole(&self) -> bool {
         matches!(
             self.translate,
-            Some(Translate::Message(_) | Translate::Error(..))
+            Some(Translate::Message(..) | Translate::Error(..))
         )
     }
 
@@ -338,7 +354,11 @@ mod tests {
     fn translated_answers_are_read_whole_and_bounded() {
         let mut t = Tap {
             json: Some(JsonUsageScanner::new()),
-            translate: Some(Translate::Message(Vec::new())),
+            translate: Some(Translate::Message(
+                Vec::new(),
+                Api::Anthropic,
+                String::new(),
+            )),
             filter: true,
             ..Tap::default()
         };
@@ -357,7 +377,11 @@ mod tests {
         assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((3, 1)));
         // Not a message: the exchange fails (a 502) rather than forwarding it untranslated.
         let mut t = Tap {
-            translate: Some(Translate::Message(Vec::new())),
+            translate: Some(Translate::Message(
+                Vec::new(),
+                Api::Anthropic,
+                String::new(),
+            )),
             filter: true,
             ..Tap::default()
         };
@@ -366,7 +390,7 @@ mod tests {
         assert_eq!(t.failed(), Some("not an Anthropic message"));
         // Past the bound the body is not kept.
         let mut t = Tap {
-            translate: Some(Translate::Error(Vec::new(), 500)),
+            translate: Some(Translate::Error(Vec::new(), Api::Anthropic, 500)),
             filter: true,
             ..Tap::default()
         };
