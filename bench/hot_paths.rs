@@ -272,8 +272,36 @@ fn cluster_resp(c: &mut Criterion) {
     });
 }
 
+/// Translation to and from Gemini: a chat request with a tool, and a 64-event
+/// `alt=sse` stream translated event by event (divide by 64 for the cost per event).
+fn gemini_translate(c: &mut Criterion) {
+    let body = br#"{"model":"gemini","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Write a haiku about io_uring and thread-per-core servers."}],"temperature":0.7,"max_tokens":256,"stream":true,"tools":[{"type":"function","function":{"name":"get_weather","description":"Weather now","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}}]}"#;
+    c.bench_function("gemini_request_translate", |b| {
+        b.iter(|| ringgate::ai::gemini::request_to_gemini(black_box(body)).map(|v| v.len()))
+    });
+    let mut stream = Vec::new();
+    for i in 0..63 {
+        stream.extend_from_slice(format!("data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"tok{i} \"}}],\"role\": \"model\"}},\"index\": 0}}],\"usageMetadata\": {{\"promptTokenCount\": 120,\"totalTokenCount\": 120}},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"abc\"}}\r\n\r\n").as_bytes());
+    }
+    stream.extend_from_slice(b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"end\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 120,\"candidatesTokenCount\": 64,\"totalTokenCount\": 184},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"abc\"}\r\n\r\n");
+    let events: Vec<&[u8]> = stream.split_inclusive(|&b| b == b'\n').collect::<Vec<_>>();
+    let mut out = Vec::with_capacity(stream.len() * 2);
+    c.bench_function("gemini_stream_translate_64_events", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut t = ringgate::ai::gemini::StreamTranslator::new(1, "gemini");
+            for e in &events {
+                t.feed(black_box(e), &mut out);
+            }
+            t.finish(&mut out);
+            out.len()
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    gemini_translate,
     cluster_resp,
     head_reencode,
     config_swap,
