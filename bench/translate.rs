@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the OpenAI ⇄ Anthropic translation: the cost per request (a
+//! Criterion benchmarks of the OpenAI ⇄ Anthropic and OpenAI → Gemini translations: the cost per request (a
 //! request body translated, an answer translated back) and per streamed event (one event
 //! through a stream translator in its steady state). Run: `cargo bench --bench translate`.
 
@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ringgate::ai::anthropic::{self, inbound};
+use ringgate::ai::gemini;
 
 /// An OpenAI chat request as agents send them: a system prompt, a few turns, a tool call
 /// and its result, two tools.
@@ -34,6 +35,8 @@ const OPENAI_ANSWER: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","
 
 const ANTHROPIC_START: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"usage\":{\"input_tokens\":412,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
 const ANTHROPIC_DELTA: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" sunny\"}}\n\n";
+const GEMINI_ANSWER: &[u8] = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Tomorrow should be similar: around 22 C and mostly sunny, with a light breeze in the afternoon."}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":668,"candidatesTokenCount":28,"totalTokenCount":696,"cachedContentTokenCount":256},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
+const GEMINI_EVENT: &[u8] = b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \" sunny\"}],\"role\": \"model\"},\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 668,\"totalTokenCount\": 668},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"r1\"}\r\n\r\n";
 const OPENAI_DELTA: &[u8] = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" sunny\"},\"finish_reason\":null}]}\n\n";
 
 fn per_request(c: &mut Criterion) {
@@ -59,6 +62,12 @@ fn per_request(c: &mut Criterion) {
     c.bench_function("translate_answer_openai_to_anthropic", |b| {
         b.iter(|| inbound::response_from_openai(black_box(OPENAI_ANSWER)))
     });
+    c.bench_function("translate_request_openai_to_gemini", |b| {
+        b.iter(|| gemini::request_to_gemini(black_box(OPENAI_REQUEST)))
+    });
+    c.bench_function("translate_answer_gemini_to_openai", |b| {
+        b.iter(|| gemini::response_to_openai(black_box(GEMINI_ANSWER), 1_700_000_000, "gemini"))
+    });
 }
 
 fn per_event(c: &mut Criterion) {
@@ -81,5 +90,17 @@ fn per_event(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, per_request, per_event);
+fn per_event_gemini(c: &mut Criterion) {
+    let mut out = Vec::with_capacity(4096);
+    let mut t = gemini::StreamTranslator::new(1_700_000_000, "gemini");
+    t.feed(GEMINI_EVENT, &mut out);
+    c.bench_function("translate_stream_event_gemini_to_openai", |b| {
+        b.iter(|| {
+            out.clear();
+            t.feed(black_box(GEMINI_EVENT), &mut out);
+        })
+    });
+}
+
+criterion_group!(benches, per_request, per_event, per_event_gemini);
 criterion_main!(benches);

@@ -127,7 +127,7 @@ pub enum ProxyError {
     MissingModel,
     /// The request has a field the model's provider API cannot be given (named in it).
     #[error("{0}")]
-    Untranslatable(crate::ai::anthropic::TranslateError),
+    Untranslatable(String),
     /// The provider's answer could not be translated to OpenAI's shape (not the shape its
     /// API documents, or larger than a translation buffers).
     #[error("the upstream's answer could not be translated: {0}")]

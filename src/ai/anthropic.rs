@@ -651,7 +651,7 @@ pub fn map_status(status: u16) -> u16 {
 #[derive(Debug, Default)]
 pub struct StreamTranslator {
     /// The event being read.
-    sse: SseEvents,
+    sse: super::sse::SseData,
     id: String,
     model: String,
     created: u64,
@@ -797,67 +797,6 @@ impl StreamTranslator {
             }
             // ping, and event types added later, carry nothing to say.
             _ => {}
-        }
-    }
-}
-
-/// Splits an SSE body fed in any pieces into its events' `data` (the `data:` lines of an
-/// event joined by `\n`), each handed over once its blank line arrives; bounded by
-/// [`MAX_BODY`] per line.
-#[derive(Debug, Default)]
-pub(crate) struct SseEvents {
-    /// The incomplete line.
-    line: Vec<u8>,
-    /// The `data:` lines of the current event, joined.
-    data: Vec<u8>,
-    /// The previous byte was `\r` (a `\n` right after it ends nothing more).
-    last_cr: bool,
-}
-
-impl SseEvents {
-    /// Feeds a piece of the body; `event` gets each event it completes.
-    pub(crate) fn feed(&mut self, bytes: &[u8], mut event: impl FnMut(&[u8])) {
-        for &b in bytes {
-            if b == b'\n' && self.last_cr {
-                self.last_cr = false;
-                continue;
-            }
-            self.last_cr = b == b'\r';
-            if b == b'\n' || b == b'\r' {
-                self.end_line(&mut event);
-            } else if self.line.len() < MAX_BODY {
-                self.line.push(b);
-            }
-        }
-    }
-
-    /// End of the body: an event still unterminated is handed over.
-    pub(crate) fn finish(&mut self, mut event: impl FnMut(&[u8])) {
-        if !self.line.is_empty() {
-            self.end_line(&mut event);
-        }
-        self.dispatch(&mut event);
-    }
-
-    fn end_line(&mut self, event: &mut impl FnMut(&[u8])) {
-        if self.line.is_empty() {
-            self.dispatch(event);
-            return;
-        }
-        if let Some(rest) = self.line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if !self.data.is_empty() {
-                self.data.push(b'\n');
-            }
-            self.data.extend_from_slice(rest);
-        }
-        self.line.clear();
-    }
-
-    fn dispatch(&mut self, event: &mut impl FnMut(&[u8])) {
-        if !self.data.is_empty() {
-            event(&self.data);
-            self.data.clear();
         }
     }
 }

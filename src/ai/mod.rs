@@ -8,4 +8,6 @@ pub mod anthropic;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod gemini;
+pub mod sse;
 pub mod usage;

@@ -228,7 +228,8 @@ pub struct Upstream {
     /// `max_tokens` for an Anthropic request that set none.
     pub default_max_tokens: u32,
     /// The provider key, replacing the client's: the `Authorization` value (`Bearer ...`)
-    /// for OpenAI upstreams, the bare key (sent as `x-api-key`) for Anthropic ones.
+    /// for OpenAI upstreams, the bare key for Anthropic (sent as `x-api-key`) and Gemini
+    /// (sent as `x-goog-api-key`) ones.
     /// Never logged: [`Secret`]'s Debug prints a placeholder.
     pub authorization: Option<Secret>,
     /// TLS settings (one shared rustls client config) for `https://` upstreams; None for
@@ -260,6 +261,8 @@ pub enum Api {
     OpenAi,
     /// The Anthropic Messages API: chat completions are translated both ways.
     Anthropic,
+    /// Google's Gemini API (`generateContent`): chat completions are translated both ways.
+    Gemini,
 }
 
 /// A secret value whose Debug output never shows it.

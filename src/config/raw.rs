@@ -374,8 +374,9 @@ pub struct RawUpstream {
     /// Default connect timeout for routes that do not set one.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// The provider's wire format: `openai` (the default) or `anthropic` (the Messages API;
-    /// `url` is its base, e.g. `https://api.anthropic.com/v1`).
+    /// The provider's wire format: `openai` (the default), `anthropic` (the Messages API;
+    /// `url` is its base, e.g. `https://api.anthropic.com/v1`) or `gemini` (Google's
+    /// `generateContent`; `url` e.g. `https://generativelanguage.googleapis.com/v1beta`).
     #[serde(default)]
     pub api: Option<String>,
     /// `max_tokens` sent to an `anthropic` upstream when the client set none (Anthropic
@@ -383,7 +384,7 @@ pub struct RawUpstream {
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
     /// File holding the provider key, sent as `Authorization: Bearer` (as `x-api-key` to an
-    /// `anthropic` upstream).
+    /// `anthropic` upstream, as `x-goog-api-key` to a `gemini` one).
     #[serde(default)]
     pub api_key_file: Option<String>,
     /// PEM file of the CA certificates trusted for an `https://` upstream, instead of the

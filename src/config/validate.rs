@@ -759,14 +759,11 @@ fn compile_upstream(
     let api = match u.api.as_deref().unwrap_or("openai") {
         "openai" => Api::OpenAi,
         "anthropic" => Api::Anthropic,
-        "gemini" => {
-            errs.push(format!("{path}.api"), "`gemini` is not supported yet");
-            Api::OpenAi
-        }
+        "gemini" => Api::Gemini,
         other => {
             errs.push(
                 format!("{path}.api"),
-                format!("`{other}` is not one of openai, anthropic"),
+                format!("`{other}` is not one of openai, anthropic, gemini"),
             );
             Api::OpenAi
         }
@@ -816,7 +813,7 @@ fn compile_upstream(
                         key.hash(&mut hasher);
                         Some(Secret(match api {
                             Api::OpenAi => format!("Bearer {key}").into_bytes(),
-                            Api::Anthropic => key.into_bytes(),
+                            Api::Anthropic | Api::Gemini => key.into_bytes(),
                         }))
                     }
                 }
@@ -1309,11 +1306,14 @@ upstream = "mock"
             (cfg.upstreams[0].api, cfg.upstreams[0].default_max_tokens),
             (Api::Anthropic, 512)
         );
+        let cfg = crate::config::load_bytes(with("api = \"gemini\"").as_bytes(), Path::new("."))
+            .expect("valid");
+        assert_eq!(cfg.upstreams[0].api, Api::Gemini);
         let cases = [
             (
-                "api = \"gemini\"",
-                "upstreams.mock.api",
-                "not supported yet",
+                "api = \"gemini\"\ndefault_max_tokens = 10",
+                "upstreams.mock.default_max_tokens",
+                "only for",
             ),
             ("api = \"cohere\"", "upstreams.mock.api", "not one of"),
             (

@@ -6,8 +6,8 @@
 use super::forward::Request;
 use super::headers::{self, UpstreamFraming};
 use super::request_body::RequestBody;
-use crate::ai::anthropic;
 use crate::ai::body::RequestInfo;
+use crate::ai::{anthropic, gemini};
 use crate::config::ai::{Model, Models};
 use crate::config::{Api, Upstream};
 use crate::error::ProxyError;
@@ -53,6 +53,33 @@ impl AiRequest {
     }
 }
 
+/// `body` (in `client`'s API) in the API of `upstream` for `model`, or None when they speak
+/// the same one. An Anthropic client's request for a Gemini upstream goes through OpenAI's
+/// shape, the one both translations share.
+fn translate_request(
+    client: Api,
+    upstream: &Upstream,
+    body: &[u8],
+    model: &str,
+) -> Option<Result<Vec<u8>, String>> {
+    let to_openai =
+        || anthropic::inbound::request_to_openai(body, model).map_err(|e| e.to_string());
+    match (client, upstream.api) {
+        (c, u) if c == u => None,
+        (Api::Anthropic, Api::OpenAi) => Some(to_openai()),
+        (Api::Anthropic, Api::Gemini) => {
+            Some(to_openai().and_then(|b| gemini::request_to_gemini(&b).map_err(|e| e.to_string())))
+        }
+        (_, Api::Anthropic) => Some(
+            anthropic::request_to_anthropic(body, model, upstream.default_max_tokens)
+                .map_err(|e| e.to_string()),
+        ),
+        (_, Api::Gemini) => Some(gemini::request_to_gemini(body).map_err(|e| e.to_string())),
+        // No client speaks Gemini's API: nothing to translate from.
+        (_, Api::OpenAi) => None,
+    }
+}
+
 /// The candidates of a model-routed request whose body (in `client`'s API) is `body`: the
 /// model named in it, then its fallbacks (those whose upstream exists). Errors are the
 /// client's: not JSON, no model, an unknown model, a field the model's upstream API cannot
@@ -76,24 +103,17 @@ pub fn by_model<'c>(
         .filter_map(|idx| {
             let m = models.list.get(idx)?;
             let upstream = upstreams.get(m.upstream)?;
-            if upstream.api != client {
-                let model = m.provider_model.as_deref().unwrap_or(&m.name);
-                let body = match upstream.api {
-                    Api::Anthropic => {
-                        anthropic::request_to_anthropic(&body, model, upstream.default_max_tokens)
+            let model = m.provider_model.as_deref().unwrap_or(&m.name);
+            match translate_request(client, upstream, &body, model) {
+                None => {}
+                Some(Ok(b)) => translated.push((idx, b)),
+                // A fallback that cannot take this request is skipped; the model asked for
+                // refuses it, naming the field.
+                Some(Err(e)) => {
+                    if idx == first {
+                        refusal = Some(e);
                     }
-                    Api::OpenAi => anthropic::inbound::request_to_openai(&body, model),
-                };
-                match body {
-                    Ok(b) => translated.push((idx, b)),
-                    // A fallback that cannot take this request is skipped; the model asked
-                    // for refuses it, naming the field.
-                    Err(e) => {
-                        if idx == first {
-                            refusal = Some(e);
-                        }
-                        return None;
-                    }
+                    return None;
                 }
             }
             Some(Candidate {
@@ -171,23 +191,32 @@ impl UpstreamRequest {
         }
         let head = req.head;
         self.target.clear();
-        if up.api == Api::Anthropic && ai.is_some() {
+        match (up.api, ai) {
             // The Messages API has one endpoint, whatever path the client used.
-            self.target.push_str(&up.base_path);
-            self.target.push_str("/messages");
-        } else if translate {
+            (Api::Anthropic, Some(_)) => {
+                self.target.push_str(&up.base_path);
+                self.target.push_str("/messages");
+            }
+            // Gemini names the model and the streaming method in the path.
+            (Api::Gemini, Some(a)) => {
+                let model = candidate.model.map_or("", |(_, m)| {
+                    m.provider_model.as_deref().unwrap_or(m.name.as_str())
+                });
+                gemini::target(&up.base_path, model, a.streaming(), &mut self.target);
+            }
             // An Anthropic client's request, translated: the chat completions endpoint
             // under the upstream's base, as `/messages` is under Anthropic's.
-            self.target.push_str(&up.base_path);
-            self.target.push_str("/chat/completions");
-        } else {
-            crate::router::upstream_target(
+            (_, Some(_)) if translate => {
+                self.target.push_str(&up.base_path);
+                self.target.push_str("/chat/completions");
+            }
+            _ => crate::router::upstream_target(
                 req.route,
                 &up.base_path,
                 head.path(),
                 head.query(),
                 &mut self.target,
-            );
+            ),
         }
         let framing = match &*body {
             RequestBody::None => {

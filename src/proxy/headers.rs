@@ -138,7 +138,8 @@ pub enum UpstreamFraming {
 ///
 /// With `[auth]`, the client's key is the gateway's, never the provider's: it is not
 /// forwarded. On model-routed routes `accept-encoding` is dropped so the response arrives
-/// uncompressed and its token usage can be read (and, for an Anthropic upstream, translated) (compression pays little on loopback and
+/// uncompressed and its token usage can be read (and, for Anthropic and Gemini upstreams,
+/// translated) (compression pays little on loopback and
 /// in-cluster hops; the client's own hop can still be compressed by an ingress).
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
@@ -150,12 +151,13 @@ pub fn write_upstream_head(
     let (head, server, peer, request_id) = (req.head, req.server, req.peer, req.request_id);
     let strip_client_key = req.client.is_some();
     let strip_encoding = req.route.route_by_model;
-    // An Anthropic upstream is reached only through translation: the client's OpenAI
-    // bearer token is never a key for it, and the gateway picks the API version it speaks.
+    // An Anthropic or Gemini upstream is reached only through translation: the client's
+    // OpenAI bearer token is never a key for it, and the gateway picks the API version.
     let anthropic = up.api == Api::Anthropic;
-    // An Anthropic client's request translated for an OpenAI upstream: its API's headers
+    let translated = up.api != Api::OpenAi;
+    // An Anthropic client's request translated for another API: its API's headers
     // (`anthropic-version`, `anthropic-beta`) mean nothing there.
-    let from_anthropic = up.api == Api::OpenAi
+    let from_anthropic = up.api != Api::Anthropic
         && req.route.route_by_model
         && crate::ai::anthropic::inbound::is_messages_path(head.path());
     let drop_underscores = server.underscores_in_headers == UnderscoreHeaders::Drop;
@@ -175,10 +177,12 @@ pub fn write_upstream_head(
             || n.eq_ignore_ascii_case("x-real-ip")
             || n.eq_ignore_ascii_case("x-forwarded-for")
             || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || ((up.authorization.is_some() || strip_client_key || anthropic)
+            || ((up.authorization.is_some() || strip_client_key || translated)
                 && n.eq_ignore_ascii_case("authorization"))
-            || ((strip_client_key || (anthropic && up.authorization.is_some()))
-                && (n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("api-key")))
+            || ((strip_client_key || (translated && up.authorization.is_some()))
+                && (n.eq_ignore_ascii_case("x-api-key")
+                    || n.eq_ignore_ascii_case("api-key")
+                    || n.eq_ignore_ascii_case("x-goog-api-key")))
             || (anthropic && n.eq_ignore_ascii_case("anthropic-version"))
             || (from_anthropic
                 && n.len() > 10
@@ -210,6 +214,12 @@ pub fn write_upstream_head(
             out.extend_from_slice(crate::ai::anthropic::ANTHROPIC_VERSION.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        (Api::Gemini, Some(key)) => {
+            out.extend_from_slice(b"x-goog-api-key: ");
+            out.extend_from_slice(&key.0);
+            out.extend_from_slice(b"\r\n");
+        }
+        (Api::Gemini, None) => {}
     }
     let xff = joined_xff(head);
     let real = client_ip(peer.ip(), xff.as_deref(), server);

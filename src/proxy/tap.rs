@@ -4,8 +4,8 @@
 
 use super::candidates::{AiRequest, Candidate};
 use super::forward::Request;
-use crate::ai::anthropic;
 use crate::ai::usage::{JsonUsageScanner, SseScanner};
+use crate::ai::{anthropic, gemini};
 use crate::config::Api;
 use crate::http::ResponseHead;
 use crate::worker::Worker;
@@ -89,14 +89,17 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// How an Anthropic body becomes an OpenAI one.
+/// How an Anthropic or Gemini body becomes an OpenAI one.
 enum Translate {
-    /// An event stream, event by event.
+    /// An Anthropic event stream, event by event.
     Stream(anthropic::StreamTranslator),
-    /// A message, translated once whole.
-    Message(Vec<u8>),
-    /// An error body of this status, translated once whole.
-    Error(Vec<u8>, u16),
+    /// A Gemini event stream, event by event.
+    GeminiStream(gemini::StreamTranslator),
+    /// An answer of this API, translated once whole (the model asked for, in case the
+    /// answer names none).
+    Message(Vec<u8>, Api, String),
+    /// An error body of this API and status, translated once whole.
+    Error(Vec<u8>, Api, u16),
 }
 
 impl Translate {
@@ -104,8 +107,9 @@ impl Translate {
     fn feed(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
         match self {
             Translate::Stream(t) => t.feed(payload, out),
-            Translate::Message(b) | Translate::Error(b, _) => {
-                if b.len() + payload.len() > anthropic::MAX_BODY {
+            Translate::GeminiStream(t) => t.feed(payload, out),
+            Translate::Message(b, ..) | Translate::Error(b, ..) => {
+                if b.len() + payload.len() > anthropic::MAX_BODY.min(gemini::MAX_BODY) {
                     return Err("larger than 16 MiB");
                 }
                 b.extend_from_slice(payload);
@@ -118,14 +122,20 @@ impl Translate {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), &'static str> {
         match self {
             Translate::Stream(t) => t.finish(out),
-            Translate::Message(b) => {
-                let body = anthropic::response_to_openai(b, unix_now())
-                    .map_err(|_| "not an Anthropic message")?;
+            Translate::GeminiStream(t) => t.finish(out),
+            Translate::Message(b, api, model) => {
+                let body = match api {
+                    Api::Gemini => gemini::response_to_openai(b, unix_now(), model)
+                        .map_err(|_| "not a Gemini GenerateContentResponse")?,
+                    _ => anthropic::response_to_openai(b, unix_now())
+                        .map_err(|_| "not an Anthropic message")?,
+                };
                 out.extend_from_slice(&body);
             }
-            Translate::Error(b, status) => {
-                out.extend_from_slice(&anthropic::error_to_openai(b, *status));
-            }
+            Translate::Error(b, api, status) => out.extend_from_slice(&match api {
+                Api::Gemini => gemini::error_to_openai(b, *status),
+                _ => anthropic::error_to_openai(b, *status),
+            }),
         }
         Ok(())
     }
@@ -144,8 +154,8 @@ impl Tap {
     /// The tap for `resp`: usage is read from 2xx bodies of model-routed requests that are
     /// not content-encoded.
     ///
-    /// An Anthropic upstream's body (answers and errors alike) is translated to OpenAI's
-    /// shape first; it is then forwarded re-chunked, since its length changes.
+    /// An Anthropic or Gemini upstream's body (answers and errors alike) is translated to
+    /// OpenAI's shape first; it is then forwarded re-chunked, since its length changes.
     pub fn for_response(ai: Option<&AiRequest>, api: Api, resp: &ResponseHead) -> Tap {
         let mut tap = Tap::default();
         let Some(ai) = ai else {
@@ -156,32 +166,42 @@ impl Tap {
             .is_none_or(|v| v.eq_ignore_ascii_case(b"identity"));
         // The gateway dropped `accept-encoding`, so an encoded body is not one it asked for.
         let ok = (200..300).contains(&resp.status);
-        match (ai.client, api) {
-            (Api::OpenAi, Api::Anthropic) if identity => {
-                tap.filter = true;
-                tap.translate = Some(if !ok {
-                    Translate::Error(Vec::new(), resp.status)
+        if identity {
+            // First the provider's shape to OpenAI's (what the scanners read)...
+            let translate = match (ai.client, api) {
+                (Api::OpenAi, Api::Anthropic) | (_, Api::Gemini) => Some(if !ok {
+                    Translate::Error(Vec::new(), api, resp.status)
                 } else if is_event_stream(resp) {
-                    Translate::Stream(anthropic::StreamTranslator::new(unix_now()))
+                    match api {
+                        Api::Gemini => Translate::GeminiStream(gemini::StreamTranslator::new(
+                            unix_now(),
+                            ai.info.model.as_deref().unwrap_or(""),
+                        )),
+                        _ => Translate::Stream(anthropic::StreamTranslator::new(unix_now())),
+                    }
                 } else {
-                    Translate::Message(Vec::new())
-                });
-            }
-            (Api::Anthropic, Api::OpenAi) if identity => {
-                tap.filter = true;
-                tap.outbound = Some(if !ok {
+                    Translate::Message(Vec::new(), api, ai.info.model.clone().unwrap_or_default())
+                }),
+                _ => None,
+            };
+            // ...then OpenAI's to an Anthropic client's.
+            let outbound = (ai.client == Api::Anthropic && api != Api::Anthropic).then(|| {
+                if !ok {
                     Outbound::Error(Vec::new(), resp.status)
                 } else if is_event_stream(resp) {
                     Outbound::Stream(anthropic::inbound::ToAnthropicStream::new())
                 } else {
                     Outbound::Message(Vec::new())
-                });
-            }
-            // A JSON message's usage is read as it is; a stream's through a translation.
-            (Api::Anthropic, Api::Anthropic) if identity && ok && is_event_stream(resp) => {
+                }
+            });
+            // An Anthropic stream passed through to an Anthropic client: a JSON message's
+            // usage is read as it is, a stream's through a translation.
+            if ai.client == Api::Anthropic && api == Api::Anthropic && ok && is_event_stream(resp) {
                 tap.shadow = Some(anthropic::StreamTranslator::new(0));
             }
-            _ => {}
+            tap.filter = translate.is_some() || outbound.is_some();
+            tap.translate = translate;
+            tap.outbound = outbound;
         }
         if !(200..300).contains(&resp.status) || !identity {
             return tap;
@@ -217,30 +237,30 @@ impl Tap {
             self.translated = translated;
             return;
         }
-        if self.outbound.is_some() {
-            self.scan(payload);
-            self.filtered.clear();
-            if let (Some(o), None) = (&mut self.outbound, self.failed) {
-                if let Err(e) = o.feed(payload, &mut self.filtered) {
-                    self.failed = Some(e);
-                }
-            }
-            return;
-        }
-        if self.translate.is_none() {
-            self.scan(payload);
-            return;
-        }
+        // The provider's shape to OpenAI's, scanned, then (for an Anthropic client) to
+        // Anthropic's: what the client gets.
         let mut translated = std::mem::take(&mut self.translated);
         translated.clear();
-        if let Some(t) = &mut self.translate {
-            if self.failed.is_none() {
-                if let Err(e) = t.feed(payload, &mut translated) {
+        let openai: &[u8] = match &mut self.translate {
+            Some(t) => {
+                if self.failed.is_none() {
+                    if let Err(e) = t.feed(payload, &mut translated) {
+                        self.failed = Some(e);
+                    }
+                }
+                &translated
+            }
+            None => payload,
+        };
+        self.scan(openai);
+        if self.outbound.is_some() {
+            self.filtered.clear();
+            if let (Some(o), None) = (&mut self.outbound, self.failed) {
+                if let Err(e) = o.feed(openai, &mut self.filtered) {
                     self.failed = Some(e);
                 }
             }
         }
-        self.scan(&translated);
         self.translated = translated;
     }
 
@@ -254,7 +274,7 @@ impl Tap {
     pub fn whole(&self) -> bool {
         matches!(
             self.translate,
-            Some(Translate::Message(_) | Translate::Error(..))
+            Some(Translate::Message(..) | Translate::Error(..))
         ) || matches!(
             self.outbound,
             Some(Outbound::Message(_) | Outbound::Error(..))
@@ -308,15 +328,6 @@ impl Tap {
             self.filtered.clear();
             return;
         }
-        if self.outbound.is_some() {
-            self.filtered.clear();
-            if let (Some(o), None) = (&mut self.outbound, self.failed) {
-                if let Err(e) = o.finish(&mut self.filtered) {
-                    self.failed = Some(e);
-                }
-            }
-            return;
-        }
         let mut tail = Vec::new();
         if let (Some(t), None) = (&mut self.translate, self.failed) {
             if let Err(e) = t.finish(&mut tail) {
@@ -327,6 +338,21 @@ impl Tap {
             self.scan(&tail);
         } else {
             self.filtered.clear();
+        }
+        if self.outbound.is_some() {
+            // What the translation still held goes through the client's translation too.
+            self.filtered.clear();
+            if let (Some(o), None) = (&mut self.outbound, self.failed) {
+                let fed = if tail.is_empty() {
+                    Ok(())
+                } else {
+                    o.feed(&tail, &mut self.filtered)
+                };
+                if let Err(e) = fed.and_then(|()| o.finish(&mut self.filtered)) {
+                    self.failed = Some(e);
+                }
+            }
+            return;
         }
         if let (Some(s), true) = (&mut self.sse, self.filter) {
             if s.strips() {
@@ -443,7 +469,11 @@ mod tests {
     fn translated_answers_are_read_whole_and_bounded() {
         let mut t = Tap {
             json: Some(JsonUsageScanner::new()),
-            translate: Some(Translate::Message(Vec::new())),
+            translate: Some(Translate::Message(
+                Vec::new(),
+                Api::Anthropic,
+                String::new(),
+            )),
             filter: true,
             ..Tap::default()
         };
@@ -462,7 +492,11 @@ mod tests {
         assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((3, 1)));
         // Not a message: the exchange fails (a 502) rather than forwarding it untranslated.
         let mut t = Tap {
-            translate: Some(Translate::Message(Vec::new())),
+            translate: Some(Translate::Message(
+                Vec::new(),
+                Api::Anthropic,
+                String::new(),
+            )),
             filter: true,
             ..Tap::default()
         };
@@ -471,7 +505,7 @@ mod tests {
         assert_eq!(t.failed(), Some("not an Anthropic message"));
         // Past the bound the body is not kept.
         let mut t = Tap {
-            translate: Some(Translate::Error(Vec::new(), 500)),
+            translate: Some(Translate::Error(Vec::new(), Api::Anthropic, 500)),
             filter: true,
             ..Tap::default()
         };

@@ -184,3 +184,88 @@ pub fn check_body(data: &[u8]) {
         assert_eq!(info2.model.as_deref(), Some(m));
     }
 }
+
+/// What a translated stream wrote must be SSE events whose data is JSON or `[DONE]`.
+fn assert_events(out: &[u8]) {
+    for ev in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let data = ev
+            .strip_prefix(b"data: ")
+            .unwrap_or_else(|| panic!("not a data line: {:?}", String::from_utf8_lossy(ev)));
+        assert!(
+            data == b"[DONE]" || serde_json::from_slice::<Value>(data).is_ok(),
+            "not JSON: {:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+}
+
+/// Runs the provider's stream translator over `pieces` (flag bit 0: Gemini, else Anthropic).
+fn translate_stream(gemini: bool, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if gemini {
+        let mut t = ringgate::ai::gemini::StreamTranslator::new(1, "m");
+        for p in pieces {
+            t.feed(p, &mut out);
+        }
+        t.finish(&mut out);
+    } else {
+        let mut t = ringgate::ai::anthropic::StreamTranslator::new(1);
+        for p in pieces {
+            t.feed(p, &mut out);
+        }
+        t.finish(&mut out);
+    }
+    out
+}
+
+/// Provider translation target (Anthropic and Gemini). Flag bit 0 picks Gemini, bit 1 the
+/// provider's side. Client side: the request translation never panics and what it returns is
+/// a JSON object. Provider side: a stream translates the same whatever its split, into
+/// well-formed events; a whole answer or an error body translates to JSON or is refused.
+pub fn check_translate(data: &[u8]) {
+    let p = Pieces::parse(data);
+    let gemini = p.flags & 1 == 1;
+    if p.flags & 2 == 0 {
+        let out = if gemini {
+            ringgate::ai::gemini::request_to_gemini(p.stream).ok()
+        } else {
+            ringgate::ai::anthropic::request_to_anthropic(p.stream, "m", 16).ok()
+        };
+        if let Some(body) = out {
+            assert!(
+                serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object()),
+                "a translated request is not a JSON object"
+            );
+        }
+        return;
+    }
+    let whole = translate_stream(gemini, &[p.stream]);
+    let split = translate_stream(gemini, &p.pieces());
+    assert_eq!(
+        String::from_utf8_lossy(&split),
+        String::from_utf8_lossy(&whole),
+        "the split {:?} changed the translation",
+        p.cuts
+    );
+    assert_events(&whole);
+    let answer = if gemini {
+        ringgate::ai::gemini::response_to_openai(p.stream, 1, "m").ok()
+    } else {
+        ringgate::ai::anthropic::response_to_openai(p.stream, 1).ok()
+    };
+    if let Some(a) = answer {
+        assert!(
+            serde_json::from_slice::<Value>(&a).is_ok(),
+            "answer not JSON"
+        );
+    }
+    let err = if gemini {
+        ringgate::ai::gemini::error_to_openai(p.stream, 500)
+    } else {
+        ringgate::ai::anthropic::error_to_openai(p.stream, 500)
+    };
+    assert!(
+        serde_json::from_slice::<Value>(&err).is_ok(),
+        "error not JSON"
+    );
+}

@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("tls_pem", inputs::check_tls_pem),
     ("config", inputs::check_config),
     ("path", inputs::check_path),
+    ("translate", ai::check_translate),
 ];
 
 /// The target called `name`.

@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | `.../chat/completions` | POST | `chat.completion` JSON, or SSE `chat.completion.chunk` events when `"stream": true` |
 //! | `.../messages` | POST | Anthropic Messages API: a `message` JSON, or its SSE events (`message_start` ... `message_stop`) when `"stream": true`; requires `x-api-key` and `anthropic-version: 2023-06-01`; errors (and `x-mock-status`) in Anthropic's error shape |
+//! | `.../models/{model}:generateContent`, `:streamGenerateContent[?alt=sse]` | POST | Gemini API: a `GenerateContentResponse`, or one per SSE event (CRLF-terminated) with `alt=sse`; requires `x-goog-api-key`; errors (and `x-mock-status`) in the google.rpc shape; a declared function is called once |
 //! | `.../embeddings` | POST | embedding list, 8 floats per input |
 //! | `.../models` | GET, HEAD | model list |
 //! | `.../echo` | any | JSON describing the request |
@@ -44,6 +45,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod gemini;
 
 /// How many leading body bytes a [`RecordedRequest`] keeps.
 const PREFIX_LIMIT: usize = 64 * 1024;
@@ -807,6 +810,7 @@ impl Knobs {
 enum Endpoint {
     Chat,
     Messages,
+    Gemini,
     Embeddings,
     Models,
     Echo,
@@ -831,7 +835,9 @@ fn split_target(target: &str) -> (&str, &str) {
 
 fn route(path: &str) -> Endpoint {
     let p = path.trim_end_matches('/');
-    if p.ends_with("/chat/completions") {
+    if gemini::method_of(p).is_some() {
+        Endpoint::Gemini
+    } else if p.ends_with("/chat/completions") {
         Endpoint::Chat
     } else if p.ends_with("/messages") {
         Endpoint::Messages
@@ -1165,7 +1171,7 @@ fn handle_request(
     }
     let mut sink = BodySink::new(matches!(
         endpoint,
-        Endpoint::Chat | Endpoint::Messages | Endpoint::Embeddings
+        Endpoint::Chat | Endpoint::Messages | Endpoint::Gemini | Endpoint::Embeddings
     ));
     match read_body(reader, framing, &mut sink) {
         Ok(()) => {}
@@ -1198,6 +1204,7 @@ fn handle_request(
         shared,
         knobs: &knobs,
         head: &head,
+        path,
         query,
         recorded: &recorded,
         body: full.as_deref(),
@@ -1251,6 +1258,11 @@ fn handle_request(
     resp.drop_mid = knobs.drop == Some(DropMode::MidBody);
 
     let result = match knobs.status {
+        Some(st) if endpoint == Endpoint::Gemini => gemini::error(
+            &mut resp,
+            st,
+            &format!("mock error: status {st} requested via x-mock-status"),
+        ),
         Some(st) if endpoint == Endpoint::Messages => anthropic_error(
             &mut resp,
             st,
@@ -1277,6 +1289,7 @@ struct Ctx<'a> {
     shared: &'a Shared,
     knobs: &'a Knobs,
     head: &'a RequestHead,
+    path: &'a str,
     query: &'a str,
     recorded: &'a RecordedRequest,
     body: Option<&'a [u8]>,
@@ -1301,6 +1314,8 @@ fn dispatch(ctx: &Ctx<'_>, endpoint: Endpoint, resp: &mut Resp<'_>) -> io::Resul
         Endpoint::Chat if m == "POST" => chat(ctx, resp),
         Endpoint::Messages if m == "POST" => messages(ctx, resp),
         Endpoint::Messages => anthropic_error(resp, 405, "use POST"),
+        Endpoint::Gemini if m == "POST" => gemini::generate(ctx, resp),
+        Endpoint::Gemini => gemini::error(resp, 405, "use POST"),
         Endpoint::Embeddings if m == "POST" => embeddings(ctx, resp),
         Endpoint::Models if get_like => resp.json(200, &models_json()),
         Endpoint::Echo => echo(ctx, resp),
@@ -1710,6 +1725,14 @@ fn sse(v: &Value) -> Vec<u8> {
     let mut out = b"data: ".to_vec();
     let _ = serde_json::to_writer(&mut out, v);
     out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// An SSE event ended by CRLF CRLF, as Google's servers write them.
+fn sse_crlf(v: &Value) -> Vec<u8> {
+    let mut out = b"data: ".to_vec();
+    let _ = serde_json::to_writer(&mut out, v);
+    out.extend_from_slice(b"\r\n\r\n");
     out
 }
 

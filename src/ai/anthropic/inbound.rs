@@ -7,7 +7,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{SseEvents, TranslateError, MAX_BODY};
+use super::{TranslateError, MAX_BODY};
+use crate::ai::sse::SseData;
 
 /// Whether a request path is the Anthropic Messages endpoint (`.../v1/messages`): such a
 /// request speaks Anthropic's API, and the gateway answers it (errors included) in kind.
@@ -546,7 +547,7 @@ enum Block {
 /// which OpenAI sends after the finish reason) and `message_stop` go out at `[DONE]`.
 #[derive(Debug)]
 pub struct ToAnthropicStream {
-    sse: SseEvents,
+    sse: SseData,
     started: bool,
     done: bool,
     /// The open block and its Anthropic index.
@@ -568,7 +569,7 @@ impl ToAnthropicStream {
     /// A translator at the start of a stream.
     pub fn new() -> Self {
         ToAnthropicStream {
-            sse: SseEvents::default(),
+            sse: SseData::default(),
             started: false,
             done: false,
             open: Block::None,
