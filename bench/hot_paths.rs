@@ -262,6 +262,35 @@ fn cluster_resp(c: &mut Criterion) {
         })
     });
     // An admission of one key: {admitted, index, wait, 0, the key's state}.
+    // The refusal cache a worker checks before any round trip: a hit (a key refused a
+    // moment ago, so no call) and a miss, among 1,000 remembered keys.
+    {
+        use ringgate::cluster::limits::{Entry, Kind, RefusalCache};
+        use std::time::{Duration, Instant};
+        let spec = ringgate::config::LimitSpec {
+            name: "per-client".into(),
+            rate_per_second: 5.0,
+            burst: 10,
+            key: ringgate::config::LimitKey::ClientIp,
+            nodelay: true,
+            scope: ringgate::config::LimitScope::Cluster { replicas: 1 },
+        };
+        let cache = RefusalCache::default();
+        let now = Instant::now();
+        for i in 0..1000u32 {
+            let ip = format!("10.0.{}.{}", i / 256, i % 256);
+            let e = Entry::new(0, &spec, Kind::Requests, ip.as_bytes(), 1);
+            cache.remember(&e, now + Duration::from_secs(60), now);
+        }
+        let hit = Entry::new(0, &spec, Kind::Requests, b"10.0.1.7", 1);
+        let miss = Entry::new(0, &spec, Kind::Requests, b"192.168.9.9", 1);
+        c.bench_function("cluster_refusal_cache_hit", |b| {
+            b.iter(|| cache.refused(black_box(&hit), now))
+        });
+        c.bench_function("cluster_refusal_cache_miss", |b| {
+            b.iter(|| cache.refused(black_box(&miss), now))
+        });
+    }
     let reply = b"*5\r\n:1\r\n:0\r\n:0\r\n:0\r\n:200000\r\n";
     c.bench_function("cluster_reply_decode", |b| {
         b.iter(|| {
