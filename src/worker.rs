@@ -120,6 +120,8 @@ pub struct Worker {
     pub stats: crate::metrics::LocalStats,
     /// The clients of requests waiting on an upstream, checked together every 50 ms.
     pub client_watch: Rc<crate::proxy::client_watch::ClientWatch>,
+    /// Idle keep-alive connections' deadlines (one ticker instead of a timer each).
+    pub idle: Rc<crate::proxy::idle::IdleList>,
     /// Bytes of kept request bodies this worker holds (`server.body_buffer_bytes`).
     pub body_budget: crate::proxy::request_body::BodyBudget,
     /// This worker's connection to the cluster store (idle without `[cluster]`).
@@ -487,6 +489,7 @@ async fn run(
         stats: crate::metrics::LocalStats::new(metrics.clone()),
         body_budget: Default::default(),
         client_watch: Default::default(),
+        idle: Default::default(),
         store: Rc::new(crate::cluster::Store::new(metrics.cluster.clone())),
         refusals: Default::default(),
         metrics,
@@ -499,6 +502,7 @@ async fn run(
 
     monoio::spawn(sweep_pools(w.clone()));
     monoio::spawn(w.client_watch.clone().run());
+    monoio::spawn(w.idle.clone().run());
     monoio::spawn(heartbeat(w.clone()));
     monoio::spawn(crate::cluster::conn::run(w.clone(), w.store.clone()));
 
@@ -510,6 +514,7 @@ async fn run(
         t.await;
     }
     w.drain.start();
+    w.idle.wake_all();
     let grace = w.snapshot().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;
     while w.active.get() > 0 && Instant::now() < deadline {
