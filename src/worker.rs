@@ -155,10 +155,14 @@ impl Worker {
         }
     }
 
-    /// Gives a buffer back for reuse (dropped when the spares are full or it grew large).
+    /// Gives a buffer back for reuse (dropped when the spares are full or it grew large; one
+    /// without an allocation is ignored).
     pub fn give_buffer(&self, mut b: Vec<u8>) {
         let mut spare = self.spare_buffers.borrow_mut();
-        if spare.len() < MAX_SPARE_BUFFERS && b.capacity() <= MAX_SPARE_BUFFER_BYTES {
+        if spare.len() < MAX_SPARE_BUFFERS
+            && b.capacity() > 0
+            && b.capacity() <= MAX_SPARE_BUFFER_BYTES
+        {
             b.clear();
             spare.push(b);
         }
