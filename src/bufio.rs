@@ -50,13 +50,26 @@ impl ReadBuf {
         self.buf
     }
 
-    /// When nothing is buffered and the allocation grew past `above` bytes (a large
-    /// request), starts over with `to` bytes so an idle connection does not keep it.
-    pub fn shrink_if_idle(&mut self, to: usize, above: usize) {
-        if self.is_empty() && self.buf.capacity() > above {
-            self.buf = Vec::with_capacity(to.min(self.max));
-            self.pos = 0;
-        }
+    /// The allocation's size: zero while the connection holds no buffer.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Takes the allocation out (for the worker's spares), leaving an empty buffer with
+    /// none. Only for an empty buffer: unconsumed bytes would be lost.
+    pub fn take_vec(&mut self) -> Vec<u8> {
+        self.pos = 0;
+        let mut b = std::mem::take(&mut self.buf);
+        b.clear();
+        b
+    }
+
+    /// Reads into `buf`'s allocation from now on (an empty buffer only; its previous
+    /// allocation, if any, is dropped).
+    pub fn adopt(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.buf = buf;
+        self.pos = 0;
     }
 
     /// The unconsumed bytes.

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::metrics::WorkerMetrics;
@@ -138,28 +139,65 @@ fn payload_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs the future serving one client connection of a worker; a panic inside it is
+/// The future serving one client connection of a worker, as spawned: a panic inside it is
 /// counted (`ringgate_panics_total`), logged with the peer and the request id, and ends only
-/// that future (dropping its stream closes the connection).
-pub async fn guarded(
-    metrics: &WorkerMetrics,
+/// that future (dropping its stream closes the connection). `keep` (the connection's
+/// admission slot) lives exactly as long as the task.
+///
+/// A hand-written future rather than an `async fn`: an async wrapper keeps its argument and
+/// the pinned copy it polls side by side in its state (and an `async move` block around it
+/// a third), which tripled every connection's task — 8.8 KiB of 9 KiB measured.
+pub fn guarded<F: Future<Output = ()>, K>(
+    metrics: Arc<WorkerMetrics>,
     worker: usize,
     peer: SocketAddr,
-    fut: impl Future<Output = ()>,
-) {
-    let mut g = std::pin::pin!(CatchUnwind::new(fut));
-    if let Err(c) = g.as_mut().await {
-        metrics.note_panic();
-        let id = g.request_id();
-        tracing::error!(
-            worker,
-            %peer,
-            request_id = if id.is_empty() { "-" } else { id },
-            location = c.location.as_deref().unwrap_or("-"),
-            panic = %c.message,
-            backtrace = c.backtrace.as_deref().unwrap_or("-"),
-            "panic while serving a connection; closed that connection only"
-        );
+    fut: F,
+    keep: K,
+) -> Guarded<F, K> {
+    Guarded {
+        inner: CatchUnwind::new(fut),
+        metrics,
+        worker,
+        peer,
+        _keep: keep,
+    }
+}
+
+/// See [`guarded`].
+pub struct Guarded<F, K> {
+    inner: CatchUnwind<F>,
+    metrics: Arc<WorkerMetrics>,
+    worker: usize,
+    peer: SocketAddr,
+    _keep: K,
+}
+
+impl<F: Future<Output = ()>, K> Future for Guarded<F, K> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `inner` is structurally pinned (never moved out nor exposed unpinned); the
+        // other fields are plain data.
+        let this = unsafe { self.get_unchecked_mut() };
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        match inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(c)) => {
+                this.metrics.note_panic();
+                let id = this.inner.request_id();
+                tracing::error!(
+                    worker = this.worker,
+                    peer = %this.peer,
+                    request_id = if id.is_empty() { "-" } else { id },
+                    location = c.location.as_deref().unwrap_or("-"),
+                    panic = %c.message,
+                    backtrace = c.backtrace.as_deref().unwrap_or("-"),
+                    "panic while serving a connection; closed that connection only"
+                );
+                Poll::Ready(())
+            }
+        }
     }
 }
 
@@ -284,8 +322,15 @@ mod tests {
         });
         rt().block_on(async {
             let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-            guarded(&metrics, 0, peer, async { panic!("in a connection") }).await;
-            guarded(&metrics, 0, peer, async {}).await;
+            guarded(
+                metrics.clone(),
+                0,
+                peer,
+                async { panic!("in a connection") },
+                (),
+            )
+            .await;
+            guarded(metrics.clone(), 0, peer, async {}, ()).await;
         });
         assert_eq!(metrics.panics(), 1);
     }

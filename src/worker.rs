@@ -120,6 +120,8 @@ pub struct Worker {
     pub stats: crate::metrics::LocalStats,
     /// The clients of requests waiting on an upstream, checked together every 50 ms.
     pub client_watch: Rc<crate::proxy::client_watch::ClientWatch>,
+    /// Idle keep-alive connections' deadlines (one ticker instead of a timer each).
+    pub idle: Rc<crate::proxy::idle::IdleList>,
     /// Bytes of kept request bodies this worker holds (`server.body_buffer_bytes`).
     pub body_budget: crate::proxy::request_body::BodyBudget,
     /// This worker's connection to the cluster store (idle without `[cluster]`).
@@ -153,10 +155,14 @@ impl Worker {
         }
     }
 
-    /// Gives a buffer back for reuse (dropped when the spares are full or it grew large).
+    /// Gives a buffer back for reuse (dropped when the spares are full or it grew large; one
+    /// without an allocation is ignored).
     pub fn give_buffer(&self, mut b: Vec<u8>) {
         let mut spare = self.spare_buffers.borrow_mut();
-        if spare.len() < MAX_SPARE_BUFFERS && b.capacity() <= MAX_SPARE_BUFFER_BYTES {
+        if spare.len() < MAX_SPARE_BUFFERS
+            && b.capacity() > 0
+            && b.capacity() <= MAX_SPARE_BUFFER_BYTES
+        {
             b.clear();
             spare.push(b);
         }
@@ -487,6 +493,7 @@ async fn run(
         stats: crate::metrics::LocalStats::new(metrics.clone()),
         body_budget: Default::default(),
         client_watch: Default::default(),
+        idle: Default::default(),
         store: Rc::new(crate::cluster::Store::new(metrics.cluster.clone())),
         refusals: Default::default(),
         metrics,
@@ -499,6 +506,7 @@ async fn run(
 
     monoio::spawn(sweep_pools(w.clone()));
     monoio::spawn(w.client_watch.clone().run());
+    monoio::spawn(w.idle.clone().run());
     monoio::spawn(heartbeat(w.clone()));
     monoio::spawn(crate::cluster::conn::run(w.clone(), w.store.clone()));
 
@@ -510,6 +518,7 @@ async fn run(
         t.await;
     }
     w.drain.start();
+    w.idle.wake_all();
     let grace = w.snapshot().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;
     while w.active.get() > 0 && Instant::now() < deadline {

@@ -339,6 +339,47 @@ fn slowloris_is_cut_at_header_read_timeout() {
     });
 }
 
+/// Idle keep-alive connections are closed at `idle_timeout_ms` — one that never sent a
+/// byte and one after its request — while the worker keeps their deadlines in its idle
+/// list (no timer, no buffer of their own), and pipelined requests on a kept-alive
+/// connection are still answered in order, the second read from the socket after waiting
+/// for readability.
+#[test]
+fn idle_keepalive_connections_are_closed_at_the_idle_timeout() {
+    each_driver(|d| {
+        let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+        let cfg = config(&mock, "").replace(
+            "header_read_timeout_ms = 1500",
+            "header_read_timeout_ms = 1500\nidle_timeout_ms = 300",
+        );
+        let gw = Gateway::start(&cfg, d);
+        let mut silent = Conn::connect(gw.addr);
+        let mut used = Conn::connect(gw.addr);
+        used.send(
+            b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\nGET /health HTTP/1.1\r\nhost: gw\r\n\r\n",
+        )
+        .expect("send");
+        for _ in 0..2 {
+            let r = used.read_response(false).expect("pipelined answer");
+            assert_eq!((r.status, r.text().as_str()), (200, "OK"), "{d:?}");
+        }
+        // Both are closed by the gateway (a 10 s read timeout would be an error here).
+        for (name, c) in [("silent", &mut silent), ("used", &mut used)] {
+            let rest = c
+                .read_to_close()
+                .unwrap_or_else(|e| panic!("{d:?}: {name} connection not closed: {e}"));
+            assert!(rest.is_empty(), "{d:?}: {name}: {rest:?}");
+        }
+        // And the worker still serves.
+        let r = request(
+            gw.addr,
+            "GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        )
+        .expect("health");
+        assert_eq!(r.status, 200, "{d:?}");
+    });
+}
+
 #[test]
 fn upstream_failures_map_to_502_and_504() {
     each_driver(|d| {

@@ -221,7 +221,7 @@ pub struct RawServer {
     pub max_body_bytes: u64,
     /// Time a client has to send a complete request head (slowloris cut-off).
     pub header_read_timeout_ms: u64,
-    /// Time an idle keep-alive client connection is kept open.
+    /// Time an idle keep-alive client connection is kept open (checked every 250 ms).
     pub idle_timeout_ms: u64,
     /// Time in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_ms: u64,

@@ -80,16 +80,17 @@ pub async fn accept_plain(w: Rc<Worker>, listener: TcpListener) {
                     drop(stream);
                     continue;
                 };
-                let w2 = w.clone();
-                monoio::spawn(async move {
-                    let serve = crate::proxy::serve_connection(
-                        w2.clone(),
-                        ClientStream::Plain(stream),
-                        peer,
-                    );
-                    crate::task::guarded(&w2.metrics, w2.id, peer, serve).await;
-                    drop(guard);
-                });
+                // No `async move` wrapper: it would hold the serving future twice (see
+                // `task::guarded`), and an idle keep-alive connection is this task alone.
+                let serve =
+                    crate::proxy::serve_connection(w.clone(), ClientStream::Plain(stream), peer);
+                monoio::spawn(crate::task::guarded(
+                    w.metrics.clone(),
+                    w.id,
+                    peer,
+                    serve,
+                    guard,
+                ));
             }
             Err(e) => {
                 if w.shared.draining.load(Ordering::Relaxed) {

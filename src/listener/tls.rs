@@ -85,10 +85,13 @@ pub async fn accept_tls(w: Rc<Worker>, listener: TcpListener) {
                         None => {}
                     }
                 };
-                monoio::spawn(async move {
-                    crate::task::guarded(&w3.metrics, w3.id, peer, serve).await;
-                    drop(guard);
-                });
+                monoio::spawn(crate::task::guarded(
+                    w3.metrics.clone(),
+                    w3.id,
+                    peer,
+                    serve,
+                    guard,
+                ));
             }
             Err(e) => {
                 if w.shared.draining.load(Ordering::Relaxed) {

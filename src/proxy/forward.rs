@@ -198,6 +198,12 @@ pub async fn forward(
         outcome.bytes_in = n;
     }
     let (client, scratch) = (side.client, side.scratch);
+    // The request is sent; its response can take minutes (a stream). The client's read
+    // buffer goes back to the worker meanwhile unless it holds the next request's bytes
+    // (the connection takes one again when it reads).
+    if side.client_buf.is_empty() && side.client_buf.capacity() > 0 {
+        worker.give_buffer(side.client_buf.take_vec());
+    }
     let result = pipe::respond(
         worker,
         req,

@@ -11,6 +11,7 @@ pub mod client_watch;
 pub mod failure;
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod io;
 pub mod limit_headers;
 pub mod pipe;
@@ -69,39 +70,43 @@ pub struct Outcome {
     pub rate: limit_headers::RateHeaders,
 }
 
-/// Read buffer a client connection starts with and returns to after a large request:
-/// most request heads (and small JSON bodies) fit, and it is what an idle keep-alive
-/// connection costs besides its task.
-const IDLE_READ_BUFFER: usize = 2048;
+/// Read buffer a client connection takes from the worker's spares when request bytes
+/// arrive (most request heads and small JSON bodies fit), and gives back once it is idle.
+const READ_BUFFER: usize = 4096;
 
 /// Serves one accepted client connection until it closes, errs, idles out or the worker
 /// drains.
+///
+/// Between requests a connection holds no buffer and no request state: this future is only
+/// the stream, an empty [`ReadBuf`] and the wait for readability (a poll op on io_uring, a
+/// readiness wait on epoll; neither reads, so dropping it at the drain loses nothing). A
+/// read buffer is taken from the worker when bytes are there, and everything a request
+/// needs lives in one boxed future ([`serve_request`]) that exists while a request does.
 pub async fn serve_connection(worker: Rc<Worker>, mut stream: ClientStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let max_header_bytes = worker.snapshot().config.server.max_header_bytes;
-    let mut rb = ReadBuf::new(IDLE_READ_BUFFER, max_header_bytes);
-    // The response-writing buffer is the worker's while a request runs, not the
-    // connection's: an idle keep-alive connection holds only `rb` and its task.
-    let mut scratch = Vec::new();
+    let mut rb = ReadBuf::new(0, 0);
     loop {
         let epoch = crate::task::poll_epoch();
         if rb.is_empty() {
             // Idle: no config snapshot held (an old generation is not kept alive by idle
-            // clients) and only a small read buffer posted.
+            // clients), no buffer.
+            if rb.capacity() > 0 {
+                worker.give_buffer(rb.take_vec());
+            }
             let (idle, max_header_bytes) = {
                 let snap = worker.snapshot();
-                (
-                    snap.config.server.idle_timeout,
-                    snap.config.server.max_header_bytes,
-                )
+                let server = &snap.config.server;
+                (server.idle_timeout, server.max_header_bytes)
             };
             rb.set_max(max_header_bytes);
+            // The idle timeout and the drain are one slot in the worker's idle list, not a
+            // timer of this connection's own (see `idle`).
             let got = monoio::select! {
-                r = rb.fill(&mut stream, idle) => Some(r),
-                _ = worker.drain.wait() => None,
+                r = wait_for_bytes(&worker, &mut stream, &mut rb, idle) => Some(r),
+                _ = worker.idle.wait(&worker.drain, idle) => None,
             };
             match got {
-                Some(Ok(_)) => {}
+                Some(Ok(())) => {}
                 Some(Err(ReadError::Io(e))) => {
                     tracing::debug!(%peer, error = %e, "client connection error while idle");
                     return;
@@ -109,85 +114,127 @@ pub async fn serve_connection(worker: Rc<Worker>, mut stream: ClientStream, peer
                 _ => return,
             }
         }
-        // A request sees one config snapshot from its first byte to its last.
-        let snap = worker.snapshot();
-        let server = &snap.config.server;
-        rb.set_max(server.max_header_bytes);
-        let deadline = Instant::now() + server.header_read_timeout;
-        let limits = HeadLimits {
-            max_header_bytes: server.max_header_bytes,
-            max_request_line: server.max_request_line_bytes,
-        };
-        let parsed = loop {
+        if !Box::pin(serve_request(&worker, &mut stream, &mut rb, peer, epoch)).await {
+            return;
+        }
+    }
+}
+
+/// Waits for an idle client's next bytes (or its close); the caller bounds the wait by the
+/// idle timeout (`idle` is only the TLS read's own backstop). A plain socket is
+/// waited on without a buffer; a TLS stream cannot be (rustls may already hold decrypted
+/// bytes the socket no longer shows), so it reads into a buffer from the worker — TLS
+/// connections carry rustls' own buffers anyway.
+async fn wait_for_bytes(
+    worker: &Worker,
+    stream: &mut ClientStream,
+    rb: &mut ReadBuf,
+    idle: Duration,
+) -> Result<(), ReadError> {
+    match stream {
+        ClientStream::Plain(s) => s.readable(false).await.map_err(ReadError::Io),
+        ClientStream::Tls(..) => {
+            rb.adopt(worker.take_buffer(READ_BUFFER));
+            boxed_fill(rb, stream, idle).await.map(drop)
+        }
+    }
+}
+
+/// `rb.fill` on the heap. rustls' read future (and the timer in `fill`) is large; built
+/// inside an `async fn`, even boxed at once, it would take room in that function's state,
+/// i.e. in every plain connection's idle task. Built here, only the box's pointer is there.
+fn boxed_fill<'a>(
+    rb: &'a mut ReadBuf,
+    stream: &'a mut ClientStream,
+    timeout: Duration,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<usize, ReadError>> + 'a>> {
+    Box::pin(rb.fill(stream, timeout))
+}
+
+/// Reads one request's head (bytes are waiting, or the client closed), handles the request
+/// and answers it. Returns whether the connection carries on. `epoch` is the poll epoch
+/// read before the connection last went idle.
+async fn serve_request(
+    worker: &Rc<Worker>,
+    stream: &mut ClientStream,
+    rb: &mut ReadBuf,
+    peer: SocketAddr,
+    epoch: u64,
+) -> bool {
+    if rb.capacity() == 0 {
+        rb.adopt(worker.take_buffer(READ_BUFFER));
+    }
+    // The response-writing buffer is the worker's while a request runs, not the connection's.
+    let mut scratch = Vec::new();
+    // A request sees one config snapshot from its first byte to its last.
+    let snap = worker.snapshot();
+    let server = &snap.config.server;
+    rb.set_max(server.max_header_bytes);
+    let deadline = Instant::now() + server.header_read_timeout;
+    let limits = HeadLimits {
+        max_header_bytes: server.max_header_bytes,
+        max_request_line: server.max_request_line_bytes,
+    };
+    let parsed = loop {
+        if !rb.is_empty() {
             match http::parse_request_head(rb.data(), &limits) {
                 Ok(Some(p)) => break Ok(p),
                 Ok(None) => {}
                 Err(e) => break Err(ProxyError::BadRequest(e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break Err(ProxyError::ClientTimeout);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(ProxyError::ClientTimeout);
+        }
+        match rb.fill(stream, left).await {
+            Ok(_) => {}
+            Err(ReadError::Timeout) => break Err(ProxyError::ClientTimeout),
+            Err(ReadError::Full) => {
+                break Err(ProxyError::BadRequest(http::HttpError::HeaderTooLarge));
             }
-            match rb.fill(&mut stream, left).await {
-                Ok(_) => {}
-                Err(ReadError::Timeout) => break Err(ProxyError::ClientTimeout),
-                Err(ReadError::Full) => {
-                    break Err(ProxyError::BadRequest(http::HttpError::HeaderTooLarge));
-                }
-                Err(ReadError::Eof) | Err(ReadError::Io(_)) => return,
-            }
-        };
-        let (mut head, head_len) = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "rejected request head");
-                worker.metrics.note_rejected_head();
-                let id = worker.new_request_id();
-                let _ = send_error(
-                    &mut stream,
-                    &e,
-                    &id,
-                    false,
-                    false,
-                    &mut scratch,
-                    server.idle_timeout,
-                    server.server_header.as_deref(),
-                    &limit_headers::RateHeaders::default(),
-                )
-                .await;
-                let _ = stream.shutdown().await;
-                return;
-            }
-        };
-        rb.consume(head_len);
-        scratch = worker.take_buffer(4096);
-        let in_flight = GaugeSlot::enter(&worker.metrics.requests_in_flight);
-        // Boxed: the request's state machine is several KiB; inline, every idle keep-alive
-        // connection's task would carry it between requests.
-        let outcome = Box::pin(handle_request(
-            &worker,
-            &snap,
-            &mut stream,
-            &mut rb,
-            &mut head,
-            peer,
-            &mut scratch,
-        ))
-        .await;
-        drop(in_flight);
-        worker.give_buffer(std::mem::take(&mut scratch));
-        rb.shrink_if_idle(IDLE_READ_BUFFER, 4 * IDLE_READ_BUFFER);
-        if !outcome.keep_alive || worker.drain.is_draining() {
+            Err(ReadError::Eof) | Err(ReadError::Io(_)) => return false,
+        }
+    };
+    let (mut head, head_len) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "rejected request head");
+            worker.metrics.note_rejected_head();
+            let id = worker.new_request_id();
+            let _ = send_error(
+                stream,
+                &e,
+                &id,
+                false,
+                false,
+                &mut scratch,
+                server.idle_timeout,
+                server.server_header.as_deref(),
+                &limit_headers::RateHeaders::default(),
+            )
+            .await;
             let _ = stream.shutdown().await;
-            return;
+            return false;
         }
-        // A request that never waited (its bytes were buffered, the kernel took the answer
-        // at once: epoll does both inline) kept the worker to itself: give it back before
-        // the next, or one pipelining client stalls every other connection of the worker.
-        if crate::task::ran_without_waiting(epoch) {
-            crate::task::yield_now().await;
-        }
+    };
+    rb.consume(head_len);
+    scratch = worker.take_buffer(4096);
+    let in_flight = GaugeSlot::enter(&worker.metrics.requests_in_flight);
+    let outcome = handle_request(worker, &snap, stream, rb, &mut head, peer, &mut scratch).await;
+    drop(in_flight);
+    worker.give_buffer(scratch);
+    if !outcome.keep_alive || worker.drain.is_draining() {
+        let _ = stream.shutdown().await;
+        return false;
     }
+    // A request that never waited (its bytes were buffered, the kernel took the answer
+    // at once: epoll does both inline) kept the worker to itself: give it back before
+    // the next, or one pipelining client stalls every other connection of the worker.
+    if crate::task::ran_without_waiting(epoch) {
+        crate::task::yield_now().await;
+    }
+    true
 }
 
 /// What metrics and the access log need of a request besides its [`Outcome`].

@@ -120,6 +120,7 @@ pub async fn respond(
         first_body: None,
         tap,
         watch: &worker.client_watch,
+        spares: worker,
         head_sent: false,
         decoded: 0,
         sent: 0,
@@ -259,6 +260,8 @@ pub struct ResponsePipe<'a, U> {
     tap: Tap,
     /// Where the client is watched while the pipe waits on the upstream.
     watch: &'a ClientWatch,
+    /// The worker's spare buffers: `out` goes back there while the pipe waits.
+    spares: &'a Worker,
     /// Whether the response head reached the client.
     head_sent: bool,
     /// Payload bytes read from the upstream and put in `out`.
@@ -266,6 +269,10 @@ pub struct ResponsePipe<'a, U> {
     /// Payload bytes written to the client.
     sent: u64,
 }
+
+/// The write buffer a pipe takes back from the worker after a wait (the size the
+/// connection takes per request).
+const OUT_BUFFER: usize = 4096;
 
 /// What a read from the upstream found.
 enum Filled {
@@ -296,6 +303,19 @@ impl<U: AsyncReadRent> ResponsePipe<'_, U> {
     /// Reads more of the body, unless the client leaves first (then the upstream connection
     /// is abandoned: the provider stops generating for nobody).
     async fn fill(&mut self) -> Result<Filled, ProxyError> {
+        // An SSE stream spends nearly all its life here: the emptied write buffer is the
+        // worker's meanwhile, not the stream's (4 KiB of each paused stream).
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.spares.give_buffer(std::mem::take(self.out));
+        }
+        let filled = self.fill_inner().await;
+        if self.out.capacity() == 0 {
+            *self.out = self.spares.take_buffer(OUT_BUFFER);
+        }
+        filled
+    }
+
+    async fn fill_inner(&mut self) -> Result<Filled, ProxyError> {
         let fd = self.client.raw_fd();
         let (upstream_buf, up, timeout) =
             (&mut *self.upstream_buf, &mut *self.up, self.read_timeout);

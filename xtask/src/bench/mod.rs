@@ -55,6 +55,10 @@ pub struct Settings {
     pub sse_rounds: usize,
     pub reloads: usize,
     pub idle_connections: usize,
+    /// Concurrent slow SSE streams for the memory scenario.
+    pub streams: usize,
+    /// Run only the memory scenario (`--only memory`).
+    pub only_memory: bool,
 }
 
 impl Settings {
@@ -71,6 +75,8 @@ impl Settings {
                 sse_rounds: 1,
                 reloads: 10,
                 idle_connections: 1000,
+                streams: 100,
+                only_memory: false,
             }
         } else {
             Settings {
@@ -83,6 +89,8 @@ impl Settings {
                 sse_rounds: 3,
                 reloads: 100,
                 idle_connections: 10_000,
+                streams: 1000,
+                only_memory: false,
             }
         };
         let mut i = 0;
@@ -100,6 +108,11 @@ impl Settings {
                 "--connections" => s.connections = value()?.max(1) as usize,
                 "--reloads" => s.reloads = value()?.max(1) as usize,
                 "--idle-connections" => s.idle_connections = value()? as usize,
+                "--streams" => s.streams = value()? as usize,
+                "--only" => match args.get(i + 1).map(String::as_str) {
+                    Some("memory") => s.only_memory = true,
+                    _ => return Err(format!("--only takes: memory\n{USAGE}")),
+                },
                 other => return Err(format!("unknown option {other}\n{USAGE}")),
             }
             i += if args[i] == "--quick" { 1 } else { 2 };
@@ -108,7 +121,7 @@ impl Settings {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N] [--reloads N] [--idle-connections N]
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N] [--reloads N] [--idle-connections N] [--streams N] [--only memory]
 
 Direct, nginx (the seed's config) and ringgate side by side on this machine, in rotated
 rounds: throughput and CPU per request, latency at the same load, SSE event delay, reload
@@ -124,6 +137,8 @@ when nginx is missing (needs root), and pins the proxy to core 0, client and ups
   --connections N       keep-alive connections of the closed-loop client        default 64 (quick 32)
   --reloads N           config re-projections in the reload scenario            default 100 (quick 10)
   --idle-connections N  idle keep-alive connections for the memory scenario     default 10000 (quick 1000)
+  --streams N           concurrent slow SSE streams for the memory scenario     default 1000 (quick 100)
+  --only memory         only the memory scenario (idle connections, streams); writes memory.md
   -h, --help            this text (nothing is built)";
 
 /// The three paths of scenario 1.
@@ -174,6 +189,8 @@ pub struct Results {
     pub memory: Vec<(Path3, u64, u64, usize)>,
     /// Scenario 5, or why it was skipped.
     pub cluster: Option<Result<cluster::ClusterResult, String>>,
+    /// (path, RSS before, RSS with the streams, streams held), KiB.
+    pub stream_memory: Vec<(Path3, u64, u64, usize)>,
 }
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -293,6 +310,7 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         reload: None,
         memory: Vec::new(),
         cluster: None,
+        stream_memory: Vec::new(),
     };
 
     // ---- scenario 1: throughput and latency --------------------------------------------
@@ -354,9 +372,14 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         })?;
     }
     let request = Rc::new(load::chat_request("bench"));
-    let total = settings.rounds * targets.len();
+    let rounds = if settings.only_memory {
+        0
+    } else {
+        settings.rounds
+    };
+    let total = rounds * targets.len();
     let mut n = 0;
-    for round in 0..settings.rounds {
+    for round in 0..rounds {
         for k in 0..targets.len() {
             let ((path, a, pid), https) = targets[(round + k) % targets.len()];
             n += 1;
@@ -391,9 +414,9 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
     let rate = (median_of(Path3::Nginx).min(median_of(Path3::Ringgate)) * 0.6).max(100.0);
     results.same_load_rate = rate;
     // In rounds too, order rotated: one paced run per path is at the mercy of the host.
-    let total = settings.rounds * plain.len();
+    let total = rounds * plain.len();
     let mut n = 0;
-    for round in 0..settings.rounds {
+    for round in 0..rounds {
         for k in 0..plain.len() {
             let (path, a, pid) = plain[(round + k) % plain.len()];
             n += 1;
@@ -433,6 +456,13 @@ fn run_all(settings: Settings) -> Result<PathBuf, String> {
         }
     }
     drop(children);
+    if settings.streams > 0 {
+        results.stream_memory =
+            sse::stream_memory(&nginx, &ringgate_bin, &work, cores, settings.streams)?;
+    }
+    if settings.only_memory {
+        return report::write_memory(&out_dir, &results);
+    }
 
     // ---- scenario 2: SSE ------------------------------------------------------------------
     results.sse = sse::run(&nginx, &ringgate_bin, &work, cores, &settings)?;

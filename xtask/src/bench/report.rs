@@ -395,30 +395,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
         let _ = writeln!(md, "\nEach re-projection moves the `/probe/N` route; the time is from kubelet's `..data` rename to the first `200` from the new path (probed every 0.2 ms on a kept-alive connection).");
     }
 
-    // --- memory
-    if !r.memory.is_empty() {
-        let _ = writeln!(md, "\n## 4. Memory with idle keep-alive connections\n");
-        let _ = writeln!(
-            md,
-            "| path | RSS before | RSS with connections | connections held | per connection |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-        for (p, before, after, n) in &r.memory {
-            let _ = writeln!(
-                md,
-                "| {} | {} KiB | {} KiB | {} | {:.2} KiB |",
-                p.name(),
-                before,
-                after,
-                n,
-                (*after as f64 - *before as f64) / (*n).max(1) as f64
-            );
-        }
-        let _ = writeln!(
-            md,
-            "\nRSS of the proxy's whole process tree (nginx: master + worker)."
-        );
-    }
+    memory_sections(&mut md, r);
 
     // --- cluster limits
     match &r.cluster {
@@ -546,10 +523,7 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
             mark(added <= 300_000.0 && c.store_failures == 0.0)
         );
     }
-    if r.memory.len() == 2 {
-        let (n, g) = (&r.memory[0], &r.memory[1]);
-        let _ = writeln!(md, "| memory with idle connections ≤ nginx's | {} KiB vs {} KiB ({} vs {} connections) | {} |", g.2, n.2, g.3, n.3, mark(g.2 <= n.2));
-    }
+    memory_targets(&mut md, r);
 
     let md_path = dir.join("report.md");
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
@@ -558,6 +532,90 @@ pub fn write(dir: &Path, r: &Results) -> Result<PathBuf, String> {
     std::fs::write(dir.join("results.json"), json(r, med, rn, rd)).map_err(|e| e.to_string())?;
     println!("\n{md}");
     Ok(md_path)
+}
+
+/// KiB of RSS per connection a memory row measured.
+fn per_conn(row: &(Path3, u64, u64, usize)) -> f64 {
+    (row.2 as f64 - row.1 as f64) / row.3.max(1) as f64
+}
+
+/// Sections 4 and 4b: RSS with idle keep-alive connections and with slow SSE streams.
+fn memory_sections(md: &mut String, r: &Results) {
+    for (rows, title, what) in [
+        (
+            &r.memory,
+            "4. Memory with idle keep-alive connections",
+            "connections held",
+        ),
+        (
+            &r.stream_memory,
+            "4b. Memory with concurrent slow SSE streams",
+            "streams held",
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "\n## {title}\n");
+        let _ = writeln!(
+            md,
+            "| path | RSS before | RSS after | {what} | per connection |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for row in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} KiB | {} KiB | {} | {:.2} KiB |",
+                row.0.name(),
+                row.1,
+                row.2,
+                row.3,
+                per_conn(row)
+            );
+        }
+    }
+    if !r.memory.is_empty() || !r.stream_memory.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nRSS of the proxy's whole process tree (nginx: master + worker). Idle connections \
+             made one `GET /health` each; streams are SSE answers whose upstream sends an event \
+             every 500 ms, held open by clients that stopped reading after the first event."
+        );
+    }
+}
+
+/// The memory rows of the targets table.
+fn memory_targets(md: &mut String, r: &Results) {
+    if let [n, g] = &r.memory[..] {
+        let (gk, nk) = (per_conn(g), per_conn(n));
+        let _ = writeln!(md, "| idle keep-alive connection ≤ 1 KiB (nginx {nk:.2} KiB) | {gk:.2} KiB ({} connections) | {} |", g.3, mark(gk <= 1.0));
+    }
+    if let [n, g] = &r.stream_memory[..] {
+        let (gk, nk) = (per_conn(g), per_conn(n));
+        let _ = writeln!(
+            md,
+            "| active SSE stream ≤ nginx's | {gk:.2} KiB vs {nk:.2} KiB ({} streams) | {} |",
+            g.3,
+            mark(gk <= nk)
+        );
+    }
+}
+
+/// `--only memory`: the memory sections alone, in `memory.md` (report.md is left as the last
+/// full run wrote it).
+pub fn write_memory(dir: &Path, r: &Results) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut md = format!(
+        "# ringgate bench: memory only\n\nWritten by `cargo xtask bench --only memory`. Machine: {}.\n",
+        machine()
+    );
+    memory_sections(&mut md, r);
+    let _ = writeln!(md, "\n| target | measured | |\n|---|---|---|");
+    memory_targets(&mut md, r);
+    let path = dir.join("memory.md");
+    std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("\n{md}");
+    Ok(path)
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

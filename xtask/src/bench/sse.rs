@@ -372,6 +372,183 @@ pub fn run(
     Ok(results)
 }
 
+/// Gap between the events of a slow stream (the memory scenario): long enough that the
+/// proxies spend nearly all their time waiting on it, as with a model thinking.
+const SLOW_GAP: Duration = Duration::from_millis(500);
+
+/// Serves one slow stream per request until the proxy closes the connection or `stop`:
+/// the head, then one small event every [`SLOW_GAP`].
+fn serve_slow(mut s: TcpStream, stop: Arc<AtomicBool>) {
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while parse_request(&buf).is_none() {
+        match sys::read_retry(&mut s, &mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let ev = format!(
+            "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"i\":{i},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n"
+        );
+        if s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+        i += 1;
+        std::thread::sleep(SLOW_GAP);
+    }
+}
+
+/// Opens `n` streams through `addr`, each held once its first event arrived; returns them
+/// with the reason it stopped early, if it did.
+fn hold_streams(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Option<String>) {
+    let body = r#"{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"Think slowly."}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\naccept: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut held = Vec::with_capacity(n);
+    let mut tmp = [0u8; 4096];
+    for _ in 0..n {
+        let opened = (|| -> Result<TcpStream, String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            s.write_all(req.as_bytes())
+                .map_err(|e| format!("write: {e}"))?;
+            let mut got = Vec::new();
+            // The head and the first whole event.
+            loop {
+                let k = sys::read_retry(&mut s, &mut tmp).map_err(|e| format!("read: {e}"))?;
+                if k == 0 {
+                    return Err("closed before the first event".into());
+                }
+                got.extend_from_slice(&tmp[..k]);
+                if !got.starts_with(b"HTTP/1.1 200") {
+                    if got.len() >= 12 {
+                        return Err(format!("answer {:?}", String::from_utf8_lossy(&got[..12])));
+                    }
+                    continue;
+                }
+                if find(&got, b"\"i\":0").is_some() && find(&got, b"\n\n\r\n").is_some() {
+                    return Ok(s);
+                }
+            }
+        })();
+        match opened {
+            Ok(s) => held.push(s),
+            Err(e) => return (held, Some(e)),
+        }
+    }
+    (held, None)
+}
+
+/// The memory scenario's streaming half: RSS of nginx and of ringgate each carrying `n`
+/// concurrent slow SSE streams (the clients hold their connections and read nothing more;
+/// the events wait in the kernel's socket buffers, outside both proxies). Returns
+/// (path, RSS before KiB, RSS with the streams KiB, streams held).
+pub fn stream_memory(
+    nginx: &Nginx,
+    ringgate_bin: &Path,
+    work: &Path,
+    cores: Cores,
+    n: usize,
+) -> Result<Vec<(Path3, u64, u64, usize)>, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop2.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let stop = stop2.clone();
+            // Small stacks: a thousand of these sleep at once.
+            let _ = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || serve_slow(conn, stop));
+        }
+    });
+    let finish = |stop: &AtomicBool| {
+        stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", port));
+    };
+    let mut children = Children::default();
+    let nginx_port = sys::free_port().map_err(|e| e.to_string())?;
+    let started = (|| -> Result<RinggateProc, String> {
+        nginx.start_proxy(
+            &mut children,
+            "proxy-streams",
+            nginx_port,
+            port,
+            cores.proxy,
+            None,
+        )?;
+        RinggateProc::start(
+            &mut children,
+            ringgate_bin,
+            &work.join("ringgate-streams"),
+            port,
+            cores.proxy,
+            None,
+        )
+    })();
+    let rg = match started {
+        Ok(rg) => rg,
+        Err(e) => {
+            finish(&stop);
+            return Err(e);
+        }
+    };
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    let mut out = Vec::new();
+    for (path, addr, pid) in [
+        (Path3::Nginx, nginx_addr, children.pid("proxy-streams")),
+        (Path3::Ringgate, rg.addr, children.pid("ringgate")),
+    ] {
+        let Some(pid) = pid else { continue };
+        if let Err(e) = sys::wait_http(addr, "/health") {
+            finish(&stop);
+            return Err(format!("{} (streams) not ready: {e}", path.name()));
+        }
+        // One stream first: lazily built state (pools, route caches) is not per stream.
+        drop(hold_streams(addr, 1));
+        std::thread::sleep(Duration::from_millis(300));
+        let before = sys::rss_kib_tree(pid);
+        let (held, problem) = hold_streams(addr, n);
+        // Two events' time: every stream has been through a wait and a forward since.
+        std::thread::sleep(SLOW_GAP * 2);
+        let after = sys::rss_kib_tree(pid);
+        progress!(
+            "[4/4 memory] {:<8} RSS {} KiB -> {} KiB with {} concurrent slow SSE streams ({:.2} KiB each){}",
+            path.name(),
+            before,
+            after,
+            held.len(),
+            (after as f64 - before as f64) / held.len().max(1) as f64,
+            problem.as_deref().map(|p| format!(" (stopped early: {p})")).unwrap_or_default()
+        );
+        out.push((path, before, after, held.len()));
+        drop(held);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(children);
+    finish(&stop);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
