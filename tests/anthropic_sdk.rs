@@ -2,7 +2,8 @@
 //! model on an Anthropic upstream (chat, stream, tools, usage), and the `anthropic` Python
 //! SDK against `/v1/messages` (message, stream, tool use) to a model on an Anthropic upstream
 //! and to one on an OpenAI upstream. The token metrics equal the usage the SDK was given,
-//! which is the provider's. `.ci/run` installs both packages.
+//! which is the provider's, and the streamed message the `anthropic` SDK rebuilds carries the
+//! OpenAI upstream's exact counts. `.ci/run` installs both packages.
 
 mod common;
 
@@ -189,7 +190,35 @@ fn anthropic_sdk(model: &str, provider_model: &str) {
         (5, 0)
     };
     assert_eq!((oa.request_count(), anth.request_count()), reached);
+    if !provider_model.starts_with("claude") {
+        assert_stream_usage_is_the_providers(&oa, &seen);
+    }
     assert_tokens(&gw, model, &seen);
+}
+
+/// The SDK's streamed message (`get_final_message()`) reports the OpenAI upstream's own
+/// counts. OpenAI sends usage only in its last chunk, after `message_start` has gone out
+/// with 0 input tokens; the real counts must come in `message_delta`, whose cumulative
+/// values the SDK takes over.
+fn assert_stream_usage_is_the_providers(oa: &MockProvider, seen: &Value) {
+    let streamed: Vec<Value> = oa
+        .requests()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body_prefix).ok())
+        .filter(|b| b["stream"] == json!(true) && b["tools"].is_null())
+        .collect();
+    assert_eq!(streamed.len(), 1, "one plain stream to the upstream");
+    let messages = streamed[0]["messages"].as_array().expect("messages");
+    let prompt = ringgate_mock::provider::chat_prompt_tokens(messages);
+    assert_eq!(
+        seen["stream_usage"],
+        json!({
+            "input_tokens": prompt,
+            "output_tokens": ringgate_mock::provider::DEFAULT_CHUNKS,
+            "cache_read_input_tokens": 0,
+        }),
+        "{seen}"
+    );
 }
 
 #[test]

@@ -371,7 +371,8 @@ pub struct RawUpstream {
     /// Requests after which a pooled connection is retired.
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u64,
-    /// Default connect timeout for routes that do not set one.
+    /// Default connect timeout for routes that do not set one; per resolved address, for its
+    /// TCP connect and TLS handshake together (as nginx's `proxy_connect_timeout`, per attempt).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// The provider's wire format: `openai` (the default), `anthropic` (the Messages API;
@@ -501,7 +502,7 @@ pub struct RawRoute {
     /// Name of a `[limits.NAME]`.
     #[serde(default)]
     pub limit: Option<String>,
-    /// Connect timeout; defaults to the upstream's.
+    /// Connect timeout, per resolved address of the endpoint; defaults to the upstream's.
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
     /// Timeout between two writes to the upstream.

@@ -243,27 +243,35 @@ impl Balancer {
         if !(0..n).any(ok) {
             return None;
         }
-        let start = st.cursor.get();
-        st.cursor.set(start.wrapping_add(1));
-        let in_turn = (0..n).map(|k| (start + k) % n).filter(|&i| ok(i));
+        let ok = &ok;
+        // Round robin and least request start one further along on every pick, so ties
+        // rotate.
+        let in_turn = || {
+            let start = st.cursor.get();
+            st.cursor.set(start.wrapping_add(1));
+            (0..n).map(move |k| (start + k) % n).filter(move |&i| ok(i))
+        };
         match up.balance {
-            Balance::RoundRobin => in_turn.into_iter().next(),
-            Balance::LeastRequest => in_turn.min_by_key(|&i| st.endpoints[i].inflight.get()),
+            Balance::RoundRobin => in_turn().next(),
+            Balance::LeastRequest => in_turn().min_by_key(|&i| st.endpoints[i].inflight.get()),
             Balance::P2cEwma => {
-                let candidates: Vec<usize> = in_turn.collect();
-                match candidates.len() {
-                    0 => None,
-                    1 => Some(candidates[0]),
-                    len => {
-                        let a = candidates[(self.next_random() % len as u64) as usize];
-                        let mut b = candidates[(self.next_random() % (len as u64 - 1)) as usize];
-                        if b == a {
-                            b = candidates[len - 1];
-                        }
-                        let (ca, cb) = (st.endpoints[a].cost(now), st.endpoints[b].cost(now));
-                        Some(if cb < ca { b } else { a })
-                    }
+                // Two distinct candidates drawn uniformly by rank among the eligible ones,
+                // found by walking the endpoint list: O(n) in a handful of endpoints and no
+                // allocation, since this runs for every request.
+                let eligible = (0..n).filter(move |&i| ok(i));
+                let m = eligible.clone().count();
+                if m < 2 {
+                    return eligible.clone().next();
                 }
+                let ra = (self.next_random() % m as u64) as usize;
+                let mut rb = (self.next_random() % (m as u64 - 1)) as usize;
+                if rb >= ra {
+                    rb += 1;
+                }
+                let a = eligible.clone().nth(ra)?;
+                let b = eligible.clone().nth(rb)?;
+                let (ca, cb) = (st.endpoints[a].cost(now), st.endpoints[b].cost(now));
+                Some(if cb < ca { b } else { a })
             }
         }
     }
@@ -445,6 +453,37 @@ mod tests {
             st.failure(1, &up, now);
             let p = b.pick(&up, &st, &[0, 2], now);
             assert!(matches!(p, Some(0) | Some(2)), "{balance}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn p2c_ewma_compares_two_distinct_endpoints_and_skips_the_ejected() {
+        let (_, up) = upstreams("p2c_ewma");
+        let b = Balancer::new(17);
+        let st = b.state(&up);
+        let t0 = Instant::now();
+        st.success(0, 2 * MS, t0);
+        st.success(1, 20 * MS, t0);
+        st.success(2, 200 * MS, t0);
+        let mut counts = [0usize; 3];
+        for _ in 0..300 {
+            counts[b.pick(&up, &st, &[], t0).expect("healthy")] += 1;
+        }
+        // The slowest loses every pair, so it is never picked if the two draws are always
+        // distinct; the fastest wins the two pairs (of three) it is in.
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!(counts[0] > counts[1] && counts[1] > 0, "{counts:?}");
+        // The fastest ejected: the other two are always the pair, the faster of them wins.
+        st.failure(0, &up, t0);
+        assert!(st.failure(0, &up, t0));
+        for _ in 0..50 {
+            assert_eq!(b.pick(&up, &st, &[], t0), Some(1));
+        }
+        // One eligible left: it, without a draw.
+        st.failure(1, &up, t0);
+        assert!(st.failure(1, &up, t0));
+        for _ in 0..10 {
+            assert_eq!(b.pick(&up, &st, &[], t0), Some(2));
         }
     }
 

@@ -53,6 +53,13 @@ print(json.dumps({
     "stream_pieces": len(texts),
     "stream_text": "".join(texts),
     "stream_stop_reason": streamed.stop_reason,
+    # The streamed message's usage as the SDK rebuilt it from the events: message_start
+    # first, then whatever message_delta (cumulative counts) overwrites.
+    "stream_usage": {
+        "input_tokens": streamed.usage.input_tokens,
+        "output_tokens": streamed.usage.output_tokens,
+        "cache_read_input_tokens": streamed.usage.cache_read_input_tokens,
+    },
     "tool_stop_reason": tool.stop_reason,
     "tool_name": use.name,
     "tool_input": use.input,

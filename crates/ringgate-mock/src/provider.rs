@@ -62,8 +62,8 @@ const MAX_LINE: usize = 8 * 1024;
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffer sizes and the download write size.
 const IO_CHUNK: usize = 64 * 1024;
-/// Default number of SSE content events.
-const DEFAULT_CHUNKS: u64 = 5;
+/// Default number of SSE content events, which is also the `completion_tokens` reported.
+pub const DEFAULT_CHUNKS: u64 = 5;
 /// Upper bound on `x-mock-chunks`.
 const MAX_CHUNKS: u64 = 1_000_000;
 /// Stack size of connection threads.
@@ -1348,6 +1348,22 @@ fn json_body(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> Result<Value, io::Result<Out
     }
 }
 
+/// The `prompt_tokens` the mock reports for a chat completion request with these
+/// `messages`, so a test can check a client saw the provider's own count.
+pub fn chat_prompt_tokens(messages: &[Value]) -> u64 {
+    messages
+        .iter()
+        .map(|m| {
+            3 + match m.get("content") {
+                Some(Value::String(s)) => estimate_tokens(s),
+                Some(other) => estimate_tokens(&other.to_string()),
+                None => 0,
+            }
+        })
+        .sum::<u64>()
+        + 3
+}
+
 fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4).max(1)
 }
@@ -1422,17 +1438,7 @@ fn chat(ctx: &Ctx<'_>, resp: &mut Resp<'_>) -> io::Result<Outcome> {
     let Some(messages) = req.get("messages").and_then(Value::as_array) else {
         return resp.error(400, "'messages' is a required property");
     };
-    let prompt_tokens: u64 = messages
-        .iter()
-        .map(|m| {
-            3 + match m.get("content") {
-                Some(Value::String(s)) => estimate_tokens(s),
-                Some(other) => estimate_tokens(&other.to_string()),
-                None => 0,
-            }
-        })
-        .sum::<u64>()
-        + 3;
+    let prompt_tokens = chat_prompt_tokens(messages);
     let n = ctx.knobs.chunks.unwrap_or(DEFAULT_CHUNKS);
     let id = format!("chatcmpl-mock{}", ctx.req);
     let created = unix_now();

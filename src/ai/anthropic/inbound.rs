@@ -666,6 +666,9 @@ impl ToAnthropicStream {
         }
         if !self.started {
             self.started = true;
+            // OpenAI reports usage only in its last chunk, so the counts are not known yet.
+            // No estimate: 0 here, and `message_delta` carries every count (cumulative, as
+            // Anthropic's own are), which the SDKs take over for the final message.
             Self::event(
                 "message_start",
                 &json!({"type": "message_start", "message": {
