@@ -10,9 +10,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::gateway::{request, temp_dir, Conn, Driver, Gateway, Response};
+use common::gateway::{request, spend_mock_failure, temp_dir, Conn, Driver, Gateway, Response};
 use ringgate_mock::kubelet::ProjectedVolume;
 use ringgate_mock::MockProvider;
 use sha2::{Digest, Sha256};
@@ -89,21 +89,6 @@ fn chat(gw: &Gateway, body: &str, headers: &str) -> Response {
         ),
     )
     .expect("request")
-}
-
-/// Polls a metric (bounded: 5 s; stats are published once a second) until it equals
-/// `want`; the last value read otherwise, so callers compare the result with `Some(want)`.
-fn wait_metric(gw: &Gateway, name: &str, want: f64) -> Option<f64> {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(5) {
-        last = gw.metric(name);
-        if last.is_some_and(|v| (v - want).abs() < 1e-9) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    last
 }
 
 const HELLO: &str =
@@ -240,7 +225,7 @@ fn falls_back_to_the_next_provider_before_the_first_byte_only() {
 
     // 503 from alpha: the request moves to beta's model, with beta's model name. (The knob
     // headers reach beta too: beta has already served its one failure for this key.)
-    prewarm(&b, "fb1");
+    spend_mock_failure(b.addr(), "fb1");
     let r = chat(
         &gw,
         HELLO,
@@ -252,7 +237,7 @@ fn falls_back_to_the_next_provider_before_the_first_byte_only() {
     let sent: serde_json::Value = serde_json::from_slice(&seen.body_prefix).expect("json");
     assert_eq!(sent["model"], "deepseek-chat");
     assert_eq!(
-        wait_metric(&gw, "ringgate_model_fallbacks_total{model=\"gpt-4o\"}", 1.0),
+        gw.wait_metric("ringgate_model_fallbacks_total{model=\"gpt-4o\"}", 1.0),
         Some(1.0)
     );
 
@@ -293,19 +278,6 @@ fn falls_back_to_the_next_provider_before_the_first_byte_only() {
     let r = chat(&gw2, HELLO, "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["model"], "deepseek-chat");
-}
-
-/// Spends `mock`'s one `x-mock-fail-first` failure for `key`, so only the other mock fails.
-fn prewarm(mock: &MockProvider, key: &str) {
-    let r = request(
-        mock.addr(),
-        &format!(
-            "GET /v1/models HTTP/1.1\r\nhost: m\r\nx-mock-status: 503\r\nx-mock-fail-first: 1\r\n\
-             x-mock-fail-key: {key}\r\nconnection: close\r\n\r\n"
-        ),
-    )
-    .expect("prewarm");
-    assert_eq!(r.status, 503);
 }
 
 #[test]
@@ -362,8 +334,7 @@ fn tokens_and_cost_from_json_and_sse_with_the_added_usage_chunk_stripped() {
     let prompt = (3 * p1) as f64;
     let completion = (7 + 4 + 2) as f64;
     assert_eq!(
-        wait_metric(
-            &gw,
+        gw.wait_metric(
             "ringgate_tokens_total{model=\"gpt-4o\",kind=\"completion\"}",
             completion
         ),
@@ -459,11 +430,7 @@ tokens_per_minute = 30
     assert!(r.header("retry-after").is_some());
 
     assert_eq!(
-        wait_metric(
-            &gw,
-            "ringgate_client_requests_total{client=\"team-a\"}",
-            3.0
-        ),
+        gw.wait_metric("ringgate_client_requests_total{client=\"team-a\"}", 3.0),
         Some(3.0)
     );
     assert_eq!(
@@ -559,16 +526,14 @@ fn response_cache_hits_misses_bypasses_and_expires() {
     let r5 = chat(&gw, HELLO, "");
     assert_eq!(r5.header("x-cache"), Some("MISS"));
     assert_eq!(
-        wait_metric(
-            &gw,
+        gw.wait_metric(
             "ringgate_cache_requests_total{route=\"chat\",result=\"hit\"}",
             1.0
         ),
         Some(1.0)
     );
     assert_eq!(
-        wait_metric(
-            &gw,
+        gw.wait_metric(
             "ringgate_cache_requests_total{route=\"chat\",result=\"miss\"}",
             3.0
         ),
@@ -588,7 +553,7 @@ fn openai_ai_layer() {
         &config(&sa, &sb, &auth, "cache_ttl_ms = 60000"),
         Driver::IoUring,
     );
-    prewarm(&b, "sdk-fb");
+    spend_mock_failure(b.addr(), "sdk-fb");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_ai_layer.py");
     let out = Command::new("python3")
         .arg(script)
@@ -615,7 +580,7 @@ fn openai_ai_layer() {
     assert_eq!(seen["bad_key"], "AuthenticationError");
     assert_eq!(seen["unknown_model"], "NotFoundError");
     assert_eq!(
-        wait_metric(&gw, "ringgate_client_requests_total{client=\"sdk\"}", 5.0),
+        gw.wait_metric("ringgate_client_requests_total{client=\"sdk\"}", 5.0),
         Some(5.0),
         "requests counted for the client"
     );

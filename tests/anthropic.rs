@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::gateway::{request, temp_dir, Driver, Gateway, Response};
+use common::gateway::{request, spend_mock_failure, temp_dir, Driver, Gateway, Response};
 use ringgate_mock::MockProvider;
 use serde_json::Value;
 
@@ -103,20 +101,6 @@ fn events(r: &Response) -> Vec<String> {
         .collect()
 }
 
-/// Polls a metric (bounded: 5 s; stats are published once a second) until it equals `want`.
-fn wait_metric(gw: &Gateway, name: &str, want: f64) -> Option<f64> {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(5) {
-        last = gw.metric(name);
-        if last.is_some_and(|v| (v - want).abs() < 1e-9) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    last
-}
-
 const ASK: &str = r#"{"model":"claude","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello"}],"temperature":0.3,"stop":["\n\n"]}"#;
 
 #[test]
@@ -199,7 +183,7 @@ fn openai_chat_is_translated_to_and_from_anthropic() {
 
     // All three counted, cache reads included in the prompt.
     let m = |kind: &str| format!("ringgate_tokens_total{{model=\"claude\",kind=\"{kind}\"}}");
-    assert_eq!(wait_metric(&gw, &m("completion"), 15.0), Some(15.0));
+    assert_eq!(gw.wait_metric(&m("completion"), 15.0), Some(15.0));
     assert_eq!(gw.metric(&m("prompt")), Some(3.0 * prompt as f64));
     assert_eq!(gw.metric(&m("cached_prompt")), Some(6.0));
 }
@@ -231,24 +215,11 @@ fn untranslatable_fields_are_refused_and_errors_translated() {
     }
 }
 
-/// Spends `mock`'s one `x-mock-fail-first` failure for `key`, so only the other mock fails.
-fn prewarm(mock: &MockProvider, key: &str) {
-    let r = request(
-        mock.addr(),
-        &format!(
-            "GET /v1/health HTTP/1.1\r\nhost: m\r\nx-mock-status: 503\r\nx-mock-fail-first: 1\r\n\
-             x-mock-fail-key: {key}\r\nconnection: close\r\n\r\n"
-        ),
-    )
-    .expect("prewarm");
-    assert_eq!(r.status, 503);
-}
-
 #[test]
 fn fallbacks_cross_formats_both_ways() {
     let (oa, anth, gw) = start();
     // gpt's provider answers 503: the Claude fallback answers, in OpenAI's shape.
-    prewarm(&anth, "f1");
+    spend_mock_failure(anth.addr(), "f1");
     let gpt = ASK.replace("\"claude\"", "\"gpt\"");
     let r = chat(
         &gw,
@@ -260,8 +231,7 @@ fn fallbacks_cross_formats_both_ways() {
     assert_eq!(r.json()["model"], "claude-sonnet-4-5");
     assert_eq!((oa.request_count(), anth.request_count()), (1, 2));
     assert_eq!(
-        wait_metric(
-            &gw,
+        gw.wait_metric(
             "ringgate_tokens_total{model=\"claude\",kind=\"completion\"}",
             5.0
         ),
@@ -269,7 +239,7 @@ fn fallbacks_cross_formats_both_ways() {
     );
 
     // Claude overloaded (529): that is a 503, so the OpenAI fallback answers.
-    prewarm(&oa, "f2");
+    spend_mock_failure(oa.addr(), "f2");
     let first = ASK.replace("\"claude\"", "\"claude-first\"");
     let r = chat(
         &gw,

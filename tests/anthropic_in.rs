@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::gateway::{request, temp_dir, Driver, Gateway, Response};
 use ringgate_mock::MockProvider;
 use serde_json::{json, Value};
@@ -116,20 +114,6 @@ fn events(r: &Response) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Polls a metric (bounded: 5 s; stats are published once a second) until it equals `want`.
-fn wait_metric(gw: &Gateway, name: &str, want: f64) -> Option<f64> {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(5) {
-        last = gw.metric(name);
-        if last.is_some_and(|v| (v - want).abs() < 1e-6) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    last
-}
-
 const ASK: &str = r#"{"model":"MODEL","max_tokens":64,"system":"Be brief.","messages":[{"role":"user","content":"Say hello"}]}"#;
 const TOOLS: &str = r#""tools":[{"name":"get_weather","description":"Weather","input_schema":{"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}}]"#;
 
@@ -172,7 +156,7 @@ fn anthropic_clients_pass_through_to_anthropic_upstreams() {
     assert_eq!(evs.first().map(|e| e.0.as_str()), Some("message_start"));
     assert_eq!(evs.last().map(|e| e.0.as_str()), Some("message_stop"));
     let m = |kind: &str| format!("ringgate_tokens_total{{model=\"claude\",kind=\"{kind}\"}}");
-    assert_eq!(wait_metric(&gw, &m("completion"), 10.0), Some(10.0));
+    assert_eq!(gw.wait_metric(&m("completion"), 10.0), Some(10.0));
     assert_eq!(gw.metric(&m("prompt")), Some(2.0 * input as f64));
     assert_eq!(gw.metric(&m("cached_prompt")), Some(2.0));
 }
@@ -277,7 +261,7 @@ fn anthropic_clients_reach_openai_upstreams_translated() {
 
     // Four answers; tokens and dollars from the provider's usage, as OpenAI reported it.
     let m = |kind: &str| format!("ringgate_tokens_total{{model=\"gpt\",kind=\"{kind}\"}}");
-    assert_eq!(wait_metric(&gw, &m("completion"), 20.0), Some(20.0));
+    assert_eq!(gw.wait_metric(&m("completion"), 20.0), Some(20.0));
     let prompt = gw.metric(&m("prompt")).expect("prompt tokens");
     assert!(prompt >= 4.0 * input as f64, "{prompt}");
     let cost = gw

@@ -8,9 +8,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::gateway::{request, temp_dir, Driver, Gateway, Response};
+use common::gateway::{request, spend_mock_failure, temp_dir, Driver, Gateway, Response};
 use ringgate_mock::MockProvider;
 use serde_json::{json, Value};
 
@@ -100,20 +99,6 @@ fn events(r: &Response) -> Vec<String> {
         .collect()
 }
 
-/// Polls a metric (bounded: 5 s; stats are published once a second) until it equals `want`.
-fn wait_metric(gw: &Gateway, name: &str, want: f64) -> Option<f64> {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(5) {
-        last = gw.metric(name);
-        if last.is_some_and(|v| (v - want).abs() < 1e-9) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    last
-}
-
 const ASK: &str = r#"{"model":"gemini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello"}],"temperature":0.3,"max_tokens":64,"stop":["\n\n"]}"#;
 
 #[test]
@@ -192,7 +177,7 @@ fn openai_chat_is_translated_to_and_from_gemini() {
     assert_eq!(usage["usage"]["completion_tokens"], 5);
 
     let m = |kind: &str| format!("ringgate_tokens_total{{model=\"gemini\",kind=\"{kind}\"}}");
-    assert_eq!(wait_metric(&gw, &m("completion"), 15.0), Some(15.0));
+    assert_eq!(gw.wait_metric(&m("completion"), 15.0), Some(15.0));
     assert_eq!(gw.metric(&m("prompt")), Some(3.0 * prompt as f64));
     assert_eq!(gw.metric(&m("cached_prompt")), Some(6.0));
 }
@@ -268,19 +253,6 @@ fn tool_calls_go_both_ways() {
     );
 }
 
-/// Spends `mock`'s one `x-mock-fail-first` failure for `key`, so only the other mock fails.
-fn prewarm(mock: &MockProvider, key: &str) {
-    let r = request(
-        mock.addr(),
-        &format!(
-            "GET /v1/health HTTP/1.1\r\nhost: m\r\nx-mock-status: 503\r\nx-mock-fail-first: 1\r\n\
-             x-mock-fail-key: {key}\r\nconnection: close\r\n\r\n"
-        ),
-    )
-    .expect("prewarm");
-    assert_eq!(r.status, 503);
-}
-
 #[test]
 fn refusals_errors_and_a_fallback_across_formats() {
     let (oa, gem, gw) = start();
@@ -304,7 +276,7 @@ fn refusals_errors_and_a_fallback_across_formats() {
     assert_eq!(oa.request_count(), 0);
 
     // UNAVAILABLE (503): the OpenAI fallback answers (its one failure spent beforehand).
-    prewarm(&oa, "g1");
+    spend_mock_failure(oa.addr(), "g1");
     let r = chat(
         &gw,
         ASK,
@@ -421,5 +393,5 @@ fn an_anthropic_client_reaches_a_gemini_model() {
         Some("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse".to_string())
     );
     let m = "ringgate_tokens_total{model=\"gemini\",kind=\"completion\"}";
-    assert_eq!(wait_metric(&gw, m, 10.0), Some(10.0));
+    assert_eq!(gw.wait_metric(m, 10.0), Some(10.0));
 }

@@ -385,6 +385,34 @@ impl Gateway {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }
+
+    /// Polls the metric `name` (bounded: 5 s; stats are published once a second) until it
+    /// equals `want`; the last value read otherwise, so callers compare the result with
+    /// `Some(want)`.
+    #[allow(dead_code)]
+    pub fn wait_metric(&self, name: &str, want: f64) -> Option<f64> {
+        let mut last = None;
+        wait_until(Duration::from_secs(5), || {
+            last = self.metric(name);
+            last.is_some_and(|v| (v - want).abs() < 1e-6)
+        });
+        last
+    }
+}
+
+/// Spends the one `x-mock-fail-first` failure for `key` of the mock provider at `mock`, so
+/// that a request carrying the same failure knobs fails only at the other mock.
+#[allow(dead_code)]
+pub fn spend_mock_failure(mock: SocketAddr, key: &str) {
+    let r = request(
+        mock,
+        &format!(
+            "GET /v1/health HTTP/1.1\r\nhost: m\r\nx-mock-status: 503\r\nx-mock-fail-first: 1\r\n\
+             x-mock-fail-key: {key}\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .expect("spending the mock's failure");
+    assert_eq!(r.status, 503);
 }
 
 extern "C" {
