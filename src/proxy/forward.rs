@@ -255,7 +255,7 @@ async fn exchange<'c>(
         Instant::now(),
     );
     // Endpoints of the current candidate already tried: a retry goes elsewhere if it can.
-    let mut tried: Vec<usize> = Vec::with_capacity(route.tries as usize);
+    let mut tried = Tried::default();
     let mut jitter = |max: Duration| worker.balancer.jitter(max);
     loop {
         let candidate = candidates[current];
@@ -264,7 +264,9 @@ async fn exchange<'c>(
         let shed = quota::shedding(up);
         let picked = match shed {
             Some(_) => None,
-            None => worker.balancer.pick(up, &state, &tried, Instant::now()),
+            None => worker
+                .balancer
+                .pick(up, &state, tried.as_slice(), Instant::now()),
         };
         let (result, next) = match picked {
             None => {
@@ -383,5 +385,38 @@ fn switch_to(
         worker
             .stats
             .note_model_request(&m.name, req.client.map(|c| &*c.name));
+    }
+}
+
+/// The endpoints a request already tried on its current candidate, on the stack: a route
+/// makes at most 10 tries (validated), so a request never allocates for this.
+#[derive(Default)]
+struct Tried {
+    eps: [usize; 16],
+    len: usize,
+}
+
+impl Tried {
+    /// Records `ep` (beyond the capacity, which validation keeps out of reach, it is not
+    /// recorded: avoiding tried endpoints is a preference, not a guarantee).
+    fn push(&mut self, ep: usize) {
+        if let Some(slot) = self.eps.get_mut(self.len) {
+            *slot = ep;
+            self.len += 1;
+        }
+    }
+
+    /// Forgets the last one (a reconnect to the same endpoint is not another try).
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    /// Forgets all (a fallback starts on another upstream).
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.eps[..self.len]
     }
 }
