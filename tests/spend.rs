@@ -255,3 +255,92 @@ fn budget_keys_are_validated_with_their_paths() {
     );
     let _ = std::fs::remove_dir_all(keys);
 }
+
+/// A model whose fallback is pricier: the reservation covers the priciest model that may
+/// answer. Reserved at the first model's prices, concurrent requests that all fell back
+/// were each admitted against a near-zero estimate and together ran far past the budget.
+#[test]
+fn concurrent_requests_falling_back_to_a_pricier_model_stop_at_the_budget() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = temp_dir("spend-fallback-keys");
+    std::fs::write(
+        keys.join("keys"),
+        format!("team-a {}\n", sha_hex("sk-team-a")),
+    )
+    .expect("keys");
+    let cfg = format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.mock]
+url = "http://{mock}/v1"
+max_fails = 0
+
+[models.cheap]
+upstream = "mock"
+prompt_usd_per_mtok = 1.0
+completion_usd_per_mtok = 1.0
+fallbacks = ["pricey"]
+
+[models.pricey]
+upstream = "mock"
+prompt_usd_per_mtok = 1000.0
+completion_usd_per_mtok = 1000.0
+
+[auth]
+keys_file = "{keys}/keys"
+budget_usd_per_day = 1.0
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+rewrite = "/chat/completions"
+route_by_model = true
+retry_on = ["http_503"]
+tries = 1
+"#,
+        mock = mock.addr(),
+        keys = keys.display()
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    // Each request's first attempt (the cheap model) fails with a 503; its fallback answers.
+    // max_tokens 1000 at $1000/Mtok: the pricey estimate alone is over the $1 budget.
+    let send = move |addr: SocketAddr, n: usize, gate: bool| {
+        let body = r#"{"model":"cheap","max_tokens":1000,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let gate = if gate { "x-mock-gate: 1\r\n" } else { "" };
+        request(
+            addr,
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-team-a\r\n\
+                 x-mock-status: 503\r\nx-mock-fail-first: 1\r\nx-mock-fail-key: r{n}\r\n{gate}\
+                 content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .expect("answered")
+    };
+    let addr = gw.addr;
+    let held = std::thread::spawn(move || send(addr, 0, true));
+    // The first request reached its fallback, which holds its stream open.
+    assert!(
+        common::gateway::wait_until(std::time::Duration::from_secs(10), || mock.request_count()
+            >= 2),
+        "the first request reached its fallback"
+    );
+    let second = send(gw.addr, 1, false);
+    mock.release_gate();
+    let first = held.join().expect("first request");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        second.status,
+        429,
+        "the running request's reservation already covers the budget: {}",
+        second.text()
+    );
+    assert_eq!(second.json()["error"]["type"], "insufficient_quota");
+}

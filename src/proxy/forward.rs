@@ -147,10 +147,10 @@ pub async fn forward(
         let (list, ai) =
             candidates::by_model(&req.config.models, &req.config.upstreams, bytes, client)?;
         body = RequestBody::Retained(Vec::with_capacity(ai.original.len() + 48));
-        let price = list
-            .first()
-            .and_then(|c| c.model)
-            .and_then(|(_, m)| m.price);
+        // Reserved at the highest prices among the model and its fallbacks: whichever
+        // answers, the reservation covers its estimate, so concurrent requests that fall
+        // back to a pricier model cannot together run past the budget.
+        let price = crate::config::ai::Price::ceiling(list.iter().filter_map(|c| c.model?.1.price));
         reservation = admission::reserve(
             worker,
             req,
