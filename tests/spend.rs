@@ -344,3 +344,57 @@ tries = 1
     );
     assert_eq!(second.json()["error"]["type"], "insufficient_quota");
 }
+
+/// A client that leaves while the provider works on its request: the provider read the
+/// prompt (and may bill the whole answer), so the request is charged its prompt estimate,
+/// not refunded — else sending expensive requests and hanging up just before each answer
+/// spends the provider's money with the budget untouched.
+#[test]
+fn a_client_that_leaves_before_its_answer_is_charged_its_prompt() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let keys = temp_dir("spend-leave-keys");
+    std::fs::write(
+        keys.join("keys"),
+        format!("team-a {}\n", sha_hex("sk-team-a")),
+    )
+    .expect("keys");
+    let gw = Gateway::start(
+        &config(&mock, &keys, "budget_usd_per_day = 100.0"),
+        Driver::IoUring,
+    );
+    let body = r#"{"model":"gpt-4.1","max_tokens":100000,"messages":[{"role":"user","content":"a long and expensive question"}]}"#;
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-team-a\r\n\
+             x-mock-delay-ms: 10000\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    assert!(
+        common::gateway::wait_until(std::time::Duration::from_secs(10), || mock.request_count()
+            >= 1),
+        "the provider got the request"
+    );
+    drop(s);
+    // $1000 per million prompt tokens, 4 bytes a token.
+    let want = (body.len() as f64 / 4.0).ceil() * 1e-3;
+    let spent = || {
+        gw.admin_get("/budgets").json()["budgets"][0]["spent_usd"]
+            .as_f64()
+            .unwrap_or(-1.0)
+    };
+    // While the request runs its whole estimate is reserved; once the gateway saw the
+    // client leave, what stays is the prompt.
+    assert!(
+        common::gateway::wait_until(std::time::Duration::from_secs(10), || (spent() - want)
+            .abs()
+            < 1e-6),
+        "spent {} after the client left, want its prompt's ${want}:\n{}",
+        spent(),
+        gw.logs()
+    );
+}
