@@ -398,3 +398,108 @@ fn a_client_that_leaves_before_its_answer_is_charged_its_prompt() {
         gw.logs()
     );
 }
+
+/// The same once the answer started: a client that hangs up after the first bytes of a JSON
+/// answer, before the usage at its end, is charged the prompt estimate (the provider's
+/// usage never arrived, so a full refund made the answer it read free).
+#[test]
+fn a_client_that_leaves_before_the_usage_of_its_answer_is_charged_its_prompt() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let provider = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"}]}") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        // The choices, then nothing until the gateway hangs up: the usage never comes.
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n\
+              {\"id\":\"x\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":\
+              {\"role\":\"assistant\",\"content\":\"the whole answer\"}",
+        );
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let keys = temp_dir("spend-leave-body-keys");
+    std::fs::write(
+        keys.join("keys"),
+        format!("team-a {}\n", sha_hex("sk-team-a")),
+    )
+    .expect("keys");
+    let cfg = format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.raw]
+url = "http://{upstream}/v1"
+max_fails = 0
+
+[models."gpt-4.1"]
+upstream = "raw"
+prompt_usd_per_mtok = 1000.0
+completion_usd_per_mtok = 1000.0
+
+[auth]
+keys_file = "{keys}/keys"
+budget_usd_per_day = 100.0
+
+[[routes]]
+name = "chat"
+prefix = "/v1/chat/completions"
+rewrite = "/chat/completions"
+route_by_model = true
+read_timeout_ms = 10000
+"#,
+        keys = keys.display()
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    let body = r#"{"model":"gpt-4.1","max_tokens":100000,"messages":[{"role":"user","content":"an expensive question"}]}"#;
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-team-a\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("the whole answer") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("no answer: {}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    drop(s);
+    let want = (body.len() as f64 / 4.0).ceil() * 1e-3;
+    let spent = || {
+        gw.admin_get("/budgets").json()["budgets"][0]["spent_usd"]
+            .as_f64()
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        common::gateway::wait_until(std::time::Duration::from_secs(10), || (spent() - want)
+            .abs()
+            < 1e-6),
+        "spent {} after the client left, want its prompt's ${want}:\n{}",
+        spent(),
+        gw.logs()
+    );
+    provider.join().expect("provider");
+}
