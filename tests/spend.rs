@@ -359,7 +359,11 @@ fn a_client_that_leaves_before_its_answer_is_charged_its_prompt() {
     )
     .expect("keys");
     let gw = Gateway::start(
-        &config(&mock, &keys, "budget_usd_per_day = 100.0"),
+        &config(
+            &mock,
+            &keys,
+            "budget_usd_per_day = 100.0\ntokens_per_minute = 10",
+        ),
         Driver::IoUring,
     );
     let body = r#"{"model":"gpt-4.1","max_tokens":100000,"messages":[{"role":"user","content":"a long and expensive question"}]}"#;
@@ -396,6 +400,15 @@ fn a_client_that_leaves_before_its_answer_is_charged_its_prompt() {
         "spent {} after the client left, want its prompt's ${want}:\n{}",
         spent(),
         gw.logs()
+    );
+    // Its local token budget (10 a minute) was charged the prompt's 28 tokens too.
+    let r = chat(gw.addr, "sk-team-a", false);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_ne!(
+        r.json()["error"]["type"],
+        "insufficient_quota",
+        "{}",
+        r.text()
     );
 }
 

@@ -200,20 +200,20 @@ pub async fn forward(
         match exchange(worker, req, &candidates, ai.as_ref(), &mut body, &mut side).await {
             Ok(x) => x,
             Err(f) => {
-                if let (true, Some(r), Some(ai)) = (side.left_waiting, reservation, &ai) {
+                if let (true, Some(ai)) = (side.left_waiting, &ai) {
                     // The provider had the request: its prompt was read, and may well be
                     // billed, whatever the client does next. Charged at the reserved prices
                     // rather than refunded, so leaving just before each answer is not a way
                     // around a token or spend budget.
                     let prompt = (ai.original.len() as u64).div_ceil(4);
-                    r.settle(crate::cluster::limits::Used {
-                        tokens: Some(prompt),
-                        micros: Some(
-                            reserved_price.map_or(0, |p| {
-                                crate::limit::spend::micros(prompt as f64 * p.prompt)
-                            }),
-                        ),
-                    });
+                    super::tap::charge_local_tokens(req, prompt);
+                    if let Some(r) = reservation {
+                        let price = reserved_price.map_or(0.0, |p| p.prompt);
+                        r.settle(crate::cluster::limits::Used {
+                            tokens: Some(prompt),
+                            micros: Some(crate::limit::spend::micros(prompt as f64 * price)),
+                        });
+                    }
                 }
                 return Err(f);
             }

@@ -412,14 +412,19 @@ pub fn account_usage(
     worker
         .stats
         .note_usage(&model.name, client.map(|c| &*c.name), &u, cost, estimated);
-    if let Some(c) = client {
+    charge_local_tokens(req, tokens);
+    Some((tokens, cost))
+}
+
+/// Charges the client's local token budget (a cluster one is settled by its reservation).
+pub fn charge_local_tokens(req: &Request<'_>, tokens: u64) {
+    if let Some(c) = req.client {
         if let Some((spec, limiter)) = req.limit_at(c.token_limit) {
             if spec.scope == crate::config::LimitScope::Local {
                 limiter.charge(c.name.as_bytes(), tokens, crate::clock::monotonic_nanos());
             }
         }
     }
-    Some((tokens, cost))
 }
 
 #[cfg(test)]
