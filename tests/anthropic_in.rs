@@ -354,3 +354,65 @@ fn an_anthropic_client_falls_back_across_formats() {
         Some("/v1/chat/completions".to_string())
     );
 }
+
+/// Without `[auth]` a client brings its own provider key. The Anthropic SDK always sends
+/// its key as `x-api-key`: that is an Anthropic credential, and when the gateway
+/// translates the request for an OpenAI-compatible upstream (another company's API) it
+/// must not go along — only the credential of the upstream's own API may (`Authorization`
+/// for OpenAI). Passed through to an Anthropic upstream without a configured key, it is
+/// the key that upstream needs.
+#[test]
+fn an_anthropic_clients_own_key_never_reaches_another_providers_api() {
+    let oa = MockProvider::start("127.0.0.1:0").expect("openai mock");
+    let anth = MockProvider::start("127.0.0.1:0").expect("anthropic mock");
+    let cfg = format!(
+        r#"
+[server]
+listen = "{{listen}}"
+workers = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.oa]
+url = "http://{oa}/v1"
+
+[upstreams.anth]
+url = "http://{anth}/v1"
+api = "anthropic"
+
+[models.gpt]
+upstream = "oa"
+
+[models.claude]
+upstream = "anth"
+
+[[routes]]
+name = "messages"
+exact = "/v1/messages"
+route_by_model = true
+"#,
+        oa = oa.addr(),
+        anth = anth.addr(),
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    let own = "x-api-key: sk-ant-client-own\r\nauthorization: Bearer sk-openai-client-own\r\n";
+    let r = messages(&gw, &ASK.replace("MODEL", "gpt"), own);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = oa.requests().pop().expect("reached the openai mock");
+    assert_eq!(
+        seen.header("x-api-key"),
+        None,
+        "the client's Anthropic key does not go to an OpenAI-compatible provider"
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-openai-client-own"),
+        "the client's own OpenAI credential does"
+    );
+    let r = messages(&gw, &ASK.replace("MODEL", "claude"), own);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = anth.requests().pop().expect("reached the anthropic mock");
+    assert_eq!(seen.header("x-api-key"), Some("sk-ant-client-own"));
+    assert_eq!(seen.header("authorization"), None);
+}

@@ -1650,3 +1650,75 @@ fn redis_cluster_moved_is_followed_and_remembered_and_ask_is_followed_once() {
         Some(0.0)
     );
 }
+
+/// A "Redis" that answers the handshake, then answers the first call with a reply that
+/// never completes (an array of 1024 bulk strings of which it sends only 1023, 64 KiB each);
+/// says whether the gateway closed the connection before the 64 MiB were all written.
+fn flooding_store() -> (SocketAddr, std::sync::mpsc::Receiver<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        let script = ringgate::cluster::limits::SCRIPT.trim_end();
+        let tail = &script[script.len() - 40..];
+        while !String::from_utf8_lossy(&got).contains(tail) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(b"$40\r\n0123456789012345678901234567890123456789\r\n");
+        // The flood answers the first call (bytes sent with the handshake's reply would be
+        // read as part of the handshake).
+        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            return;
+        }
+        let bulk = [b"$65536\r\n".as_slice(), &[b'x'; 65536], b"\r\n"].concat();
+        let mut closed = s.write_all(b"*1024\r\n").is_err();
+        for _ in 0..1023 {
+            if closed {
+                break;
+            }
+            closed = s.write_all(&bulk).is_err();
+        }
+        let _ = tx.send(closed);
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_store_streaming_a_reply_without_end_is_cut_off() {
+    let mock = MockProvider::start("127.0.0.1:0").expect("mock");
+    let (addr, closed) = flooding_store();
+    let cfg = config(
+        &mock,
+        &format!("redis://{addr}"),
+        "timeout_ms = 20000\nreplicas = 1",
+        "rate_per_second = 100\nburst = 100",
+    )
+    .replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    wait_store_up(&gw);
+    // The call waits far longer than the flood takes: only a bound on the reply ends it.
+    let addr = gw.addr;
+    let call = std::thread::spawn(move || get(addr, "carol").status);
+    let closed = closed
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the store finished writing or was cut off");
+    assert!(
+        closed,
+        "the gateway read 64 MiB of one unfinished reply into its buffer:\n{}",
+        gw.logs()
+    );
+    assert!(gw.logs().contains("reply too large"), "{}", gw.logs());
+    assert_eq!(
+        call.join().expect("request"),
+        200,
+        "the request went on by the local fallback"
+    );
+}

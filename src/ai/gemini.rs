@@ -9,6 +9,8 @@
 //! `Content`, `Part`, `GenerationConfig`, `Tool`, `ToolConfig`, `GenerateContentResponse`,
 //! `UsageMetadata`, and the error model of google.rpc.Status).
 
+use std::collections::HashMap;
+
 use serde_json::{json, Map, Value};
 
 use super::sse::SseData;
@@ -145,7 +147,7 @@ fn parts_of(content: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), Tra
 fn function_calls(
     calls: &Value,
     path: &str,
-    names: &mut Vec<(String, String)>,
+    names: &mut HashMap<String, String>,
     out: &mut Vec<Value>,
 ) -> Result<(), TranslateError> {
     let Some(list) = calls.as_array() else {
@@ -187,7 +189,7 @@ fn function_calls(
             }
         };
         if let Some(id) = c.get("id").and_then(Value::as_str) {
-            names.push((id.to_string(), name.to_string()));
+            names.insert(id.to_string(), name.to_string());
         }
         out.push(json!({"functionCall": {"name": name, "args": args}}));
     }
@@ -199,7 +201,7 @@ fn function_calls(
 fn function_response(
     obj: &Map<String, Value>,
     path: &str,
-    names: &[(String, String)],
+    names: &HashMap<String, String>,
 ) -> Result<Value, TranslateError> {
     let Some(id) = obj.get("tool_call_id").and_then(Value::as_str) else {
         return Err(TranslateError::Invalid(
@@ -207,7 +209,7 @@ fn function_response(
             "is required",
         ));
     };
-    let Some((_, name)) = names.iter().rev().find(|(i, _)| i == id) else {
+    let Some(name) = names.get(id) else {
         return Err(TranslateError::Invalid(
             format!("{path}.tool_call_id"),
             "names no tool call of an earlier assistant message",
@@ -245,7 +247,9 @@ fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
 fn contents_of(list: &[Value]) -> Result<(Vec<Value>, Vec<String>), TranslateError> {
     let mut contents: Vec<Value> = Vec::new();
     let mut system: Vec<String> = Vec::new();
-    let mut names: Vec<(String, String)> = Vec::new();
+    // By id, the latest call under an id winning; a map, since a client's request may
+    // hold tens of thousands of calls and results (a scan per result was quadratic).
+    let mut names: HashMap<String, String> = HashMap::new();
     for (i, m) in list.iter().enumerate() {
         let path = format!("messages[{i}]");
         let Some(obj) = m.as_object() else {

@@ -765,6 +765,9 @@ async fn hello<S: AsyncReadRent + AsyncWriteRent>(
                     replies.push(v);
                     continue;
                 }
+                Ok(None) if buf.len() > resp::MAX_REPLY => {
+                    return Err(ConnectError::Refused("reply too large".into()))
+                }
                 Ok(None) => {}
                 Err(e) => return Err(ConnectError::Refused(e.to_string())),
             }
@@ -872,6 +875,7 @@ where
                             None => return "a reply nobody asked for",
                         }
                     }
+                    Ok(None) if buf.len() > resp::MAX_REPLY => return "reply too large",
                     Ok(None) => break,
                     Err(_) => return "malformed reply",
                 }

@@ -42,6 +42,11 @@ pub enum RespError {
 pub const MAX_BULK: usize = 1 << 20;
 /// Largest array accepted.
 pub const MAX_ARRAY: usize = 1024;
+/// Most bytes one reply may take while it is incomplete: far past any reply the gateway
+/// asks for (a script's array of integers, a sha1), and what keeps a store that streams a
+/// reply without end (an array of arrays of bulk strings is otherwise ~1024⁴ MiB) from
+/// growing a worker's read buffer without bound.
+pub const MAX_REPLY: usize = 2 * MAX_BULK;
 /// Deepest array nesting accepted.
 pub const MAX_DEPTH: usize = 4;
 /// Longest simple line (status, error, integer, length) accepted.

@@ -28,6 +28,16 @@ pub struct Price {
 }
 
 impl Price {
+    /// The highest of each price in `prices`: what a request that may be answered by any
+    /// of them reserves against a spend budget (None when none is priced).
+    pub fn ceiling(prices: impl IntoIterator<Item = Price>) -> Option<Price> {
+        prices.into_iter().reduce(|a, b| Price {
+            prompt: a.prompt.max(b.prompt),
+            cached_prompt: a.cached_prompt.max(b.cached_prompt),
+            completion: a.completion.max(b.completion),
+        })
+    }
+
     /// Dollars for one response's usage (`cached_prompt` is a part of `prompt`).
     pub fn cost(&self, u: &crate::ai::usage::Usage) -> f64 {
         let cached = u.cached_prompt.min(u.prompt);

@@ -534,7 +534,7 @@ fn render_ai(t: &mut Text, st: &Stats) {
     t.family(
         "ringgate_tokens_estimated_total",
         "counter",
-        "Of ringgate_tokens_total, tokens estimated because a stream ended without its usage (prompt: body bytes / 4; completion: one per data event)",
+        "Of ringgate_tokens_total, tokens estimated because an answer ended or broke without its usage (prompt: body bytes / 4; completion: one per stream data event)",
     );
     for (model, m) in &st.models {
         for (kind, n) in [

@@ -370,21 +370,27 @@ pub struct UsageStats {
 }
 
 impl UsageStats {
+    // Token counts come from providers' responses, which may say any u64: the sums
+    // saturate (a wrapped counter would read as a reset; overflow checks would panic).
     fn merge(&mut self, o: &UsageStats) {
         self.requests += o.requests;
-        self.prompt += o.prompt;
-        self.cached_prompt += o.cached_prompt;
-        self.completion += o.completion;
+        self.prompt = self.prompt.saturating_add(o.prompt);
+        self.cached_prompt = self.cached_prompt.saturating_add(o.cached_prompt);
+        self.completion = self.completion.saturating_add(o.completion);
         self.cost_usd += o.cost_usd;
         self.fallbacks += o.fallbacks;
-        self.estimated_prompt += o.estimated_prompt;
-        self.estimated_completion += o.estimated_completion;
+        self.estimated_prompt = self.estimated_prompt.saturating_add(o.estimated_prompt);
+        self.estimated_completion = self
+            .estimated_completion
+            .saturating_add(o.estimated_completion);
     }
 
     fn add(&mut self, u: &crate::ai::usage::Usage, cost: f64) {
-        self.prompt += u.prompt;
-        self.cached_prompt += u.cached_prompt.min(u.prompt);
-        self.completion += u.completion;
+        self.prompt = self.prompt.saturating_add(u.prompt);
+        self.cached_prompt = self
+            .cached_prompt
+            .saturating_add(u.cached_prompt.min(u.prompt));
+        self.completion = self.completion.saturating_add(u.completion);
         self.cost_usd += cost;
     }
 }
@@ -694,8 +700,9 @@ impl LocalStats {
             if let Some(m) = slot(&mut d.models, model, MAX_ROUTES) {
                 m.add(usage, cost);
                 if estimated {
-                    m.estimated_prompt += usage.prompt;
-                    m.estimated_completion += usage.completion;
+                    m.estimated_prompt = m.estimated_prompt.saturating_add(usage.prompt);
+                    m.estimated_completion =
+                        m.estimated_completion.saturating_add(usage.completion);
                 }
             }
             if let Some(c) = client.and_then(|c| slot(&mut d.clients, c, MAX_CLIENTS)) {

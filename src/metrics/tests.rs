@@ -475,3 +475,41 @@ fn a_worker_without_a_recent_heartbeat_is_wedged() {
         "{text}"
     );
 }
+
+#[test]
+fn absurd_usage_from_a_provider_saturates_instead_of_overflowing() {
+    // A hostile or broken provider can report any u64 as its token counts: the worker's
+    // delta, its published snapshot and the scrape's sum over workers must neither panic
+    // (overflow checks: a debug build's worker or admin thread) nor wrap (a release build:
+    // a counter that goes backwards reads as a reset in Prometheus).
+    let (reg, locals) = registry(2);
+    let u = crate::ai::usage::Usage {
+        prompt: u64::MAX,
+        completion: u64::MAX,
+        cached_prompt: u64::MAX,
+    };
+    for l in &locals {
+        l.note_usage("m", Some("c"), &u, 1.0, true);
+        l.note_usage("m", Some("c"), &u, 1.0, true);
+        l.publish();
+        l.note_usage("m", Some("c"), &u, 1.0, false);
+        l.publish();
+    }
+    let st = reg.aggregate();
+    for usage in [st.models.get("m"), st.clients.get("c")] {
+        let m = usage.expect("counted");
+        assert_eq!(
+            (m.prompt, m.completion, m.cached_prompt),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+    }
+    let m = st.models.get("m").expect("counted");
+    assert_eq!(
+        (m.estimated_prompt, m.estimated_completion),
+        (u64::MAX, u64::MAX)
+    );
+    assert_eq!(
+        m.requests, 0,
+        "requests are counted by note_model, not here"
+    );
+}

@@ -198,8 +198,8 @@ fn peek_tokens(
 
 /// For a model-routed request: reserves its estimate against the client's cluster token
 /// budget (its `max_tokens` or the configured default, plus its prompt) and its spend
-/// budgets (that estimate at the first model's prices), deciding the deferred cluster
-/// limits in the same round trip. Settled with the real usage when the response ends,
+/// budgets (that estimate at the highest prices of the model and its fallbacks), deciding
+/// the deferred cluster limits in the same round trip. Settled with the real usage when the response ends,
 /// refunded if dropped.
 pub async fn reserve(
     worker: &Rc<Worker>,
@@ -271,8 +271,7 @@ pub async fn reserve(
     let mut local = held.take_local();
     let cluster = match (decided, &req.config.cluster) {
         (Admitted::InStore, Some(cfg)) => {
-            // A spend reserved at 0 (the first model has no prices) still settles: a
-            // priced fallback may answer.
+            // A spend reserved at 0 (no candidate has prices) still settles.
             entries.retain(|e| e.kind != Kind::Requests);
             (!entries.is_empty()).then(|| ClusterReservation {
                 store: worker.store.clone(),

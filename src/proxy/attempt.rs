@@ -49,6 +49,9 @@ pub struct ClientSide<'a> {
     pub scratch: &'a mut Vec<u8>,
     /// Whether `100 Continue` already went out.
     pub continue_sent: bool,
+    /// The client left while a provider held its whole request, waiting to answer: the
+    /// provider may bill for it though no usage will ever be read.
+    pub left_waiting: bool,
 }
 
 /// One attempt on the endpoint of `slot`: a connection (pooled unless `fresh`), the head
@@ -138,6 +141,7 @@ pub async fn attempt(
         Err((ProxyError::ClientClosed, _)) => {
             // Nobody waits for this answer: the connection (and the provider's work on it)
             // is dropped here.
+            side.left_waiting = true;
             worker.give_buffer(upstream_buf.into_vec());
             Err(Failure::request(ProxyError::ClientClosed))
         }

@@ -134,6 +134,8 @@ pub async fn forward(
 
     // A cluster token reservation: settled below with the usage, refunded when dropped.
     let mut reservation = None;
+    // The prices it was reserved at.
+    let mut reserved_price = None;
     let (candidates, ai) = if route.route_by_model {
         let bytes = match &mut body {
             RequestBody::Retained(b) => std::mem::take(b),
@@ -147,10 +149,11 @@ pub async fn forward(
         let (list, ai) =
             candidates::by_model(&req.config.models, &req.config.upstreams, bytes, client)?;
         body = RequestBody::Retained(Vec::with_capacity(ai.original.len() + 48));
-        let price = list
-            .first()
-            .and_then(|c| c.model)
-            .and_then(|(_, m)| m.price);
+        // Reserved at the highest prices among the model and its fallbacks: whichever
+        // answers, the reservation covers its estimate, so concurrent requests that fall
+        // back to a pricier model cannot together run past the budget.
+        let price = crate::config::ai::Price::ceiling(list.iter().filter_map(|c| c.model?.1.price));
+        reserved_price = price;
         reservation = admission::reserve(
             worker,
             req,
@@ -191,9 +194,30 @@ pub async fn forward(
         client_buf,
         scratch,
         continue_sent,
+        left_waiting: false,
     };
     let (exchange, answered_by) =
-        exchange(worker, req, &candidates, ai.as_ref(), &mut body, &mut side).await?;
+        match exchange(worker, req, &candidates, ai.as_ref(), &mut body, &mut side).await {
+            Ok(x) => x,
+            Err(f) => {
+                if let (true, Some(ai)) = (side.left_waiting, &ai) {
+                    // The provider had the request: its prompt was read, and may well be
+                    // billed, whatever the client does next. Charged at the reserved prices
+                    // rather than refunded, so leaving just before each answer is not a way
+                    // around a token or spend budget.
+                    let prompt = (ai.original.len() as u64).div_ceil(4);
+                    super::tap::charge_local_tokens(req, prompt);
+                    if let Some(r) = reservation {
+                        let price = reserved_price.map_or(0.0, |p| p.prompt);
+                        r.settle(crate::cluster::limits::Used {
+                            tokens: Some(prompt),
+                            micros: Some(crate::limit::spend::micros(prompt as f64 * price)),
+                        });
+                    }
+                }
+                return Err(f);
+            }
+        };
     if let RequestBody::Streamed(n) = body {
         outcome.bytes_in = n;
     }

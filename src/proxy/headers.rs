@@ -156,7 +156,9 @@ pub fn write_upstream_head(
     let anthropic = up.api == Api::Anthropic;
     let translated = up.api != Api::OpenAi;
     // An Anthropic client's request translated for another API: its API's headers
-    // (`anthropic-version`, `anthropic-beta`) mean nothing there.
+    // (`anthropic-version`, `anthropic-beta`) mean nothing there, and its `x-api-key` (the
+    // Anthropic SDK's credential, sent when the client brings its own key) is a secret of
+    // another provider: it must not reach this one.
     let from_anthropic = up.api != Api::Anthropic
         && req.route.route_by_model
         && crate::ai::anthropic::inbound::is_messages_path(head.path());
@@ -185,8 +187,8 @@ pub fn write_upstream_head(
                     || n.eq_ignore_ascii_case("x-goog-api-key")))
             || (anthropic && n.eq_ignore_ascii_case("anthropic-version"))
             || (from_anthropic
-                && n.len() > 10
-                && n.as_bytes()[..10].eq_ignore_ascii_case(b"anthropic-"))
+                && ((n.len() > 10 && n.as_bytes()[..10].eq_ignore_ascii_case(b"anthropic-"))
+                    || n.eq_ignore_ascii_case("x-api-key")))
             || (strip_encoding && n.eq_ignore_ascii_case("accept-encoding"))
             || (drop_underscores && n.contains('_'))
         {

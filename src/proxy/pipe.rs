@@ -138,7 +138,8 @@ pub async fn respond(
     let mut tap = std::mem::take(&mut pipe.tap);
     outcome.ttfb = first_body.map(|t| t.saturating_duration_since(req.started));
     outcome.response = Some(started.elapsed());
-    if let Some((tokens, cost)) = tap::account_usage(worker, req, candidate, &tap) {
+    if let Some((tokens, cost)) = tap::account_usage(worker, req, candidate, &tap, copied.is_err())
+    {
         outcome.tokens_used = Some(tokens);
         outcome.cost_usd = Some(cost);
     }

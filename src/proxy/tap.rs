@@ -374,9 +374,15 @@ impl Tap {
     /// an estimate — the prompt at [`BYTES_PER_TOKEN`] bytes a token, one completion token
     /// per data event (OpenAI-style streams send about one token per chunk). What was
     /// generated was paid for, so it is counted and charged rather than dropped.
-    pub fn estimated_usage(&self) -> Option<crate::ai::usage::Usage> {
-        let events = self.sse.as_ref()?.data_events();
-        (events > 0).then(|| crate::ai::usage::Usage {
+    ///
+    /// A 2xx answer (a JSON body, or a stream before its first data event) that `broke`
+    /// before its usage is estimated at its prompt alone: the provider read the prompt and
+    /// bills it, and a client that hangs up before the usage arrives must not make the
+    /// request free.
+    pub fn estimated_usage(&self, broke: bool) -> Option<crate::ai::usage::Usage> {
+        let events = self.sse.as_ref().map_or(0, SseScanner::data_events);
+        let answered = self.sse.is_some() || self.json.is_some();
+        (events > 0 || (broke && answered)).then(|| crate::ai::usage::Usage {
             prompt: self.prompt_bytes.div_ceil(BYTES_PER_TOKEN),
             completion: events,
             cached_prompt: 0,
@@ -386,18 +392,19 @@ impl Tap {
 
 /// Counts the tokens and dollars a response reported, and charges the client's local token
 /// budget (cluster token budgets and spend budgets are settled by their reservation, with
-/// the tokens and dollars returned here). Runs also when the stream broke midway: what was
+/// the tokens and dollars returned here). Runs also when the body `broke` midway: what was
 /// used was used.
 pub fn account_usage(
     worker: &Worker,
     req: &Request<'_>,
     candidate: Candidate<'_>,
     tap: &Tap,
+    broke: bool,
 ) -> Option<(u64, f64)> {
     let (_, model) = candidate.model?;
     let (u, estimated) = match tap.usage() {
         Some(u) => (u, false),
-        None => (tap.estimated_usage()?, true),
+        None => (tap.estimated_usage(broke)?, true),
     };
     let tokens = u.prompt.saturating_add(u.completion);
     let cost = model.price.map_or(0.0, |p| p.cost(&u));
@@ -405,14 +412,19 @@ pub fn account_usage(
     worker
         .stats
         .note_usage(&model.name, client.map(|c| &*c.name), &u, cost, estimated);
-    if let Some(c) = client {
+    charge_local_tokens(req, tokens);
+    Some((tokens, cost))
+}
+
+/// Charges the client's local token budget (a cluster one is settled by its reservation).
+pub fn charge_local_tokens(req: &Request<'_>, tokens: u64) {
+    if let Some(c) = req.client {
         if let Some((spec, limiter)) = req.limit_at(c.token_limit) {
             if spec.scope == crate::config::LimitScope::Local {
                 limiter.charge(c.name.as_bytes(), tokens, crate::clock::monotonic_nanos());
             }
         }
     }
-    Some((tokens, cost))
 }
 
 #[cfg(test)]
@@ -442,10 +454,12 @@ mod tests {
             ..Tap::default()
         };
         assert_eq!(
-            t.estimated_usage(),
+            t.estimated_usage(false),
             None,
             "nothing generated, nothing estimated"
         );
+        let u = t.estimated_usage(true).expect("a broken answer's prompt");
+        assert_eq!((u.prompt, u.completion), (11, 0));
         for i in 0..3 {
             t.observe(
                 format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"w{i}\"}}}}]}}\n\n")
@@ -454,7 +468,7 @@ mod tests {
         }
         t.observe(b": keep-alive\n\n");
         assert_eq!(t.usage(), None, "the stream broke before its usage");
-        let u = t.estimated_usage().expect("an estimate");
+        let u = t.estimated_usage(false).expect("an estimate");
         assert_eq!((u.prompt, u.completion), (11, 3));
         t.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
         assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((9, 4)));

@@ -5,6 +5,8 @@
 //! `message_delta` with usage, `message_stop`), each event written as its chunk arrives.
 //! Pure functions on bytes, sans-IO; a field with no translation is refused by name.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Map, Value};
 
 use super::{TranslateError, MAX_BODY};
@@ -542,6 +544,12 @@ enum Block {
     Tool(u64),
 }
 
+/// The most OpenAI tool calls of one stream whose late argument fragments are still filed
+/// under their block (far beyond any real answer's parallel calls). Past it a new call's
+/// fragments reach its block only while the block is open; later ones are dropped, as
+/// fragments of an unknown call are.
+pub const MAX_STREAM_TOOLS: usize = 4096;
+
 /// Turns an OpenAI `chat.completion.chunk` stream into Anthropic Messages events as each
 /// chunk completes (only an incomplete event is held). `message_delta` (with the usage,
 /// which OpenAI sends after the finish reason) and `message_stop` go out at `[DONE]`.
@@ -553,8 +561,10 @@ pub struct ToAnthropicStream {
     /// The open block and its Anthropic index.
     open: Block,
     index: u64,
-    /// Anthropic block index of each OpenAI tool call index seen.
-    tools: Vec<(u64, u64)>,
+    /// Anthropic block index of each OpenAI tool call index seen (the latest call under
+    /// an index wins), at most [`MAX_STREAM_TOOLS`] of them: a lookup per argument
+    /// fragment stays O(1) and the map bounded however many calls an upstream starts.
+    tools: HashMap<u64, u64>,
     stop: Option<&'static str>,
     counts: Counts,
 }
@@ -574,7 +584,7 @@ impl ToAnthropicStream {
             done: false,
             open: Block::None,
             index: 0,
-            tools: Vec::new(),
+            tools: HashMap::new(),
             stop: None,
             counts: Counts::default(),
         }
@@ -730,7 +740,9 @@ impl ToAnthropicStream {
                     out,
                 );
                 self.open = Block::Tool(ti);
-                self.tools.push((ti, self.index));
+                if self.tools.len() < MAX_STREAM_TOOLS || self.tools.contains_key(&ti) {
+                    self.tools.insert(ti, self.index);
+                }
             }
             let Some(args) = f
                 .get("arguments")
@@ -743,8 +755,8 @@ impl ToAnthropicStream {
             // client files them under it).
             let index = match self.open {
                 Block::Tool(open) if open == ti => self.index,
-                _ => match self.tools.iter().rev().find(|(t, _)| *t == ti) {
-                    Some(&(_, b)) => b,
+                _ => match self.tools.get(&ti) {
+                    Some(&b) => b,
                     None => continue,
                 },
             };

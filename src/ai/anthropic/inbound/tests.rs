@@ -277,3 +277,92 @@ fn stream_error_becomes_an_anthropic_error_event() {
         "event: error\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"api_error\"},\"type\":\"error\"}\n\n"
     );
 }
+
+/// One event of `tool_calls` deltas.
+fn tool_event(calls: Vec<Value>) -> Vec<u8> {
+    let mut e = b"data: ".to_vec();
+    e.extend_from_slice(
+        json!({"choices": [{"delta": {"tool_calls": calls}}]})
+            .to_string()
+            .as_bytes(),
+    );
+    e.extend_from_slice(b"\n\n");
+    e
+}
+
+#[test]
+fn a_hostile_upstream_cannot_grow_the_tool_call_table() {
+    // A stream that starts far more calls than any answer makes, then sends fragments for
+    // an index it never started: the table of calls stays bounded (it grew one entry per
+    // call, and each fragment scanned all of it: quadratic CPU on the worker).
+    let mut t = ToAnthropicStream::new();
+    let mut out = Vec::new();
+    let starts = (0..MAX_STREAM_TOOLS as u64 + 5000)
+        .map(|i| json!({"index": i, "id": format!("c{i}"), "function": {"name": "f"}}))
+        .collect();
+    t.feed(&tool_event(starts), &mut out);
+    assert_eq!(t.tools.len(), MAX_STREAM_TOOLS);
+    out.clear();
+    t.feed(
+        &tool_event(vec![
+            json!({"index": u64::MAX, "function": {"arguments": "x"}}),
+        ]),
+        &mut out,
+    );
+    assert!(out.is_empty(), "a fragment of an unknown call is dropped");
+    // A late fragment of an early call is still filed under its block; one of the last
+    // call (past the bound) still reaches its block while it is open.
+    t.feed(
+        &tool_event(vec![json!({"index": 1, "function": {"arguments": "{}"}})]),
+        &mut out,
+    );
+    let last = MAX_STREAM_TOOLS as u64 + 4999;
+    t.feed(
+        &tool_event(vec![
+            json!({"index": last, "function": {"arguments": "{}"}}),
+        ]),
+        &mut out,
+    );
+    let deltas: Vec<Value> = events_of(&out)
+        .into_iter()
+        .filter(|v| v["type"] == "content_block_delta")
+        .map(|v| v["index"].clone())
+        .collect();
+    // Call i opened block i (no text came first).
+    assert_eq!(deltas, [json!(1), json!(last)]);
+}
+
+/// The data of each event in `out`.
+fn events_of(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .split("\n\n")
+        .filter_map(|e| e.split_once("data: "))
+        .map(|(_, d)| serde_json::from_str(d).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_reused_tool_call_index_files_fragments_under_its_latest_block() {
+    let mut t = ToAnthropicStream::new();
+    let mut out = Vec::new();
+    let stream = [
+        tool_event(vec![
+            json!({"index": 0, "id": "a", "function": {"name": "f"}}),
+        ]),
+        tool_event(vec![
+            json!({"index": 0, "id": "b", "function": {"name": "g"}}),
+        ]),
+        tool_event(vec![
+            json!({"index": 7, "id": "c", "function": {"name": "h"}}),
+        ]),
+        tool_event(vec![json!({"index": 0, "function": {"arguments": "{}"}})]),
+    ]
+    .concat();
+    t.feed(&stream, &mut out);
+    let last = events_of(&out).pop().unwrap_or_default();
+    assert_eq!(
+        (&last["type"], &last["index"]),
+        (&json!("content_block_delta"), &json!(1)),
+        "block 1 holds call `b`, the latest under index 0"
+    );
+}
