@@ -497,13 +497,17 @@ fn three_gateways_share_one_request_limit() {
     let r = pair.expect("never two refusals in a row");
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
     assert!(r.header("retry-after").is_some());
-    let local: f64 = gws
-        .iter()
-        .map(|g| {
-            g.metric("ringgate_cluster_refusals_total{source=\"local_cache\"}")
-                .unwrap_or(0.0)
-        })
-        .sum();
+    // Metrics are published once a second: wait (bounded) for the local refusal to show.
+    let local_refusals = || -> f64 {
+        gws.iter()
+            .map(|g| {
+                g.metric("ringgate_cluster_refusals_total{source=\"local_cache\"}")
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    common::gateway::wait_until(Duration::from_secs(5), || local_refusals() >= 1.0);
+    let local = local_refusals();
     let refused_after: f64 = gws
         .iter()
         .map(|g| {
