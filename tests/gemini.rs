@@ -395,3 +395,72 @@ fn an_anthropic_client_reaches_a_gemini_model() {
     let m = "ringgate_tokens_total{model=\"gemini\",kind=\"completion\"}";
     assert_eq!(gw.wait_metric(m, 10.0), Some(10.0));
 }
+
+/// A "Gemini" upstream that answers a stream request with a JSON body under
+/// `text/event-stream`: the client must not get an empty success (nginx would pass the
+/// bytes through; a translating gateway that finds no event has no answer to give).
+#[test]
+fn a_stream_with_no_event_in_it_is_not_an_empty_success() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        // The request: its head, then the body its content-length announces.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        let body = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"hi"}]},"finishReason":"STOP"}]}"#;
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let dir = temp_dir("gemini-json-stream");
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key file");
+    let cfg = config(
+        "127.0.0.1:9",
+        &upstream.to_string(),
+        &key_file.display().to_string(),
+    );
+    let gw = Gateway::start(&cfg, Driver::IoUring);
+    let ask = ASK.replace("\"temperature\"", "\"stream\":true,\"temperature\"");
+    match request(
+        gw.addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{ask}",
+            ask.len()
+        ),
+    ) {
+        // The head may have gone out before the body proved empty: then the stream is cut
+        // (no last chunk), which every client reads as a failed stream.
+        Err(_) => {}
+        Ok(r) => assert_eq!(r.status, 502, "an empty success: {r:?}"),
+    }
+    let _ = server.join();
+}

@@ -30,6 +30,10 @@ pub struct Tap {
     translate: Option<Translate>,
     /// The translated bytes of the last piece (reused across reads).
     translated: Vec<u8>,
+    /// Whether a stream translation produced anything yet: a provider's event stream in
+    /// which it found no event is not an answer (a JSON body under `text/event-stream`, an
+    /// empty stream), and must not reach the client as an empty success.
+    translated_any: bool,
     /// Why the body could not be translated, once it is known.
     failed: Option<&'static str>,
     /// An Anthropic client's answer from an OpenAI upstream, translated to Anthropic's
@@ -248,6 +252,7 @@ impl Tap {
                         self.failed = Some(e);
                     }
                 }
+                self.translated_any |= !translated.is_empty();
                 &translated
             }
             None => payload,
@@ -332,6 +337,13 @@ impl Tap {
         if let (Some(t), None) = (&mut self.translate, self.failed) {
             if let Err(e) = t.finish(&mut tail) {
                 self.failed = Some(e);
+            }
+            self.translated_any |= !tail.is_empty();
+            if !self.translated_any
+                && matches!(t, Translate::Stream(_) | Translate::GeminiStream(_))
+                && self.failed.is_none()
+            {
+                self.failed = Some("the provider's event stream held no event");
             }
         }
         if !tail.is_empty() {
@@ -527,6 +539,47 @@ mod tests {
         assert_eq!(t.failed(), None);
         t.observe(b"x");
         assert_eq!(t.failed(), Some("larger than 16 MiB"));
+    }
+
+    /// A provider stream in which the translator finds no event (a JSON body under
+    /// `text/event-stream`, or nothing) fails the exchange instead of an empty success; a
+    /// stream that translated something and then broke is not this failure.
+    #[test]
+    fn a_stream_without_a_single_event_is_a_failure() {
+        let gemini = || gemini::StreamTranslator::new(1, "m");
+        for body in [
+            &br#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}]}"#[..],
+            b"",
+        ] {
+            let mut t = Tap {
+                translate: Some(Translate::GeminiStream(gemini())),
+                filter: true,
+                ..Tap::default()
+            };
+            t.observe(body);
+            t.finish();
+            assert_eq!(
+                t.failed(),
+                Some("the provider's event stream held no event"),
+                "{body:?}"
+            );
+        }
+        let mut t = Tap {
+            translate: Some(Translate::Stream(anthropic::StreamTranslator::new(1))),
+            filter: true,
+            ..Tap::default()
+        };
+        t.observe(br#"{"type":"message","content":[]}"#);
+        t.finish();
+        assert!(t.failed().is_some());
+        let mut t = Tap {
+            translate: Some(Translate::GeminiStream(gemini())),
+            filter: true,
+            ..Tap::default()
+        };
+        t.observe(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\n\n");
+        t.finish();
+        assert_eq!(t.failed(), None, "cut short, not empty");
     }
 
     #[test]
